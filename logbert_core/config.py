@@ -1,0 +1,242 @@
+"""Settings: one frozen pydantic-settings model, nested per area.
+
+Sources, highest priority first: keyword arguments, environment variables ``LOGAD_<SECTION>__<FIELD>``, the TOML
+file given with ``--config``, defaults. The sections ``log``, ``session`` (its key rule), ``parser``, ``model`` and
+``scoring`` describe how a bundle was built; ``logad run`` checks that its settings agree with the bundle it loads
+(see ``bundle_fields``). Kafka, Redis, HTTP and detector sections are runtime-only.
+
+Defined here rather than in ``streamer`` because ``logad-train`` reads the same files and may not import ``streamer``.
+Nothing reads the environment at import time: ``load_settings`` does, when called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from logbert_core.parsing import DrainParams, LineFormat, SessionRule
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MaskRule(_Section):
+    regex_pattern: str
+    mask_with: str
+
+
+class LogSection(_Section):
+    family: str = "hdfs"
+    line_regex: str = (
+        r"^(?P<date>\d{6}) (?P<time>\d{6}) (?P<pid>\d+) (?P<level>[A-Z]+) (?P<component>[^:]+): (?P<content>.*)$"
+    )
+    timestamp_fields: tuple[str, ...] = ("date", "time")
+    timestamp_format: str = "%y%m%d %H%M%S"
+    # Fluent Bit (and other shippers) send a JSON object; the line is under the first of these fields present.
+    json_fields: tuple[str, ...] = ("log", "message")
+    max_line_bytes: int = Field(default=1_048_576, gt=0)
+
+
+class SessionSection(_Section):
+    kind: Literal["regex", "field_window"] = "regex"
+    key_regex: str = r"blk_-?\d+"
+    field: str = ""
+    window_s: int = Field(default=300, gt=0)
+    idle_timeout_s: float = Field(default=30.0, gt=0)  # runtime: a session idle this long is closed and scored
+    ttl_s: int = Field(default=86_400, gt=0)  # runtime: Redis keys of a session expire after this much inactivity
+
+
+class ParserSection(_Section):
+    sim_th: float = Field(default=0.4, gt=0, le=1)
+    depth: int = Field(default=4, ge=3)
+    max_children: int = Field(default=100, gt=0)
+    max_clusters: int | None = Field(default=None, gt=0)
+    extra_delimiters: tuple[str, ...] = ()
+    masking: tuple[MaskRule, ...] = ()
+    # unseen templates: "unk" = always the unknown key; "nearest" = the closest trained template if similar enough
+    unknown: Literal["unk", "nearest"] = "unk"
+
+
+class ModelSection(_Section):
+    max_len: int = Field(default=64, gt=1)
+    stride: int = Field(default=32, gt=0)
+    n_layer: int = Field(default=2, gt=0)
+    n_head: int = Field(default=4, gt=0)
+    n_embd: int = Field(default=64, gt=0)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    hypersphere_weight: float = Field(default=0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSection:
+        if self.stride > self.max_len:
+            raise ValueError(f"model.stride ({self.stride}) must be <= model.max_len ({self.max_len})")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"model.n_embd ({self.n_embd}) must be a multiple of model.n_head ({self.n_head})")
+        return self
+
+
+class TrainSection(_Section):
+    epochs: int = Field(default=20, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    mask_ratio: float = Field(default=0.15, gt=0, lt=1)
+    patience: int = Field(default=3, gt=0)
+    seed: int = 1234
+    device: str = "auto"
+    bf16: bool = True
+    # chronological split of the normal training sessions: the last fractions are validation and calibration
+    val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    calib_fraction: float = Field(default=0.2, gt=0, lt=0.5)
+
+
+class ScoringSection(_Section):
+    top_g: int = Field(default=5, gt=0)
+    mask_copies: int = Field(default=8, gt=0)
+    target_fpr: float = Field(default=0.005, gt=0, lt=1)  # threshold = this quantile of held-out normal scores
+    novel_template: bool = True  # a template never seen in training flags the window
+    novel_template_set: bool = True  # a set of templates no training window had flags the window
+    n_candidates: int = Field(default=3, gt=0)
+
+
+class DetectorSection(_Section):
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    max_batch: int = Field(default=256, gt=0)
+    max_wait_ms: int = Field(default=200, ge=0)
+    buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+    sweep_interval_s: float = Field(default=1.0, gt=0)
+    pending_lease_s: float = Field(default=30.0, gt=0)
+    outage_budget_s: float = Field(default=300.0, gt=0)
+    num_threads: int | None = Field(default=None, gt=0)
+
+
+class KafkaSection(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    input_topic: str = "logs.raw"
+    output_topic: str = "logs.anomalies"
+    dlq_topic: str = ""  # empty: "<input_topic>.dlq"
+    group_id: str = "logad"
+    session_timeout_ms: int = Field(default=10_000, gt=0)
+    max_poll_records: int = Field(default=1000, gt=0)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = Field(default=None, repr=False)
+    ssl_cafile: str | None = None
+
+    @property
+    def dlq(self) -> str:
+        return self.dlq_topic or f"{self.input_topic}.dlq"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Security settings as kafka-python keyword arguments."""
+        kw: dict[str, Any] = {"security_protocol": self.security_protocol}
+        for name in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "ssl_cafile"):
+            if getattr(self, name) is not None:
+                kw[name] = getattr(self, name)
+        return kw
+
+
+class RedisSection(_Section):
+    url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)  # may carry a password: never logged
+    namespace: str = "logad"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
+class HttpSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)  # 0 disables the HTTP server
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOGAD_", env_nested_delimiter="__", frozen=True, extra="forbid",
+                                      nested_model_default_partial_update=True)
+
+    log: LogSection = LogSection()
+    session: SessionSection = SessionSection()
+    parser: ParserSection = ParserSection()
+    model: ModelSection = ModelSection()
+    train: TrainSection = TrainSection()
+    scoring: ScoringSection = ScoringSection()
+    detector: DetectorSection = DetectorSection()
+    kafka: KafkaSection = KafkaSection()
+    redis: RedisSection = RedisSection()
+    http: HttpSection = HttpSection()
+
+    # -- derived objects ------------------------------------------------------------------------------------------
+    def line_format(self) -> LineFormat:
+        s = self.session
+        rule = SessionRule(kind=s.kind, key_regex=s.key_regex, field=s.field, window_s=s.window_s)
+        return LineFormat(self.log.line_regex, self.log.timestamp_fields, self.log.timestamp_format, rule)
+
+    def drain_params(self) -> DrainParams:
+        p = self.parser
+        return DrainParams(sim_th=p.sim_th, depth=p.depth, max_children=p.max_children, max_clusters=p.max_clusters,
+                           extra_delimiters=p.extra_delimiters,
+                           masking=tuple((m.regex_pattern, m.mask_with) for m in p.masking))
+
+
+# Fields a bundle fixes: the detector must run with the values the model was trained with.
+BUNDLE_SECTIONS = ("log", "parser", "model", "scoring")
+BUNDLE_SESSION_FIELDS = ("kind", "key_regex", "field", "window_s")
+
+
+def bundle_fields(settings: Settings) -> dict[str, Any]:
+    """The part of the settings that a bundle records and the detector must agree with."""
+    data = settings.model_dump(mode="json")
+    out = {f"{sec}.{k}": v for sec in BUNDLE_SECTIONS for k, v in data[sec].items()}
+    out.update({f"session.{k}": data["session"][k] for k in BUNDLE_SESSION_FIELDS})
+    out.pop("log.json_fields", None)  # how lines arrive, not how they are parsed
+    out.pop("log.max_line_bytes", None)
+    return out
+
+
+class ConfigError(ValueError):
+    """Settings that cannot be used; the message names the field and what is allowed."""
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from a TOML file, the environment and ``overrides``; raises ``ConfigError`` with one readable message."""
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                       init_settings: PydanticBaseSettingsSource,
+                                       env_settings: PydanticBaseSettingsSource,
+                                       dotenv_settings: PydanticBaseSettingsSource,
+                                       file_secret_settings: PydanticBaseSettingsSource,
+                                       ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+            return tuple(sources)
+
+    try:
+        loaded = _FromFile(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from exc
+    except ValueError as exc:  # e.g. TOML syntax errors
+        raise ConfigError(f"{path}: {exc}") from exc
+    return Settings.model_validate(loaded.model_dump())
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        env = "LOGAD_" + "__".join(str(p).upper() for p in err["loc"])
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"invalid setting {loc}{shown}: {err['msg']} [env {env}]")
+    return "\n".join(lines)

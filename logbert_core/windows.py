@@ -1,0 +1,84 @@
+"""Sessions and the windows the model scores.
+
+A session is the set of its entries, ordered canonically by ``(timestamp, member)``, where the member string is
+``"<key:06d>:<line digest>"``. The order does not depend on arrival order, partition or worker, and an identical raw
+line is one entry however often it is delivered (Kafka is at-least-once). Redis keeps a session as a sorted set
+with exactly this score and member, so its order is the same (equal scores sort by member bytes there too).
+
+Windowing, in arrival order of entries (the detector) or all at once (training), both through ``WindowCursor``:
+
+* while the session holds ``max_len`` entries past ``start``: emit ``[start, start + max_len)`` and slide
+  ``start`` by ``stride``;
+* when the session closes (idle timeout, or the end of a training file): emit ``[start, n)`` if it holds entries
+  that no window has covered yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from logbert_core.parsing import line_digest
+
+
+def member(key: int, line: str) -> str:
+    """The sorted-set member of one entry: key first (ties in time sort by key), then the line digest."""
+    return f"{key:06d}:{line_digest(line)}"
+
+
+def member_key(m: str) -> int:
+    return int(m[:6])
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpan:
+    """Half-open range of entry positions ``[lo, hi)`` within a session."""
+
+    lo: int
+    hi: int
+
+
+@dataclass(slots=True)
+class WindowCursor:
+    """Where the next window of a session starts, and how far emitted windows have covered it."""
+
+    start: int = 0
+    covered: int = 0
+
+    def on_append(self, n: int, max_len: int, stride: int) -> list[WindowSpan]:
+        """Windows that became full now that the session holds ``n`` entries."""
+        if not 0 < stride <= max_len:
+            raise ValueError(f"stride must be in (0, max_len={max_len}], got {stride}")
+        out = []
+        while n - self.start >= max_len:
+            out.append(WindowSpan(self.start, self.start + max_len))
+            self.covered = self.start + max_len
+            self.start += stride
+        return out
+
+    def on_close(self, n: int) -> list[WindowSpan]:
+        """The last window when a session of ``n`` entries closes, if it has entries no window covered."""
+        return [WindowSpan(self.start, n)] if n > self.covered else []
+
+
+def session_windows(n: int, max_len: int, stride: int) -> list[WindowSpan]:
+    """All windows of a finished session of ``n`` entries (training and evaluation)."""
+    cursor = WindowCursor()
+    return cursor.on_append(n, max_len, stride) + cursor.on_close(n)
+
+
+def canonical_entries(entries: Iterable[tuple[float, int, str]]) -> list[tuple[float, str]]:
+    """``(timestamp, key, raw line)`` -> de-duplicated ``(timestamp, member)`` in canonical order.
+
+    A repeated member keeps its first timestamp, as ``ZADD NX`` does.
+    """
+    first: dict[str, float] = {}
+    for ts, key, line in entries:
+        m = member(key, line)
+        if m not in first:
+            first[m] = ts
+    return sorted(((ts, m) for m, ts in first.items()), key=lambda e: (e[0], e[1]))
+
+
+def window_keys(members: Sequence[str]) -> list[int]:
+    return [member_key(m) for m in members]

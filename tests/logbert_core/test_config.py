@@ -1,0 +1,65 @@
+"""Settings: TOML + environment, readable errors naming the field, the public env names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from logbert_core.config import ConfigError, bundle_fields, load_settings
+
+HDFS = Path(__file__).resolve().parents[2] / "config" / "hdfs.toml"
+
+
+def test_public_env_names_override_the_file(monkeypatch):
+    env = {"LOGAD_KAFKA__BOOTSTRAP_SERVERS": "k1:9092,k2:9092", "LOGAD_KAFKA__INPUT_TOPIC": "in",
+           "LOGAD_KAFKA__OUTPUT_TOPIC": "out", "LOGAD_KAFKA__GROUP_ID": "g", "LOGAD_REDIS__URL": "redis://r:1/2",
+           "LOGAD_SESSION__IDLE_TIMEOUT_S": "12.5", "LOGAD_HTTP__PORT": "9100"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = load_settings(HDFS)
+    assert (s.kafka.bootstrap_servers, s.kafka.input_topic, s.kafka.output_topic, s.kafka.group_id) == (
+        "k1:9092,k2:9092", "in", "out", "g")
+    assert (s.redis.url, s.session.idle_timeout_s, s.http.port) == ("redis://r:1/2", 12.5, 9100)
+    assert s.session.key_regex == r"blk_-?\d+"  # the rest still comes from the file
+    assert s.kafka.dlq == "in.dlq"
+
+
+def test_defaults_without_a_file():
+    s = load_settings(None)
+    assert s.kafka.input_topic == "logs.raw" and s.kafka.output_topic == "logs.anomalies"
+
+
+@pytest.mark.parametrize("var,value,needle", [
+    ("LOGAD_HTTP__PORT", "70000", "http.port"),
+    ("LOGAD_SESSION__IDLE_TIMEOUT_S", "-1", "session.idle_timeout_s"),
+    ("LOGAD_REDIS__URL", "http://x", "redis.url"),
+    ("LOGAD_KAFKA__SECURITY_PROTOCOL", "TLS", "kafka.security_protocol"),
+])
+def test_invalid_values_name_the_field(monkeypatch, var, value, needle):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings(HDFS)
+    assert needle in str(err.value) and var in str(err.value)
+
+
+def test_cross_field_rule_is_explained(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[model]\nmax_len = 16\nstride = 32\n")
+    with pytest.raises(ConfigError, match="stride"):
+        load_settings(cfg)
+
+
+def test_settings_are_frozen():
+    s = load_settings(HDFS)
+    with pytest.raises(Exception):
+        s.kafka = None  # type: ignore[misc]
+
+
+def test_bundle_fields_ignore_runtime_sections(monkeypatch):
+    base = bundle_fields(load_settings(HDFS))
+    monkeypatch.setenv("LOGAD_KAFKA__INPUT_TOPIC", "x")
+    monkeypatch.setenv("LOGAD_SESSION__IDLE_TIMEOUT_S", "5")
+    assert bundle_fields(load_settings(HDFS)) == base
+    monkeypatch.setenv("LOGAD_PARSER__SIM_TH", "0.7")
+    assert bundle_fields(load_settings(HDFS))["parser.sim_th"] == 0.7
