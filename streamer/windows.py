@@ -1,0 +1,257 @@
+"""Per-session sliding windows in Redis, shared by every worker of the consumer group.
+
+Layout under the prefix ``<namespace>:<bundle version>`` (``P``):
+
+    P:s:<session>   ZSET   entries; score = log timestamp, member = "<key:06d>:<line digest>" (logbert_core.windows)
+    P:m:<session>   HASH   start, covered (the WindowCursor), closed flag
+    P:u:<session>   HASH   line digest -> masked text, for entries whose template the model never saw
+    P:idle          ZSET   open session -> wall-clock ms of its last new entry
+    P:pending       ZSET   window id -> lease expiry (ms); the window's payload is at P:w:<window id>
+    P:w:<id>        STRING JSON payload of a window waiting to be scored and published
+
+Invariants the Lua scripts keep (each script runs atomically, one round trip per batch):
+
+* Appending is idempotent: ``ZADD NX`` of an existing member changes nothing, and a batch that adds nothing emits
+  nothing, so replaying records after a crash leaves the state as it was.
+* Windows are cut by ``WindowCursor``'s rule: full windows when the session reaches ``max_len`` entries past
+  ``start`` (then ``start`` slides by ``stride``); a final window when an idle session closes.
+* A cut window is first written to ``P:pending`` under a lease held by the worker that cut it. It leaves
+  ``P:pending`` only when that worker has published its verdict (``ack``). If the worker dies, the lease runs out and
+  the next ``sweep`` of any worker claims it, so no window is lost and none is scored by two workers at once.
+* Closing a session is claimed atomically (``ZREM`` from ``P:idle`` inside the script): exactly one worker closes it.
+  A closed session keeps its entries until its TTL runs out, so a replay of its lines is still a no-op.
+* The window id is derived from the session, the window's position and its members: a re-cut after a crash gives
+  the same id, which is the anomaly event's id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+_APPEND = r"""
+-- KEYS: none (all keys derive from the prefix; the store is used with one Redis node or hash tags in P)
+-- ARGV: prefix, now_ms, max_len, stride, ttl_s, lease_ms, n, then n x (session, ts, member, unseen text or "")
+local p = ARGV[1]
+local now = tonumber(ARGV[2])
+local max_len = tonumber(ARGV[3])
+local stride = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
+local lease = tonumber(ARGV[6])
+local n = tonumber(ARGV[7])
+local added = {}
+local order = {}
+for i = 0, n - 1 do
+  local sid = ARGV[8 + 4 * i]
+  local ts = ARGV[9 + 4 * i]
+  local mem = ARGV[10 + 4 * i]
+  local txt = ARGV[11 + 4 * i]
+  local r = redis.call('ZADD', p .. ':s:' .. sid, 'NX', ts, mem)
+  if added[sid] == nil then
+    added[sid] = 0
+    order[#order + 1] = sid
+  end
+  if r == 1 then
+    added[sid] = added[sid] + 1
+    if txt ~= '' then redis.call('HSET', p .. ':u:' .. sid, string.sub(mem, 8), txt) end
+  end
+end
+local out = {}
+local new_entries = 0
+for _, sid in ipairs(order) do
+  if added[sid] > 0 then
+    new_entries = new_entries + added[sid]
+    local sk, mk, uk = p .. ':s:' .. sid, p .. ':m:' .. sid, p .. ':u:' .. sid
+    local st = redis.call('HMGET', mk, 'start', 'covered')
+    local start = tonumber(st[1]) or 0
+    local covered = tonumber(st[2]) or 0
+    local cnt = redis.call('ZCARD', sk)
+    while cnt - start >= max_len do
+      local mem = redis.call('ZRANGE', sk, start, start + max_len - 1, 'WITHSCORES')
+      local members, stamps = {}, {}
+      for j = 1, #mem, 2 do
+        members[#members + 1] = mem[j]
+        stamps[#stamps + 1] = mem[j + 1]
+      end
+      local id = redis.sha1hex(sid .. '|' .. start .. '|' .. (start + max_len) .. '|' .. table.concat(members, ','))
+      local payload = cjson.encode({id = id, session = sid, lo = start, hi = start + max_len, members = members,
+        first_ts = stamps[1], last_ts = stamps[#stamps], cut_ms = now, cause = 'full'})
+      redis.call('SET', p .. ':w:' .. id, payload, 'EX', ttl)
+      redis.call('ZADD', p .. ':pending', now + lease, id)
+      out[#out + 1] = payload
+      covered = start + max_len
+      start = start + stride
+    end
+    redis.call('HSET', mk, 'start', start, 'covered', covered, 'closed', 0)
+    redis.call('ZADD', p .. ':idle', now, sid)
+    redis.call('EXPIRE', sk, ttl)
+    redis.call('EXPIRE', mk, ttl)
+    if redis.call('EXISTS', uk) == 1 then redis.call('EXPIRE', uk, ttl) end
+  end
+end
+return {new_entries, out}
+"""
+
+_SWEEP = r"""
+-- ARGV: prefix, now_ms, idle_before_ms, lease_ms, limit, ttl_s
+local p = ARGV[1]
+local now = tonumber(ARGV[2])
+local idle_before = tonumber(ARGV[3])
+local lease = tonumber(ARGV[4])
+local limit = tonumber(ARGV[5])
+local ttl = tonumber(ARGV[6])
+local out = {}
+local closed = 0
+local due = redis.call('ZRANGEBYSCORE', p .. ':idle', '-inf', idle_before, 'LIMIT', 0, limit)
+for _, sid in ipairs(due) do
+  if redis.call('ZREM', p .. ':idle', sid) == 1 then
+    closed = closed + 1
+    local sk, mk = p .. ':s:' .. sid, p .. ':m:' .. sid
+    local st = redis.call('HMGET', mk, 'start', 'covered')
+    local start = tonumber(st[1]) or 0
+    local covered = tonumber(st[2]) or 0
+    local cnt = redis.call('ZCARD', sk)
+    if cnt > covered and cnt > start then
+      local mem = redis.call('ZRANGE', sk, start, cnt - 1, 'WITHSCORES')
+      local members, stamps = {}, {}
+      for j = 1, #mem, 2 do
+        members[#members + 1] = mem[j]
+        stamps[#stamps + 1] = mem[j + 1]
+      end
+      local id = redis.sha1hex(sid .. '|' .. start .. '|' .. cnt .. '|' .. table.concat(members, ','))
+      local payload = cjson.encode({id = id, session = sid, lo = start, hi = cnt, members = members,
+        first_ts = stamps[1], last_ts = stamps[#stamps], cut_ms = now, cause = 'idle'})
+      redis.call('SET', p .. ':w:' .. id, payload, 'EX', ttl)
+      redis.call('ZADD', p .. ':pending', now + lease, id)
+      out[#out + 1] = payload
+      covered = cnt
+    end
+    redis.call('HSET', mk, 'covered', covered, 'closed', 1)
+  end
+end
+-- windows whose lease ran out (their worker died or stalled): claim them for this worker
+local stale = redis.call('ZRANGEBYSCORE', p .. ':pending', '-inf', now, 'LIMIT', 0, limit)
+for _, id in ipairs(stale) do
+  local payload = redis.call('GET', p .. ':w:' .. id)
+  if payload then
+    redis.call('ZADD', p .. ':pending', now + lease, id)
+    out[#out + 1] = payload
+  else
+    redis.call('ZREM', p .. ':pending', id)
+  end
+end
+return {closed, out}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One line's contribution to one session."""
+
+    session_id: str
+    timestamp: float
+    member: str  # logbert_core.windows.member(key, line)
+    unseen_text: str = ""  # masked text of a line whose template the model never saw
+
+
+@dataclass(frozen=True, slots=True)
+class CutWindow:
+    """A window cut from a session, waiting in ``P:pending`` to be scored."""
+
+    id: str
+    session_id: str
+    lo: int
+    hi: int
+    members: tuple[str, ...]
+    first_ts: float
+    last_ts: float
+    cut_ms: int
+    cause: str  # "full" (the window reached max_len) or "idle" (the session closed)
+
+    @classmethod
+    def from_payload(cls, raw: bytes | str) -> CutWindow:
+        d = json.loads(raw)
+        members = d["members"]
+        if isinstance(members, dict):  # cjson encodes an empty Lua table as {}
+            members = []
+        return cls(id=d["id"], session_id=d["session"], lo=int(d["lo"]), hi=int(d["hi"]), members=tuple(members),
+                   first_ts=float(d["first_ts"]), last_ts=float(d["last_ts"]), cut_ms=int(d["cut_ms"]),
+                   cause=d["cause"])
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    new_entries: int
+    windows: list[CutWindow]
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    closed_sessions: int
+    windows: list[CutWindow]
+
+
+class WindowStore:
+    """Session windows in Redis; every method is one round trip."""
+
+    def __init__(self, client: redis.Redis, prefix: str, max_len: int, stride: int, ttl_s: int,
+                 lease_ms: int) -> None:
+        if not 0 < stride <= max_len:
+            raise ValueError(f"stride must be in (0, max_len={max_len}], got {stride}")
+        self.r = client
+        self.prefix = prefix
+        self.max_len = max_len
+        self.stride = stride
+        self.ttl_s = ttl_s
+        self.lease_ms = lease_ms
+        self._append = client.register_script(_APPEND)
+        self._sweep = client.register_script(_SWEEP)
+
+    def append(self, entries: Sequence[Entry], now_ms: int) -> AppendResult:
+        """Add entries (idempotent) and cut the windows that became full; they are leased to the caller."""
+        if not entries:
+            return AppendResult(0, [])
+        argv: list[str | int | float] = [self.prefix, now_ms, self.max_len, self.stride, self.ttl_s, self.lease_ms,
+                                         len(entries)]
+        for e in entries:
+            argv += (e.session_id, repr(e.timestamp), e.member, e.unseen_text)
+        new, payloads = self._append(keys=[], args=argv)
+        return AppendResult(int(new), [CutWindow.from_payload(p) for p in payloads])
+
+    def sweep(self, now_ms: int, idle_ms: int, limit: int = 1000) -> SweepResult:
+        """Close sessions idle for ``idle_ms`` (cutting their last window) and claim windows whose lease ran out."""
+        closed, payloads = self._sweep(keys=[], args=[self.prefix, now_ms, now_ms - idle_ms, self.lease_ms, limit,
+                                                      self.ttl_s])
+        return SweepResult(int(closed), [CutWindow.from_payload(p) for p in payloads])
+
+    def ack(self, window_ids: Sequence[str]) -> None:
+        """The windows' verdicts are published: drop them from ``P:pending``."""
+        if not window_ids:
+            return
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zrem(f"{self.prefix}:pending", *window_ids)
+        pipe.delete(*(f"{self.prefix}:w:{i}" for i in window_ids))
+        pipe.execute()
+
+    def unseen_texts(self, windows: Sequence[CutWindow]) -> dict[str, dict[str, str]]:
+        """Masked text of the unseen-template entries of each window's session (one pipelined round trip)."""
+        sessions = sorted({w.session_id for w in windows})
+        if not sessions:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for sid in sessions:
+            pipe.hgetall(f"{self.prefix}:u:{sid}")
+        out = {}
+        for sid, found in zip(sessions, pipe.execute()):
+            out[sid] = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+                        for k, v in found.items()}
+        return out
+
+    def open_sessions(self) -> int:
+        return int(self.r.zcard(f"{self.prefix}:idle"))
+
+    def pending(self) -> int:
+        return int(self.r.zcard(f"{self.prefix}:pending"))

@@ -1,0 +1,117 @@
+"""The Redis window store against a real redis-server: same windows as the pure model, replay-safe, claimed once."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from logbert_core.windows import canonical_entries, member, session_windows
+from streamer.windows import Entry, WindowStore
+
+pytestmark = pytest.mark.integration
+
+
+def make_store(url: str, max_len: int = 8, stride: int = 4, lease_ms: int = 60_000, prefix: str = "t") -> WindowStore:
+    return WindowStore(redis.Redis.from_url(url), prefix, max_len=max_len, stride=stride, ttl_s=3600,
+                       lease_ms=lease_ms)
+
+
+def lines_of(n: int, session: str = "blk_1") -> list[Entry]:
+    """n entries in timestamp order (one per second), keys 4..9."""
+    return [Entry(session, float(1000 + i), member(4 + i % 6, f"{i} {session} line")) for i in range(n)]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 60), max_len=st.integers(2, 16), data=st.data())
+def test_store_cuts_the_same_windows_as_the_pure_model(redis_url, n, max_len, data):
+    stride = data.draw(st.integers(1, max_len))
+    chunks = data.draw(st.lists(st.integers(1, 20), min_size=1))
+    prefix = f"p{uuid.uuid4().hex}"  # hypothesis seeds `random`; uuid4 is not
+    store = make_store(redis_url, max_len, stride, prefix=prefix)
+    entries = lines_of(n)
+    cut, i, pos = [], 0, 0
+    while pos < n:
+        step = chunks[i % len(chunks)]
+        cut += store.append(entries[pos:pos + step], now_ms=1).windows
+        pos += step
+        i += 1
+    cut += store.sweep(now_ms=10_000, idle_ms=1).windows
+    spans = session_windows(n, max_len, stride)
+    members = [m for _, m in canonical_entries((e.timestamp, int(e.member[:6]), f"{k} blk_1 line")
+                                               for k, e in enumerate(entries))]
+    assert [(w.lo, w.hi) for w in cut] == [(s.lo, s.hi) for s in spans]
+    assert [list(w.members) for w in cut] == [members[s.lo:s.hi] for s in spans]
+
+
+def test_replaying_a_batch_changes_nothing(redis_url):
+    store = make_store(redis_url)
+    entries = lines_of(10)
+    first = store.append(entries, now_ms=1)
+    assert first.new_entries == 10 and [(w.lo, w.hi) for w in first.windows] == [(0, 8)]
+    client = redis.Redis.from_url(redis_url)
+    snapshot = {k: client.dump(k) for k in client.keys("t:s:*") + client.keys("t:m:*")}
+    again = store.append(entries[::-1], now_ms=2)  # same records, any order
+    assert again.new_entries == 0 and again.windows == []
+    assert {k: client.dump(k) for k in snapshot} == snapshot
+
+
+def test_arrival_order_does_not_change_the_window(redis_url):
+    a, b = make_store(redis_url, prefix="a"), make_store(redis_url, prefix="b")
+    entries = lines_of(7)
+    shuffled = entries[:]
+    random.Random(3).shuffle(shuffled)
+    a.append(entries, now_ms=1)
+    for e in shuffled:
+        b.append([e], now_ms=1)
+    wa = a.sweep(now_ms=100, idle_ms=1).windows
+    wb = b.sweep(now_ms=100, idle_ms=1).windows
+    assert [w.members for w in wa] == [w.members for w in wb] and wa[0].id == wb[0].id
+
+
+def test_idle_session_is_closed_by_exactly_one_sweeper(redis_url):
+    s1, s2 = make_store(redis_url), make_store(redis_url)
+    s1.append(lines_of(3, "blk_a") + lines_of(2, "blk_b"), now_ms=1_000)
+    assert s2.sweep(now_ms=1_500, idle_ms=1_000).windows == []  # not idle long enough
+    got1 = s1.sweep(now_ms=5_000, idle_ms=1_000)
+    got2 = s2.sweep(now_ms=5_000, idle_ms=1_000)
+    assert got1.closed_sessions == 2 and got2.closed_sessions == 0
+    assert sorted(w.session_id for w in got1.windows) == ["blk_a", "blk_b"] and got2.windows == []
+
+
+def test_unacked_window_is_reclaimed_after_its_lease(redis_url):
+    worker_a = make_store(redis_url, lease_ms=1_000)
+    worker_b = make_store(redis_url, lease_ms=1_000)
+    worker_a.append(lines_of(3), now_ms=0)
+    (w,) = worker_a.sweep(now_ms=10_000, idle_ms=1).windows  # worker A cuts the window, then "dies"
+    assert worker_b.sweep(now_ms=10_500, idle_ms=1).windows == []  # lease still held by A
+    (again,) = worker_b.sweep(now_ms=11_001, idle_ms=1).windows  # lease ran out: B claims it
+    assert again == w
+    worker_b.ack([again.id])
+    assert worker_b.pending() == 0 and worker_a.sweep(now_ms=20_000, idle_ms=1).windows == []
+
+
+def test_replay_after_close_does_not_reopen_or_recut(redis_url):
+    store = make_store(redis_url)
+    entries = lines_of(3)
+    store.append(entries, now_ms=0)
+    (w,) = store.sweep(now_ms=10_000, idle_ms=1).windows
+    store.ack([w.id])
+    assert store.append(entries, now_ms=20_000).new_entries == 0
+    assert store.open_sessions() == 0
+    late = Entry("blk_1", 2000.0, member(5, "late line"))
+    assert store.append([late], now_ms=30_000).new_entries == 1 and store.open_sessions() == 1
+    (w2,) = store.sweep(now_ms=40_000, idle_ms=1).windows
+    assert (w2.lo, w2.hi) == (0, 4) and w2.id != w.id
+
+
+def test_unseen_text_is_kept_for_explanations(redis_url):
+    store = make_store(redis_url)
+    e = Entry("blk_9", 1.0, member(2, "weird line"), unseen_text="weird <NUM> line")
+    store.append([e], now_ms=0)
+    (w,) = store.sweep(now_ms=10_000, idle_ms=1).windows
+    assert store.unseen_texts([w]) == {"blk_9": {e.member[7:]: "weird <NUM> line"}}
