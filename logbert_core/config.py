@@ -98,7 +98,11 @@ class ScoringSection(_Section):
     mask_copies: int = Field(default=8, gt=0)
     target_fpr: float = Field(default=0.005, gt=0, lt=1)  # threshold = this quantile of held-out normal scores
     novel_template: bool = True  # a template never seen in training flags the window
-    novel_template_set: bool = True  # a set of templates no training window had flags the window
+    novel_template_set: bool = True  # templates that never occurred together in a normal training window flag it
+    use_distance: bool = True  # the hypersphere distance also decides (beyond distance_margin x its quantile)
+    # Normal windows sit close to the centre and anomalous ones far out (HDFS training period: normals <= 1.5,
+    # distance-flagged anomalies >= 20); the margin keeps modest drift of normal behaviour from alerting.
+    distance_margin: float = Field(default=5.0, ge=1.0)
     n_candidates: int = Field(default=3, gt=0)
 
 

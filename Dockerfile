@@ -1,0 +1,18 @@
+# CPU image of the detector and the trainer. Build: docker build -t logad .
+FROM python:3.11-slim
+ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+# CPU-only torch from the PyTorch CPU index keeps the image small (no CUDA libraries).
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.2"
+COPY pyproject.toml README.md ./
+COPY logbert_core ./logbert_core
+COPY streamer ./streamer
+COPY training ./training
+RUN pip install .
+COPY config ./config
+COPY models ./models
+RUN useradd --system --uid 10001 logad
+USER logad
+EXPOSE 8080
+ENTRYPOINT ["logad"]
+CMD ["run", "--config", "config/hdfs.toml", "--model", "models/hdfs"]

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh clone: a virtualenv with the CPU torch wheel, logad itself, and redis-server.
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+# torch first and pinned: pyproject declares a range, and an unpinned resolve would pull a multi-GB CUDA build.
+if ! python -c "import torch" >/dev/null 2>&1; then
+  pip install -q --disable-pip-version-check "torch==${LOGAD_TORCH_VERSION:-2.13.0}"
+fi
+if ! python -c "import logbert_core, streamer, training, pytest, hypothesis" >/dev/null 2>&1 \
+   || [ pyproject.toml -nt .venv/.logad-installed ]; then
+  pip install -q --disable-pip-version-check -e ".[test]"
+  touch .venv/.logad-installed
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing redis-server (Debian package)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "setup: redis-server is not on PATH; install it (e.g. 'sudo apt-get install redis-server')" >&2
+    exit 1
+  fi
+fi

@@ -1,0 +1,150 @@
+"""``logad``: the detector's command line. A thin layer: parse -> settings -> construct -> run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from logbert_core.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("logad")
+
+
+def _settings(config: str | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as exc:
+        click.echo(f"logad: configuration error\n{exc}", err=True)
+        sys.exit(2)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
+def main(verbose: bool) -> None:
+    """Streaming log anomaly detection: Kafka in, LogBERT on Redis session windows, anomaly events out."""
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.option("--config", type=click.Path(dir_okay=False), required=True, help="TOML config of the log family.")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), required=True, help="Model bundle directory.")
+@click.option("--exit-when-idle", type=float, default=None, metavar="SECONDS",
+              help="Stop once the input stayed empty this long and no session is open (batch/backfill use).")
+def run(config: str, model_dir: str, exit_when_idle: float | None) -> None:
+    """Consume the input topic, score sessions, publish anomaly events (a consumer-group member)."""
+    from logbert_core.bundle import BundleError, load_bundle
+    from streamer.errors import OutageError, StartupError
+    from streamer.http import StatusServer
+    from streamer.worker import Worker
+
+    settings = _settings(config)
+    try:
+        bundle = load_bundle(model_dir)
+        worker = Worker(settings, bundle)
+    except (BundleError, StartupError) as exc:
+        click.echo(f"logad run: {exc}", err=True)
+        sys.exit(2)
+    worker.install_signal_handlers()
+    server = None
+    if settings.http.port:
+        try:
+            server = StatusServer(settings.http.host, settings.http.port, worker.readiness).start()
+        except OSError as exc:
+            click.echo(f"logad run: cannot listen on {settings.http.host}:{settings.http.port} ({exc}); "
+                       "set LOGAD_HTTP__PORT (0 disables)", err=True)
+            sys.exit(2)
+    log.info("model %s on %s; consuming %s as group %s", bundle.version, worker.device,
+             settings.kafka.input_topic, settings.kafka.group_id)
+    try:
+        stats = worker.run(max_idle_s=exit_when_idle)
+    except OutageError as exc:
+        click.echo(f"logad run: {exc}; exiting without committing unfinished work", err=True)
+        sys.exit(3)
+    finally:
+        if server is not None:
+            server.stop()
+    click.echo(json.dumps({"stopped": True, **stats}), err=True)
+
+
+@main.command()
+@click.option("--workers", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="Detector processes in one consumer group.")
+@click.option("--partitions", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["raw", "json"]), default="raw", show_default=True,
+              help="Produce raw lines or Fluent Bit-style JSON records.")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+              help="Bundle to use (default: the bundled HDFS model).")
+@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Log file to stream (default: the bundled held-out HDFS blocks).")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--config", type=click.Path(dir_okay=False), default=None)
+@click.option("--quiet", is_flag=True, help="Print only the summary, not each anomaly.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Write the summary as JSON here.")
+def demo(workers: int, partitions: int, fmt: str, model_dir: str | None, input_file: str | None,
+         labels: str | None, config: str | None, quiet: bool, json_out: str | None) -> None:
+    """Embedded broker + Redis, stream held-out HDFS logs through the detector, print anomalies and P/R/F1."""
+    from streamer.demo import DemoOptions, run_demo
+
+    summary = run_demo(DemoOptions(workers=workers, partitions=partitions, fmt=fmt, model_dir=model_dir,
+                                   input_file=input_file, labels=labels, config=config, quiet=quiet))
+    if json_out:
+        Path(json_out).write_text(json.dumps(summary, indent=1) + "\n")
+    if summary.get("error"):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--config", type=click.Path(dir_okay=False), default=None)
+@click.option("--bootstrap-servers", default=None, help="Override kafka.bootstrap_servers.")
+@click.option("--topic", default=None, help="Override kafka.input_topic.")
+@click.option("--format", "fmt", type=click.Choice(["raw", "json"]), default="raw", show_default=True)
+@click.option("--rate", type=float, default=0.0, help="Lines per second (0 = as fast as possible).")
+def replay(file: str, config: str | None, bootstrap_servers: str | None, topic: str | None, fmt: str,
+           rate: float) -> None:
+    """Produce a log file into the input topic (demos and backfills)."""
+    from streamer.kafka_io import produce_file
+
+    s = _settings(config)
+    n = produce_file(bootstrap_servers or s.kafka.bootstrap_servers, topic or s.kafka.input_topic, file,
+                     json_field=s.log.json_fields[0] if fmt == "json" else None, rate=rate, progress=True,
+                     **s.kafka.client_kwargs())
+    click.echo(f"produced {n} lines")
+
+
+@main.command()
+@click.option("--config", type=click.Path(dir_okay=False), default=None)
+@click.option("--bootstrap-servers", default=None)
+@click.option("--topic", default=None, help="Override kafka.output_topic.")
+@click.option("--from-beginning", is_flag=True)
+def tail(config: str | None, bootstrap_servers: str | None, topic: str | None, from_beginning: bool) -> None:
+    """Follow the anomalies topic and print events readably."""
+    from kafka import KafkaConsumer
+
+    from streamer.render import render_event
+
+    s = _settings(config)
+    consumer = KafkaConsumer(topic or s.kafka.output_topic, bootstrap_servers=bootstrap_servers or
+                             s.kafka.bootstrap_servers, auto_offset_reset="earliest" if from_beginning else "latest",
+                             enable_auto_commit=False, **s.kafka.client_kwargs())
+    try:
+        for rec in consumer:
+            click.echo(render_event(rec.value))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
+if __name__ == "__main__":
+    main()

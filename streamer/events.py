@@ -1,0 +1,111 @@
+"""The anomaly event: the wire contract with alerting systems (JSON, versioned by ``schema_version``)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from logbert_core.judge import DISTANCE, KEY_MISSES, UNSEEN_SET, UNSEEN_TEMPLATE, Verdict
+from logbert_core.vocab import UNK, Vocabulary
+from logbert_core.windows import member_key
+
+SCHEMA_VERSION = 1
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Expected(_Wire):
+    key: int
+    template: str
+    probability: float
+
+
+class Position(_Wire):
+    position: int  # 0-based position in the window
+    key: int  # model key (2 = a template never seen in training)
+    template: str  # the template, or the masked line for a template never seen in training
+    unexpected: bool  # the model did not have this key among its top-g predictions, or never saw the template
+    seen_in_training: bool
+    expected: list[Expected] = Field(default_factory=list)  # what the model expected here (unexpected positions)
+
+
+class WindowExtent(_Wire):
+    first_ts: datetime
+    last_ts: datetime
+    line_count: int
+    start_index: int  # position of the window's first entry within the session
+    cause: Literal["full", "idle"]  # cut because the window was full (it slides) or the session went idle
+
+
+class Explanation(_Wire):
+    summary: str
+    reasons: list[str]
+    unexpected_positions: list[int]
+    templates: list[Position]
+
+
+class AnomalyEvent(_Wire):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str
+    session_id: str
+    score: float = Field(description="share of the window's keys the model did not expect (masked-key misses)")
+    threshold: float
+    distance: float = Field(description="squared distance of the window embedding to the normal hypersphere centre")
+    distance_threshold: float
+    model_version: str
+    detected_at: datetime
+    window: WindowExtent
+    explanation: Explanation
+
+
+_REASON_TEXT = {
+    UNSEEN_TEMPLATE: "a template never seen in normal training logs",
+    UNSEEN_SET: "a combination of templates no normal training window had",
+    KEY_MISSES: "more unexpected lines than the calibrated threshold",
+    DISTANCE: "a window far from the normal hypersphere",
+}
+
+
+def build_event(*, event_id: str, session_id: str, members: tuple[str, ...], lo: int, cause: Literal["full", "idle"],
+                first_ts: float, last_ts: float, cut_ms: int, verdict: Verdict, vocab: Vocabulary,
+                unseen_text: dict[str, str], miss_threshold: float, distance_threshold: float,
+                model_version: str) -> AnomalyEvent:
+    """An event with a readable explanation: the window's templates in order, the ones the model did not expect
+    and what it expected there instead."""
+    s = verdict.score
+    misses = {m.position: m for m in s.misses}
+    positions = []
+    for i, mem in enumerate(members):
+        key = member_key(mem)
+        seen = key != UNK
+        miss = misses.get(i)
+        text = vocab.text(key) if seen else unseen_text.get(mem[7:], "<template never seen in training>")
+        expected = [Expected(key=c.key, template=vocab.text(c.key), probability=round(c.prob, 4))
+                    for c in miss.candidates] if miss is not None else []
+        positions.append(Position(position=i, key=key, template=text, unexpected=miss is not None or not seen,
+                                  seen_in_training=seen, expected=expected))
+    unexpected = [p.position for p in positions if p.unexpected]
+    novel = [p.template for p in positions if not p.seen_in_training]
+    parts = [f"{len(unexpected)} of {len(members)} lines unexpected (score {s.miss_ratio:.3f} vs threshold "
+             f"{miss_threshold:.3f})"]
+    if novel:
+        parts.append(f"{len(novel)} line(s) with a template never seen in training, first: {novel[0]!r}")
+    first_miss = next((p for p in positions if p.unexpected and p.seen_in_training and p.expected), None)
+    if first_miss is not None:
+        parts.append(f"at position {first_miss.position} saw {first_miss.template!r}, expected "
+                     f"{first_miss.expected[0].template!r}")
+    parts.append("flagged for " + "; ".join(_REASON_TEXT.get(r, r) for r in verdict.reasons))
+    return AnomalyEvent(
+        event_id=event_id, session_id=session_id, score=round(s.miss_ratio, 6), threshold=miss_threshold,
+        distance=round(s.distance, 6), distance_threshold=distance_threshold, model_version=model_version,
+        detected_at=datetime.fromtimestamp(cut_ms / 1000, tz=timezone.utc),
+        window=WindowExtent(first_ts=datetime.fromtimestamp(first_ts, tz=timezone.utc),
+                            last_ts=datetime.fromtimestamp(last_ts, tz=timezone.utc), line_count=len(members),
+                            start_index=lo, cause=cause),
+        explanation=Explanation(summary="; ".join(parts), reasons=list(verdict.reasons),
+                                unexpected_positions=unexpected, templates=positions),
+    )

@@ -1,0 +1,34 @@
+"""Anomaly events as text a person can act on (``logad tail``, the demo)."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from streamer.events import AnomalyEvent
+
+
+def render_event(raw: bytes | str, max_lines: int = 12) -> str:
+    try:
+        ev = AnomalyEvent.model_validate_json(raw)
+    except ValidationError as exc:
+        return f"[unreadable event: {exc.error_count()} schema error(s)]"
+    w = ev.window
+    head = (f"ANOMALY {ev.session_id}  score {ev.score:.3f} (threshold {ev.threshold:.3f})  "
+            f"{w.line_count} lines {w.first_ts:%Y-%m-%d %H:%M:%S}..{w.last_ts:%H:%M:%S}  "
+            f"model {ev.model_version}  id {ev.event_id[:12]}")
+    out = [head, f"  why: {ev.explanation.summary}"]
+    shown = 0
+    for p in ev.explanation.templates:
+        if not p.unexpected:
+            continue
+        if shown == max_lines:
+            out.append(f"  ... {len(ev.explanation.unexpected_positions) - shown} more unexpected lines")
+            break
+        tag = "new " if not p.seen_in_training else ""
+        line = f"  #{p.position:<3} {tag}{p.template}"
+        if p.expected:
+            exp = ", ".join(f"{e.template!r} ({e.probability:.2f})" for e in p.expected[:2])
+            line += f"\n        expected: {exp}"
+        out.append(line)
+        shown += 1
+    return "\n".join(out)

@@ -1,0 +1,405 @@
+"""``logad run``: one consumer-group member, wiring Kafka, the parser, Redis windows, the scorer and the output.
+
+Order of effects for every consumed batch (the at-least-once contract):
+
+1. decode and parse every record; bad ones become dead-letter records (never dropped, never a crash);
+2. append the batch's entries to Redis in one atomic round trip; full windows are cut into ``pending``;
+3. score the cut windows, publish anomaly events, publish dead-letter records, flush the producer;
+4. ``ack`` the published windows in Redis;
+5. commit the batch's input offsets.
+
+A crash anywhere before 5 replays the batch: appends are idempotent, already-cut windows wait in ``pending`` under a
+lease until a worker publishes them, and event ids derive from content, so a replay adds nothing new. Idle sessions
+are closed by a periodic sweep that any worker may run (claims are atomic in Redis). Infrastructure errors are
+retried with exponential back-off and jitter and nothing is committed meanwhile; past ``outage_budget_s`` the
+worker stops with ``OutageError``. SIGTERM/SIGINT stop consumption; the batch in hand finishes and commits first.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis
+import torch
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from logbert_core.bundle import Bundle
+from logbert_core.config import Settings, bundle_fields
+from logbert_core.judge import WindowJudge
+from logbert_core.parsing import LineFormat, LineFormatError, TemplateIndex, key_of
+from logbert_core.scoring import WindowScorer
+from logbert_core.vocab import UNK
+from logbert_core.windows import member, window_keys
+from streamer import metrics as m
+from streamer.decode import Rejected, ValueDecoder
+from streamer.errors import OutageError, StartupError
+from streamer.events import build_event
+from streamer.windows import CutWindow, Entry, WindowStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def check_bundle_settings(settings: Settings, bundle: Bundle) -> None:
+    """The detector must parse, window and score exactly as the model was trained."""
+    mine = bundle_fields(settings)
+    diffs = [f"  {k}: config has {mine.get(k)!r}, bundle was trained with {v!r}"
+             for k, v in sorted(bundle.settings.items()) if mine.get(k) != v]
+    if diffs:
+        raise StartupError("settings disagree with the model bundle (" + bundle.version + "):\n" + "\n".join(diffs)
+                           + "\nfix: run with the config the bundle was trained with, or retrain with logad-train")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise StartupError(f"detector.device = {name!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+@dataclass
+class Parsed:
+    entries: list[Entry] = field(default_factory=list)
+    rejects: list[tuple[Any, str, str]] = field(default_factory=list)  # (record, reason, detail)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to consume per partition
+    unseen: int = 0
+
+
+class LinePipeline:
+    """Kafka records -> session entries, with the same parsing code the trainer used."""
+
+    def __init__(self, fmt: LineFormat, decoder: ValueDecoder, index: TemplateIndex, bundle: Bundle,
+                 nearest: bool) -> None:
+        self.fmt = fmt
+        self.decoder = decoder
+        self.index = index
+        self.vocab = bundle.vocab
+        self.nearest = nearest
+
+    def parse(self, records: Sequence[Any]) -> Parsed:
+        out = Parsed()
+        decode, parse, index, vocab, nearest = self.decoder.decode, self.fmt.parse, self.index, self.vocab, self.nearest
+        entries, rejects, offsets = out.entries, out.rejects, out.offsets
+        for rec in records:
+            offsets[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1
+            line = decode(rec.value)
+            if isinstance(line, Rejected):
+                rejects.append((rec, line.reason, line.detail))
+                continue
+            try:
+                parsed = parse(line)
+            except LineFormatError as exc:
+                rejects.append((rec, exc.reason, str(exc)))
+                continue
+            key, found = key_of(index, vocab, parsed.content, nearest)
+            mem = member(key, line)
+            text = found.template if key == UNK else ""
+            out.unseen += key == UNK
+            for sid in parsed.session_ids:
+                entries.append(Entry(sid, parsed.timestamp, mem, text))
+        return out
+
+
+class Backoff:
+    """Retries an operation on infrastructure errors with exponential back-off and full jitter, within a budget."""
+
+    def __init__(self, budget_s: float, stop: threading.Event, on_state: Callable[[bool], None],
+                 base_s: float = 0.2, cap_s: float = 5.0) -> None:
+        self.budget_s = budget_s
+        self.stop = stop
+        self.on_state = on_state
+        self.base_s = base_s
+        self.cap_s = cap_s
+
+    def call(self, what: str, fn: Callable[[], T], errors: tuple[type[BaseException], ...], counter: Any,
+             fatal: tuple[type[BaseException], ...] = ()) -> T:
+        """Run ``fn``; on ``errors`` (but not ``fatal`` ones) back off and retry until the budget is spent."""
+        started = None
+        attempt = 0
+        while True:
+            try:
+                result = fn()
+            except errors as exc:
+                if isinstance(exc, fatal):
+                    raise
+                counter.inc()
+                now = time.monotonic()
+                started = started or now
+                if now - started > self.budget_s:
+                    raise OutageError(f"{what} unavailable for {now - started:.0f} s (budget "
+                                      f"detector.outage_budget_s = {self.budget_s:.0f} s): {exc}") from exc
+                delay = random.uniform(0, min(self.cap_s, self.base_s * 2 ** attempt))
+                attempt += 1
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning("%s failed (%s: %s); retrying with back-off, nothing committed meanwhile",
+                                what, type(exc).__name__, exc)
+                self.on_state(False)
+                time.sleep(delay)
+                continue
+            if started is not None:
+                log.warning("%s is back after %.1f s", what, time.monotonic() - started)
+                self.on_state(True)
+            return result
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        # Batches are handled synchronously and committed before the next poll, so nothing is in flight here.
+        log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        self.worker.assigned = set(assigned)
+
+
+class Worker:
+    """One detector process."""
+
+    def __init__(self, settings: Settings, bundle: Bundle, *, consumer: KafkaConsumer | None = None,
+                 producer: KafkaProducer | None = None, redis_client: redis.Redis | None = None) -> None:
+        check_bundle_settings(settings, bundle)
+        self.s = settings
+        self.bundle = bundle
+        self.stop_event = threading.Event()
+        self.assigned: set[TopicPartition] = set()
+        self.healthy = {"redis": True, "broker": True}
+        det = settings.detector
+        if det.num_threads:
+            torch.set_num_threads(det.num_threads)
+        self.device = resolve_device(det.device)
+        model = bundle.build_model(self.device)
+        buckets = tuple(b for b in det.buckets if b < bundle.model_config.max_len) + (bundle.model_config.max_len,)
+        sc = settings.scoring
+        self.scorer = WindowScorer(model, bundle.center.to(self.device), top_g=sc.top_g, mask_copies=sc.mask_copies,
+                                   device=self.device, buckets=buckets, n_candidates=sc.n_candidates)
+        self.judge = WindowJudge(self.scorer, bundle.thresholds, bundle.known_sets, sc.novel_template,
+                                 sc.novel_template_set, sc.use_distance)
+        self.pipeline = LinePipeline(settings.line_format(), ValueDecoder(settings.log.json_fields,
+                                                                          settings.log.max_line_bytes),
+                                     bundle.template_index(), bundle, settings.parser.unknown == "nearest")
+        k = settings.kafka
+        self.redis = redis_client or redis.Redis.from_url(settings.redis.url, socket_timeout=5,
+                                                          socket_connect_timeout=5)
+        prefix = f"{settings.redis.namespace}:{bundle.version}"
+        self.store = WindowStore(self.redis, prefix, bundle.model_config.max_len, settings.model.stride,
+                                 settings.session.ttl_s, int(det.pending_lease_s * 1000))
+        self._consumer = consumer
+        self._producer = producer
+        self.kafka_kwargs = k.client_kwargs()
+        self.backoff = Backoff(det.outage_budget_s, self.stop_event, self._set_healthy)
+        self._last_sweep = 0.0
+        self.stats = {"consumed": 0, "rejected": 0, "windows": 0, "anomalies": 0}
+        m.TEMPLATES_KNOWN.set(bundle.vocab.size - 4)
+        m.MODEL.info({"version": bundle.version, "device": str(self.device)})
+
+    # -- clients -------------------------------------------------------------------------------------------------
+    @property
+    def consumer(self) -> KafkaConsumer:
+        if self._consumer is None:
+            k = self.s.kafka
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=k.bootstrap_servers, group_id=k.group_id, enable_auto_commit=False,
+                auto_offset_reset="earliest", session_timeout_ms=k.session_timeout_ms,
+                max_poll_records=k.max_poll_records, client_id=f"logad-{k.group_id}", **self.kafka_kwargs)
+            self._consumer.subscribe([k.input_topic], listener=_Rebalance(self))
+        return self._consumer
+
+    @property
+    def producer(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = KafkaProducer(bootstrap_servers=self.s.kafka.bootstrap_servers, acks="all",
+                                           linger_ms=5, retries=5, **self.kafka_kwargs)
+        return self._producer
+
+    def _set_healthy(self, ok: bool) -> None:
+        m.READY.set(1 if ok and self.assigned else 0)
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        try:
+            redis_ok = bool(self.redis.ping())
+        except redis.RedisError:
+            redis_ok = False
+        ok = redis_ok and bool(self.assigned)
+        return ok, {"redis": redis_ok, "partitions": len(self.assigned), "model_version": self.bundle.version}
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            log.info("signal %d: finishing the batch in hand, committing, stopping", signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self, max_idle_s: float | None = None) -> dict[str, int]:
+        """Consume until stopped (or, with ``max_idle_s``, until the input stayed empty that long and no session
+        is left open: used by the demo and tests)."""
+        consumer = self.consumer
+        idle_since = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                # >= 1 s: kafka-python 3.0 drops a group join that completes while we are outside poll()
+                batch = consumer.poll(timeout_ms=1000, max_records=self.s.kafka.max_poll_records)
+                records = [r for recs in batch.values() for r in recs]
+                if records:
+                    self.process(records)
+                    idle_since = time.monotonic()
+                now = time.monotonic()
+                # Sessions are closed only by a worker that has caught up with its partitions: after a restart or
+                # an outage the backlog may still hold the lines that keep a session open.
+                if now - self._last_sweep >= self.s.detector.sweep_interval_s and self.caught_up():
+                    self._last_sweep = now
+                    if self.sweep():
+                        idle_since = now
+                if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s \
+                        and self.store.open_sessions() == 0 and self.store.pending() == 0:
+                    break
+        finally:
+            self.close()
+        return dict(self.stats)
+
+    def caught_up(self) -> bool:
+        """True when partitions are assigned and every one is consumed up to the high watermark of its last fetch.
+        Also publishes the per-partition consumer lag."""
+        if not self.assigned:
+            return False
+        consumer = self.consumer
+        ok = True
+        for tp in self.assigned:
+            high = consumer.highwater(tp)  # None until a fetch for tp has come back
+            if high is None:
+                ok = False
+                continue
+            lag = max(0, high - consumer.position(tp))
+            m.CONSUMER_LAG.labels(str(tp.partition)).set(lag)
+            ok = ok and lag == 0
+        return ok
+
+    def process(self, records: Sequence[Any]) -> None:
+        """Handle one consumed batch end to end, then commit its offsets."""
+        t0 = time.perf_counter()
+        parsed = self.pipeline.parse(records)
+        m.PARSE_SECONDS.observe(time.perf_counter() - t0)
+        m.LINES_CONSUMED.inc(len(records))
+        m.LINES_UNSEEN_TEMPLATE.inc(parsed.unseen)
+        self.stats["consumed"] += len(records)
+        now_ms = int(time.time() * 1000)
+        appended = self.backoff.call("redis append", lambda: self.store.append(parsed.entries, now_ms),
+                                     (redis.RedisError,), m.REDIS_ERRORS)
+        futures = [self._dead_letter(rec, reason, detail) for rec, reason, detail in parsed.rejects]
+        self.publish(appended.windows, futures)
+        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in parsed.offsets.items()}
+        try:
+            self.backoff.call("offset commit", lambda: self.consumer.commit(offsets), (KafkaError,),
+                              m.BROKER_ERRORS, fatal=(CommitFailedError,))
+        except CommitFailedError as exc:
+            # The group rebalanced while we worked: the new owner replays these records, which is safe.
+            log.warning("offset commit rejected after a rebalance (%s); the records will be replayed", exc)
+
+    def sweep(self) -> int:
+        """Close idle sessions and re-claim windows whose worker died; score and publish them."""
+        now_ms = int(time.time() * 1000)
+        idle_ms = int(self.s.session.idle_timeout_s * 1000)
+        res = self.backoff.call("redis sweep", lambda: self.store.sweep(now_ms, idle_ms),
+                                (redis.RedisError,), m.REDIS_ERRORS)
+        m.SESSIONS_CLOSED.inc(res.closed_sessions)
+        try:
+            m.SESSIONS_OPEN.set(self.store.open_sessions())
+        except redis.RedisError:
+            m.REDIS_ERRORS.inc()
+        if res.windows:
+            self.publish(res.windows, [])
+        return len(res.windows)
+
+    def publish(self, windows: Sequence[CutWindow], futures: list[Any]) -> None:
+        """Score windows, publish anomaly events (and any queued dead letters), flush, then ack in Redis."""
+        if windows:
+            max_batch = self.s.detector.max_batch
+            for i in range(0, len(windows), max_batch):
+                futures += self._score_chunk(windows[i:i + max_batch])
+        if futures:
+            self.backoff.call("publish", lambda: self._flush(futures), (KafkaError,), m.BROKER_ERRORS)
+        if windows:
+            ids = [w.id for w in windows]
+            self.backoff.call("redis ack", lambda: self.store.ack(ids), (redis.RedisError,), m.REDIS_ERRORS)
+
+    def _score_chunk(self, chunk: Sequence[CutWindow]) -> list[Any]:
+        t0 = time.perf_counter()
+        keys = [window_keys(w.members) for w in chunk]
+        verdicts = self.judge.judge(keys)
+        m.SCORE_SECONDS.observe(time.perf_counter() - t0)
+        m.SCORE_BATCH.observe(len(chunk))
+        for w in chunk:
+            m.WINDOWS_SCORED.labels(w.cause).inc()
+        self.stats["windows"] += len(chunk)
+        flagged = [(w, v, k) for w, v, k in zip(chunk, verdicts, keys) if v.anomalous]
+        if not flagged:
+            return []
+        texts = self.backoff.call("redis read", lambda: self.store.unseen_texts([w for w, _, k in flagged
+                                                                                  if UNK in k]),
+                                  (redis.RedisError,), m.REDIS_ERRORS)
+        th = self.bundle.thresholds
+        out = []
+        for w, v, _ in flagged:
+            event = build_event(event_id=w.id, session_id=w.session_id, members=w.members, lo=w.lo,
+                                cause="idle" if w.cause == "idle" else "full", first_ts=w.first_ts,
+                                last_ts=w.last_ts, cut_ms=w.cut_ms, verdict=v, vocab=self.bundle.vocab,
+                                unseen_text=texts.get(w.session_id, {}), miss_threshold=th.miss_ratio,
+                                distance_threshold=th.distance, model_version=self.bundle.version)
+            out.append((self.s.kafka.output_topic, w.session_id.encode(), event.model_dump_json().encode(), None))
+        self.stats["anomalies"] += len(out)
+        m.ANOMALIES.inc(len(out))
+        return out
+
+    def _dead_letter(self, rec: Any, reason: str, detail: str) -> tuple[str, bytes | None, bytes, list]:
+        m.LINES_REJECTED.labels(reason).inc()
+        self.stats["rejected"] += 1
+        headers = [("logad.source.topic", rec.topic.encode()), ("logad.source.partition", str(rec.partition).encode()),
+                   ("logad.source.offset", str(rec.offset).encode()), ("logad.reason", reason.encode()),
+                   ("logad.error", detail[:500].encode("utf-8", "replace"))]
+        return (self.s.kafka.dlq, rec.key, rec.value if rec.value is not None else b"", headers)
+
+    def _flush(self, messages: list[Any]) -> None:
+        """Send all messages and wait until the broker has every one; raise if any failed (the caller retries
+        the whole set: consumers see at-least-once, with identical duplicates)."""
+        producer = self.producer
+        futs = [producer.send(topic, key=key, value=value, headers=headers) for topic, key, value, headers in messages]
+        producer.flush(timeout=30)
+        for f in futs:
+            if not f.is_done:
+                raise _FlushTimeout("producer flush timed out")
+            if f.failed():
+                raise f.exception
+
+    def close(self) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.flush(timeout=10)
+                self._producer.close(timeout=10)
+            except KafkaError as exc:
+                log.warning("producer close: %s", exc)
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except KafkaError as exc:
+                log.warning("consumer close: %s", exc)
+        self._consumer = None
+        self._producer = None
+
+
+class _FlushTimeout(KafkaError):
+    retriable = True

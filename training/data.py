@@ -1,0 +1,165 @@
+"""Historical logs -> records -> sessions -> windows of template keys, with the detector's own code.
+
+Every step that the live detector also takes (line format, session rule, template lookup, canonical entry order,
+windowing) is a ``logbert_core`` function called here; nothing is re-implemented for training.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from logbert_core.parsing import LineFormat, LineFormatError, LogRecord, TemplateIndex, key_of
+from logbert_core.vocab import UNK, Vocabulary
+from logbert_core.windows import canonical_entries, session_windows, window_keys
+
+
+@dataclass
+class Corpus:
+    """Parsed lines of some files, grouped by session in order of first appearance."""
+
+    records: list[LogRecord]
+    rejected: Counter[str]
+    sessions: dict[str, list[int]]  # session id -> indices into ``records``, in file order
+    fingerprint: str  # sha256 over the input files' bytes, in the order given
+
+    def chronological(self) -> list[str]:
+        """Session ids ordered by their first line's timestamp (ties: first appearance)."""
+        first = {sid: self.records[idx[0]].timestamp for sid, idx in self.sessions.items()}
+        order = {sid: i for i, sid in enumerate(self.sessions)}
+        return sorted(self.sessions, key=lambda s: (first[s], order[s]))
+
+
+def open_text(path: str | Path) -> IO[str]:
+    """A log file as text; ``.gz`` files are decompressed on the fly."""
+    if str(path).endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
+    return open(path, encoding="utf-8", errors="surrogateescape")
+
+
+def iter_lines(paths: Sequence[str | Path]) -> Iterator[str]:
+    for path in paths:
+        with open_text(path) as fh:
+            for line in fh:
+                yield line.rstrip("\r\n")
+
+
+def file_fingerprint(paths: Sequence[str | Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def read_corpus(paths: Sequence[str | Path], fmt: LineFormat) -> Corpus:
+    records: list[LogRecord] = []
+    rejected: Counter[str] = Counter()
+    sessions: dict[str, list[int]] = {}
+    for line in iter_lines(paths):
+        if not line.strip():
+            rejected["empty"] += 1
+            continue
+        try:
+            rec = fmt.parse(line)
+        except LineFormatError as exc:
+            rejected[exc.reason] += 1
+            continue
+        i = len(records)
+        records.append(rec)
+        for sid in rec.session_ids:
+            sessions.setdefault(sid, []).append(i)
+    return Corpus(records, rejected, sessions, file_fingerprint(paths))
+
+
+def load_labels(path: str | Path) -> dict[str, bool]:
+    """``BlockId,Label`` CSV (Loghub style) -> {session id: anomalous}."""
+    out: dict[str, bool] = {}
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or len(header) < 2:
+            raise ValueError(f"{path}: expected a header 'BlockId,Label'")
+        for row in reader:
+            if len(row) < 2:
+                continue
+            label = row[1].strip().lower()
+            if label not in ("normal", "anomaly", "0", "1"):
+                raise ValueError(f"{path}: unknown label {row[1]!r} for {row[0]!r} (Normal/Anomaly or 0/1)")
+            out[row[0].strip()] = label in ("anomaly", "1")
+    return out
+
+
+def inline_labels(corpus: Corpus) -> dict[str, bool]:
+    """Sessions labelled by an inline label group (BGL: '-' is normal): anomalous if any line is not '-'."""
+    out: dict[str, bool] = {}
+    for sid, idx in corpus.sessions.items():
+        labels = [corpus.records[i].label for i in idx]
+        if all(lb is None for lb in labels):
+            continue
+        out[sid] = any(lb not in (None, "-") for lb in labels)
+    return out
+
+
+def mine_templates(corpus: Corpus, sessions: Iterable[str], index: TemplateIndex) -> Vocabulary:
+    """Mine templates from the lines of ``sessions`` only (in file order); the vocabulary is what was mined."""
+    wanted = sorted({i for sid in sessions for i in corpus.sessions[sid]})
+    for i in wanted:
+        index.mine(corpus.records[i].content)
+    return Vocabulary.build(index.templates())
+
+
+@dataclass
+class SessionWindows:
+    session_id: str
+    windows: list[list[int]]  # template keys of each window, canonical order
+    first_ts: float
+    last_ts: float
+    n_lines: int
+    unseen_lines: int = 0
+    meta: dict[str, int] = field(default_factory=dict)
+
+
+def build_windows(corpus: Corpus, sessions: Iterable[str], index: TemplateIndex, vocab: Vocabulary,
+                  nearest: bool, max_len: int, stride: int) -> dict[str, SessionWindows]:
+    """Each session's windows, exactly as the detector forms them from the same lines."""
+    keys: dict[int, int] = {}
+    out: dict[str, SessionWindows] = {}
+    for sid in sessions:
+        idx = corpus.sessions[sid]
+        entries = []
+        for i in idx:
+            k = keys.get(i)
+            if k is None:
+                k = keys[i] = key_of(index, vocab, corpus.records[i].content, nearest)[0]
+            rec = corpus.records[i]
+            entries.append((rec.timestamp, k, rec.line))
+        canon = canonical_entries(entries)
+        members = [m for _, m in canon]
+        ks = window_keys(members)
+        spans = session_windows(len(ks), max_len, stride)
+        out[sid] = SessionWindows(
+            session_id=sid, windows=[ks[s.lo:s.hi] for s in spans], first_ts=canon[0][0], last_ts=canon[-1][0],
+            n_lines=len(ks), unseen_lines=sum(1 for k in ks if k == UNK),
+        )
+    return out
+
+
+def split_chronological(ids: Sequence[str], fractions: Sequence[float]) -> list[list[str]]:
+    """Cut an ordered list into consecutive parts; ``fractions`` are the sizes of the *last* parts."""
+    n = len(ids)
+    cuts = []
+    end = n
+    for f in reversed(fractions):
+        start = max(0, end - max(1, round(n * f)))
+        cuts.append((start, end))
+        end = start
+    parts = [list(ids[:end])] + [list(ids[a:b]) for a, b in reversed(cuts)]
+    return parts

@@ -1,0 +1,46 @@
+"""Offline evaluation of a bundle on log files: the detector's decision, computed in batch.
+
+Sessions, windows and verdicts come from the same functions the streaming detector runs, so these figures are what
+``logad run`` produces on the same lines (a test holds the two equal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from logbert_core.bundle import Bundle
+from logbert_core.config import Settings
+from logbert_core.judge import Verdict, WindowJudge
+from logbert_core.scoring import WindowScorer
+from training.data import SessionWindows, build_windows, load_labels, read_corpus
+from training.train import judge_sessions, session_metrics
+
+
+def bundle_judge(bundle: Bundle, settings: Settings, device: str = "cpu") -> WindowJudge:
+    sc = settings.scoring
+    max_len = bundle.model_config.max_len
+    buckets = tuple(b for b in settings.detector.buckets if b < max_len) + (max_len,)
+    scorer = WindowScorer(bundle.build_model(device), bundle.center.to(device), top_g=sc.top_g,
+                          mask_copies=sc.mask_copies, device=torch.device(device), buckets=buckets,
+                          n_candidates=sc.n_candidates)
+    return WindowJudge(scorer, bundle.thresholds, bundle.known_sets, sc.novel_template, sc.novel_template_set,
+                         sc.use_distance)
+
+
+def offline_windows(bundle: Bundle, settings: Settings, inputs: Sequence[str | Path]) -> dict[str, SessionWindows]:
+    corpus = read_corpus(inputs, settings.line_format())
+    return build_windows(corpus, corpus.chronological(), bundle.template_index(), bundle.vocab,
+                         settings.parser.unknown == "nearest", bundle.model_config.max_len, settings.model.stride)
+
+
+def evaluate_bundle(bundle: Bundle, settings: Settings, inputs: Sequence[str | Path],
+                    labels_csv: str | Path | None, device: str = "cpu") -> tuple[dict[str, list[Verdict]],
+                                                                                dict[str, Any]]:
+    windows = offline_windows(bundle, settings, inputs)
+    verdicts = judge_sessions(bundle_judge(bundle, settings, device), windows)
+    labels = load_labels(labels_csv) if labels_csv else {}
+    return verdicts, session_metrics(verdicts, labels)

@@ -1,0 +1,57 @@
+"""Chronological hold-out: train on earlier sessions, test on later ones, never the other way round."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from logbert_core.config import Settings
+from logbert_core.parsing import LineFormatError
+from training.data import file_fingerprint, iter_lines, load_labels, split_chronological
+
+
+def split_files(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | Path | None,
+                test_fraction: float, out_dir: Path) -> dict[str, Any]:
+    fmt = settings.line_format()
+    first_seen: dict[str, tuple[float, int]] = {}
+    for n, line in enumerate(iter_lines(inputs)):
+        try:
+            rec = fmt.parse(line)
+        except LineFormatError:
+            continue
+        for sid in rec.session_ids:
+            first_seen.setdefault(sid, (rec.timestamp, n))
+    order = sorted(first_seen, key=first_seen.__getitem__)
+    train_ids, test_ids = split_chronological(order, [test_fraction])
+    part = {sid: "train" for sid in train_ids} | {sid: "test" for sid in test_ids}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = {"train": 0, "test": 0, "unparsed": 0}
+    with open(out_dir / "train.log", "w", encoding="utf-8", errors="surrogateescape") as tr, \
+            open(out_dir / "test.log", "w", encoding="utf-8", errors="surrogateescape") as te:
+        sinks = {"train": tr, "test": te}
+        for line in iter_lines(inputs):
+            try:
+                rec = fmt.parse(line)
+            except LineFormatError:
+                counts["unparsed"] += 1
+                continue
+            for name in sorted({part[sid] for sid in rec.session_ids}):
+                sinks[name].write(line + "\n")
+                counts[name] += 1
+    summary: dict[str, Any] = {
+        "inputs": [str(p) for p in inputs], "sha256": file_fingerprint(inputs),
+        "sessions": {"train": len(train_ids), "test": len(test_ids)}, "lines": counts,
+        "test_starts_at": first_seen[test_ids[0]][0] if test_ids else None,
+        "train_ends_before": first_seen[test_ids[0]][0] if test_ids else None,
+    }
+    if labels_csv:
+        labels = load_labels(labels_csv)
+        for name, ids in (("train", train_ids), ("test", test_ids)):
+            with open(out_dir / f"{name}.labels.csv", "w") as fh:
+                fh.write("BlockId,Label\n")
+                for sid in ids:
+                    fh.write(f"{sid},{'Anomaly' if labels.get(sid, False) else 'Normal'}\n")
+            summary[f"{name}_anomalous"] = sum(labels.get(sid, False) for sid in ids)
+    return summary

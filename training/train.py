@@ -1,0 +1,156 @@
+"""The training job: files -> sessions -> LogBERT -> calibrated thresholds -> evaluation -> bundle."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from logbert_core.bundle import Thresholds, save_bundle
+from logbert_core.config import Settings, bundle_fields
+from logbert_core.judge import Verdict, WindowJudge, calibrate
+from logbert_core.model import LogBERT, LogBERTConfig
+from logbert_core.parsing import TemplateIndex
+from logbert_core.scoring import WindowScorer
+from training.data import (
+    SessionWindows,
+    build_windows,
+    inline_labels,
+    load_labels,
+    mine_templates,
+    read_corpus,
+    split_chronological,
+)
+from training.fit import FitResult, TrainConfig, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainReport:
+    version: str
+    out_dir: Path
+    metrics: dict[str, Any]
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def session_metrics(verdicts: Mapping[str, Sequence[Verdict]], labels: Mapping[str, bool]) -> dict[str, Any]:
+    """Session-level confusion counts and P/R/F1: a session is flagged when any of its windows is."""
+    tp = fp = fn = tn = 0
+    by_reason: dict[str, int] = {}
+    for sid, vs in verdicts.items():
+        flagged = any(v.anomalous for v in vs)
+        if flagged:
+            for r in {r for v in vs for r in v.reasons}:
+                by_reason[r] = by_reason.get(r, 0) + 1
+        truth = labels.get(sid, False)
+        tp += flagged and truth
+        fp += flagged and not truth
+        fn += (not flagged) and truth
+        tn += (not flagged) and not truth
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    fpr = fp / (fp + tn) if fp + tn else 0.0
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": round(p, 4), "recall": round(r, 4),
+            "f1": round(f1, 4), "fpr": round(fpr, 5), "flagged_by_reason": dict(sorted(by_reason.items()))}
+
+
+def judge_sessions(judge: WindowJudge, sessions: Mapping[str, SessionWindows]) -> dict[str, list[Verdict]]:
+    flat = [(sid, w) for sid, sw in sessions.items() for w in sw.windows]
+    verdicts = judge.judge([w for _, w in flat]) if flat else []
+    out: dict[str, list[Verdict]] = {sid: [] for sid in sessions}
+    for (sid, _), v in zip(flat, verdicts):
+        out[sid].append(v)
+    return out
+
+
+def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str | Path,
+                 labels_csv: str | Path | None = None, progress: bool = True) -> TrainReport:
+    t0 = time.perf_counter()
+    s = settings
+    fmt = s.line_format()
+    corpus = read_corpus(inputs, fmt)
+    if not corpus.sessions:
+        raise ValueError(f"no sessions found in {list(map(str, inputs))} (rejected lines: {dict(corpus.rejected)})")
+    labels = load_labels(labels_csv) if labels_csv else inline_labels(corpus)
+    order = corpus.chronological()
+    anomalous = [sid for sid in order if labels.get(sid, False)]
+    normal = [sid for sid in order if not labels.get(sid, False)]
+    train_ids, val_ids, calib_ids = split_chronological(normal, [s.train.val_fraction, s.train.calib_fraction])
+    if not train_ids or not val_ids or not calib_ids:
+        raise ValueError(f"too few normal sessions ({len(normal)}) to split into train/validation/calibration")
+    log.info("%d lines, %d sessions (%d anomalous kept out of training); train %d, val %d, calib %d",
+             len(corpus.records), len(order), len(anomalous), len(train_ids), len(val_ids), len(calib_ids))
+
+    index = TemplateIndex(s.drain_params())
+    vocab = mine_templates(corpus, train_ids, index)
+    nearest = s.parser.unknown == "nearest"
+    windows = build_windows(corpus, order, index, vocab, nearest, s.model.max_len, s.model.stride)
+    t_parse = time.perf_counter() - t0
+
+    def flat(ids: Sequence[str]) -> list[list[int]]:
+        return [w for sid in ids for w in windows[sid].windows]
+
+    model_cfg = LogBERTConfig(vocab_size=vocab.size, max_len=s.model.max_len, n_layer=s.model.n_layer,
+                              n_head=s.model.n_head, n_embd=s.model.n_embd, dropout=s.model.dropout,
+                              hypersphere_weight=s.model.hypersphere_weight)
+    tc = TrainConfig(epochs=s.train.epochs, batch_size=s.train.batch_size, lr=s.train.lr,
+                     mask_ratio=s.train.mask_ratio, patience=s.train.patience, seed=s.train.seed,
+                     device=s.train.device, bf16=s.train.bf16, progress=progress)
+    result: FitResult = fit(flat(train_ids), flat(val_ids), model_cfg, tc)
+
+    device = resolve_device(s.train.device)
+    model = LogBERT(model_cfg)
+    model.load_state_dict(result.state_dict)
+    model.to(device).eval()
+    scorer = WindowScorer(model, result.center.to(device), top_g=s.scoring.top_g, mask_copies=s.scoring.mask_copies,
+                          device=device, n_candidates=s.scoring.n_candidates,
+                          buckets=tuple(b for b in s.detector.buckets if b < s.model.max_len) + (s.model.max_len,))
+    calib_windows = flat(calib_ids)
+    thresholds: Thresholds = calibrate(scorer.score(calib_windows), s.scoring.target_fpr, s.scoring.use_distance,
+                                         s.scoring.distance_margin)
+    known_sets = frozenset(frozenset(w) for w in flat(train_ids) + flat(val_ids))
+    judge = WindowJudge(scorer, thresholds, known_sets, s.scoring.novel_template, s.scoring.novel_template_set,
+                         s.scoring.use_distance)
+
+    # In-period evaluation: held-out normal sessions (calibration set) against the anomalies of the same period.
+    # Thresholds were fixed above without these labels; the real test is later logs streamed through `logad run`.
+    eval_ids = calib_ids + anomalous
+    verdicts = judge_sessions(judge, {sid: windows[sid] for sid in eval_ids})
+    ev = session_metrics(verdicts, labels)
+    lengths = np.array([windows[sid].n_lines for sid in train_ids])
+    metrics: dict[str, Any] = {
+        "data": {"inputs": [str(p) for p in inputs], "sha256": corpus.fingerprint, "lines": len(corpus.records),
+                 "rejected_lines": dict(corpus.rejected), "sessions": len(order), "anomalous_sessions": len(anomalous),
+                 "labels": str(labels_csv) if labels_csv else "inline" if labels else "none",
+                 "split": {"train": len(train_ids), "val": len(val_ids), "calib": len(calib_ids),
+                           "rule": "normal sessions ordered by first timestamp; last "
+                                   f"{s.train.calib_fraction} calibration, {s.train.val_fraction} before it validation"},
+                 "templates": vocab.size - 4, "train_windows": len(flat(train_ids)),
+                 "train_session_len_p50_p99": [float(np.percentile(lengths, 50)), float(np.percentile(lengths, 99))]},
+        "training": {"best_epoch": result.best_epoch, "history": result.history, "seconds": round(result.seconds, 1),
+                     "parse_seconds": round(t_parse, 1), "device": device},
+        "thresholds": {"miss_ratio": thresholds.miss_ratio, "distance": thresholds.distance,
+                       "method": thresholds.method},
+        "in_period_eval": {"sessions": "calibration normals + anomalies of the training period", **ev},
+    }
+    version = save_bundle(out_dir, family=s.log.family, model_config=model_cfg, state_dict=result.state_dict,
+                          center=result.center, vocab=vocab, drain_params=s.drain_params(),
+                          drain_state=index.state(), settings=bundle_fields(s), thresholds=thresholds,
+                          known_sets=known_sets, metrics=metrics)
+    metrics["total_seconds"] = round(time.perf_counter() - t0, 1)
+    (Path(out_dir) / "metrics.json").write_text(json.dumps({"version": version, **metrics}, indent=1) + "\n")
+    return TrainReport(version, Path(out_dir), metrics)
