@@ -143,6 +143,9 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
         raise BundleError(f"{d}: bundle format {meta.get('format_version')!r}, this logad reads {FORMAT_VERSION}")
     try:
         tensors = load_file(str(d / WEIGHTS))
+    except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError) for a corrupt file
+        raise BundleError(f"{d / WEIGHTS}: unreadable ({exc})") from exc
+    try:
         center = tensors.pop(CENTER)
         cfg = LogBERTConfig.from_dict(meta["model_config"])
         vocab = Vocabulary.from_json(meta["vocab"])

@@ -98,6 +98,10 @@ def build_event(*, event_id: str, session_id: str, members: tuple[str, ...], lo:
     if first_miss is not None:
         parts.append(f"at position {first_miss.position} saw {first_miss.template!r}, expected "
                      f"{first_miss.expected[0].template!r}")
+    if DISTANCE in verdict.reasons:
+        parts.append(f"window embedding at distance {s.distance:.2f} from the normal centre (threshold "
+                     f"{distance_threshold:.2f}); templates in order: "
+                     + " -> ".join(repr(p.template) for p in positions[:8]) + (" ..." if len(positions) > 8 else ""))
     parts.append("flagged for " + "; ".join(_REASON_TEXT.get(r, r) for r in verdict.reasons))
     return AnomalyEvent(
         event_id=event_id, session_id=session_id, score=round(s.miss_ratio, 6), threshold=miss_threshold,

@@ -18,11 +18,15 @@ def render_event(raw: bytes | str, max_lines: int = 12) -> str:
             f"model {ev.model_version}  id {ev.event_id[:12]}")
     out = [head, f"  why: {ev.explanation.summary}"]
     shown = 0
+    only_unexpected = bool(ev.explanation.unexpected_positions)
+    if not only_unexpected:
+        out.append("  the window's templates in order (none unexpected on its own):")
     for p in ev.explanation.templates:
-        if not p.unexpected:
+        if only_unexpected and not p.unexpected:
             continue
         if shown == max_lines:
-            out.append(f"  ... {len(ev.explanation.unexpected_positions) - shown} more unexpected lines")
+            rest = (len(ev.explanation.unexpected_positions) if only_unexpected else w.line_count) - shown
+            out.append(f"  ... {rest} more lines")
             break
         tag = "new " if not p.seen_in_training else ""
         line = f"  #{p.position:<3} {tag}{p.template}"

@@ -1,0 +1,83 @@
+"""logad-train end to end on a small real slice: bundle written, loadable, reproducible, thresholds label-free."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from logbert_core.bundle import BundleError, load_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "config" / "hdfs.toml"
+TRAIN = REPO / "data" / "hdfs" / "train.log.gz"
+LABELS = REPO / "data" / "hdfs" / "train.labels.csv"
+
+
+@pytest.fixture(scope="module")
+def slice_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "slice.log"
+    with gzip.open(TRAIN, "rt") as fh, open(path, "w") as out:
+        for _, line in zip(range(12000), fh):
+            out.write(line)
+    return path
+
+
+def train(out: Path, slice_file: Path, labels: Path | None, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "training.cli", "--config", str(CONFIG), "--input", str(slice_file), "--out",
+           str(out), "--no-progress", *extra]
+    if labels is not None:
+        cmd += ["--labels", str(labels)]
+    env = {"LOGAD_TRAIN__EPOCHS": "2", "LOGAD_MODEL__N_EMBD": "32", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, slice_file):
+    root = tmp_path_factory.mktemp("bundles")
+    a, b = root / "a", root / "b"
+    for out in (a, b):
+        res = train(out, slice_file, LABELS)
+        assert res.returncode == 0, res.stderr
+    return a, b
+
+
+def test_bundle_is_complete_and_loads(bundles):
+    a, _ = bundles
+    assert {p.name for p in a.iterdir()} >= {"model.safetensors", "bundle.json", "metrics.json"}
+    bundle = load_bundle(a)
+    assert bundle.model_config.vocab_size == bundle.vocab.size and bundle.model_config.n_embd == 32
+    assert bundle.thresholds.method.startswith("quantile") and bundle.known_sets
+    assert bundle.settings["session.key_regex"] == r"blk_-?\d+"
+    metrics = json.loads((a / "metrics.json").read_text())
+    assert metrics["data"]["anomalous_sessions"] > 0 and len(metrics["training"]["history"]) >= 1
+
+
+def test_same_seed_same_bundle(bundles):
+    a, b = (load_bundle(p) for p in bundles)
+    assert a.version == b.version
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+
+
+def test_bad_config_value_exits_2_with_the_field_named(slice_file, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "training.cli", "--config", str(CONFIG), "--input", str(slice_file),
+                          "--out", str(tmp_path / "x")], capture_output=True, text=True, cwd=REPO,
+                         env={"LOGAD_MODEL__STRIDE": "9999", "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 2
+    assert "stride" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_corrupt_bundle_is_refused_with_a_message(bundles, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "bundle.json").write_text(json.dumps({"format_version": 1, "model_config": {"vocab_size": 5}}))
+    (bad / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(BundleError, match="inconsistent bundle|unreadable"):
+        load_bundle(bad)
+    with pytest.raises(BundleError, match="not a model bundle"):
+        load_bundle(tmp_path)
