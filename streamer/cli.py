@@ -90,13 +90,16 @@ def run(config: str, model_dir: str, exit_when_idle: float | None) -> None:
 @click.option("--config", type=click.Path(dir_okay=False), default=None)
 @click.option("--quiet", is_flag=True, help="Print only the summary, not each anomaly.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Write the summary as JSON here.")
+@click.option("--events-out", type=click.Path(dir_okay=False), default=None,
+              help="Write the anomaly events received as JSON lines here.")
 def demo(workers: int, partitions: int, fmt: str, model_dir: str | None, input_file: str | None,
-         labels: str | None, config: str | None, quiet: bool, json_out: str | None) -> None:
+         labels: str | None, config: str | None, quiet: bool, json_out: str | None, events_out: str | None) -> None:
     """Embedded broker + Redis, stream held-out HDFS logs through the detector, print anomalies and P/R/F1."""
     from streamer.demo import DemoOptions, run_demo
 
     summary = run_demo(DemoOptions(workers=workers, partitions=partitions, fmt=fmt, model_dir=model_dir,
-                                   input_file=input_file, labels=labels, config=config, quiet=quiet))
+                                   input_file=input_file, labels=labels, config=config, quiet=quiet,
+                                   events_out=events_out))
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=1) + "\n")
     if summary.get("error"):

@@ -47,6 +47,7 @@ class DemoOptions:
     labels: str | None = None
     config: str | None = None
     quiet: bool = False
+    events_out: str | None = None  # write every event received as JSON lines here
     idle_timeout_s: float = 3.0
     timeout_s: float = 600.0
 
@@ -105,6 +106,10 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         stop_tail.set()
         tail.join(timeout=10)
         summary = _summarise(lines, events, n_events[0], labels_file, settings, sent, t_committed, t_done, codes)
+        if opts.events_out:
+            with open(opts.events_out, "w") as fh:
+                for ev in events.values():
+                    fh.write(ev.model_dump_json() + "\n")
         _print_summary(summary)
         if any(codes):
             summary["error"] = f"worker exit codes {codes}; logs in {workdir}"
