@@ -136,6 +136,9 @@ class Backoff:
                 counter.inc()
                 now = time.monotonic()
                 started = started or now
+                if self.stop.is_set():
+                    raise OutageError(f"stopped while {what} was unavailable ({exc}); the batch in hand was not "
+                                      "committed and will be replayed") from exc
                 if now - started > self.budget_s:
                     raise OutageError(f"{what} unavailable for {now - started:.0f} s (budget "
                                       f"detector.outage_budget_s = {self.budget_s:.0f} s): {exc}") from exc
@@ -176,7 +179,8 @@ class Worker:
         self.bundle = bundle
         self.stop_event = threading.Event()
         self.assigned: set[TopicPartition] = set()
-        self.healthy = {"redis": True, "broker": True}
+        self.healthy = True  # False while an operation is retrying with back-off
+        self.broker_ok = True  # False while the broker does not answer ListOffsets
         det = settings.detector
         if det.num_threads:
             torch.set_num_threads(det.num_threads)
@@ -194,6 +198,8 @@ class Worker:
         k = settings.kafka
         self.redis = redis_client or redis.Redis.from_url(settings.redis.url, socket_timeout=5,
                                                           socket_connect_timeout=5)
+        # a separate client with a short timeout for /ready, so a hung Redis cannot hang the probe
+        self._probe = redis.Redis.from_url(settings.redis.url, socket_timeout=1, socket_connect_timeout=1)
         prefix = f"{settings.redis.namespace}:{bundle.version}"
         self.store = WindowStore(self.redis, prefix, bundle.model_config.max_len, settings.model.stride,
                                  settings.session.ttl_s, int(det.pending_lease_s * 1000))
@@ -226,15 +232,19 @@ class Worker:
         return self._producer
 
     def _set_healthy(self, ok: bool) -> None:
+        self.healthy = ok
         m.READY.set(1 if ok and self.assigned else 0)
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
+        """Ready: partitions assigned, model loaded, Redis answering, and no operation stuck in back-off."""
         try:
-            redis_ok = bool(self.redis.ping())
+            redis_ok = bool(self._probe.ping())
         except redis.RedisError:
             redis_ok = False
-        ok = redis_ok and bool(self.assigned)
-        return ok, {"redis": redis_ok, "partitions": len(self.assigned), "model_version": self.bundle.version}
+        ok = redis_ok and self.broker_ok and bool(self.assigned) and self.healthy
+        return ok, {"redis": redis_ok, "broker": self.broker_ok, "partitions": len(self.assigned),
+                    "backing_off": not self.healthy,
+                    "model_version": self.bundle.version}
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -273,18 +283,31 @@ class Worker:
         return dict(self.stats)
 
     def caught_up(self) -> bool:
-        """True when partitions are assigned and every one is consumed up to the high watermark of its last fetch.
-        Also publishes the per-partition consumer lag."""
+        """True when partitions are assigned, the broker answers now, and every partition is consumed up to its
+        end. Also publishes the per-partition consumer lag.
+
+        Sessions may only be closed when this holds: during a broker outage or with a backlog, the lines that keep
+        a session open may simply not have been read yet.
+        """
         if not self.assigned:
             return False
         consumer = self.consumer
+        tps = list(self.assigned)
+        try:
+            listed = consumer.end_offsets(tps, timeout_ms=2000)
+        except KafkaError as exc:
+            m.BROKER_ERRORS.inc()
+            if self.broker_ok:
+                log.warning("broker not answering (%s: %s); not closing sessions until it does",
+                            type(exc).__name__, exc)
+            self.broker_ok = False
+            return False
+        self.broker_ok = True
         ok = True
-        for tp in self.assigned:
-            high = consumer.highwater(tp)  # None until a fetch for tp has come back
-            if high is None:
-                ok = False
-                continue
-            lag = max(0, high - consumer.position(tp))
+        for tp in tps:
+            # tansu's ListOffsets can trail the log end; a fetch's high watermark is exact: take the larger
+            end = max(listed.get(tp) or 0, consumer.highwater(tp) or 0)
+            lag = max(0, end - consumer.position(tp))
             m.CONSUMER_LAG.labels(str(tp.partition)).set(lag)
             ok = ok and lag == 0
         return ok
