@@ -114,6 +114,7 @@ class DetectorSection(_Section):
     sweep_interval_s: float = Field(default=1.0, gt=0)
     pending_lease_s: float = Field(default=30.0, gt=0)
     outage_budget_s: float = Field(default=300.0, gt=0)
+    novel_template_cap: int = Field(default=10_000, gt=0)  # size of the shared registry of new templates
     num_threads: int | None = Field(default=None, gt=0)
 
 

@@ -11,6 +11,10 @@ PARSE_SECONDS = Histogram("logad_parse_seconds", "Time to decode, parse and look
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 TEMPLATES_KNOWN = Gauge("logad_templates_known", "Templates in the loaded model's vocabulary")
 LINES_UNSEEN_TEMPLATE = Counter("logad_lines_unseen_template_total", "Lines whose template the model never saw")
+TEMPLATES_NEW = Counter("logad_templates_new_total",
+                        "New templates this worker registered first in the shared registry")
+TEMPLATES_NEW_CAPPED = Counter("logad_templates_new_capped_total",
+                               "Lines whose new template was not registered because the registry is at its cap")
 SESSIONS_OPEN = Gauge("logad_sessions_open", "Sessions open in Redis (not yet idle-closed)")
 SESSIONS_CLOSED = Counter("logad_sessions_closed_total", "Sessions closed after the idle timeout by this worker")
 WINDOWS_SCORED = Counter("logad_windows_scored_total", "Windows scored by this worker", ["cause"])

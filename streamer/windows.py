@@ -5,6 +5,8 @@ Layout under the prefix ``<namespace>:<bundle version>`` (``P``):
     P:s:<session>   ZSET   entries; score = log timestamp, member = "<key:06d>:<line digest>" (logbert_core.windows)
     P:m:<session>   HASH   start, covered (the WindowCursor), closed flag
     P:u:<session>   HASH   line digest -> masked text, for entries whose template the model never saw
+    P:novel         HASH   new-template id (sha1 of its masked text) -> text: one registry for every worker
+    P:novel:n       HASH   new-template id -> number of distinct lines seen with it (replays do not count)
     P:idle          ZSET   open session -> wall-clock ms of its last new entry
     P:pending       ZSET   window id -> lease expiry (ms); the window's payload is at P:w:<window id>
     P:w:<id>        STRING JSON payload of a window waiting to be scored and published
@@ -34,21 +36,23 @@ import redis
 
 _APPEND = r"""
 -- KEYS: none (all keys derive from the prefix; the store is used with one Redis node or hash tags in P)
--- ARGV: prefix, now_ms, max_len, stride, ttl_s, lease_ms, n, then n x (session, ts, member, unseen text or "")
+-- ARGV: prefix, now_ms, max_len, stride, ttl_s, lease_ms, novel_cap, n, then n x (session, ts, member, unseen text)
 local p = ARGV[1]
 local now = tonumber(ARGV[2])
 local max_len = tonumber(ARGV[3])
 local stride = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
 local lease = tonumber(ARGV[6])
-local n = tonumber(ARGV[7])
+local novel_cap = tonumber(ARGV[7])
+local n = tonumber(ARGV[8])
 local added = {}
 local order = {}
+local novel_new, novel_capped = 0, 0
 for i = 0, n - 1 do
-  local sid = ARGV[8 + 4 * i]
-  local ts = ARGV[9 + 4 * i]
-  local mem = ARGV[10 + 4 * i]
-  local txt = ARGV[11 + 4 * i]
+  local sid = ARGV[9 + 4 * i]
+  local ts = ARGV[10 + 4 * i]
+  local mem = ARGV[11 + 4 * i]
+  local txt = ARGV[12 + 4 * i]
   local r = redis.call('ZADD', p .. ':s:' .. sid, 'NX', ts, mem)
   if added[sid] == nil then
     added[sid] = 0
@@ -56,7 +60,19 @@ for i = 0, n - 1 do
   end
   if r == 1 then
     added[sid] = added[sid] + 1
-    if txt ~= '' then redis.call('HSET', p .. ':u:' .. sid, string.sub(mem, 8), txt) end
+    if txt ~= '' then
+      redis.call('HSET', p .. ':u:' .. sid, string.sub(mem, 8), txt)
+      local tid = string.sub(redis.sha1hex(txt), 1, 16)
+      if redis.call('HEXISTS', p .. ':novel', tid) == 1 then
+        redis.call('HINCRBY', p .. ':novel:n', tid, 1)
+      elseif redis.call('HLEN', p .. ':novel') < novel_cap then
+        redis.call('HSET', p .. ':novel', tid, txt)
+        redis.call('HINCRBY', p .. ':novel:n', tid, 1)
+        novel_new = novel_new + 1
+      else
+        novel_capped = novel_capped + 1
+      end
+    end
   end
 end
 local out = {}
@@ -92,7 +108,7 @@ for _, sid in ipairs(order) do
     if redis.call('EXISTS', uk) == 1 then redis.call('EXPIRE', uk, ttl) end
   end
 end
-return {new_entries, out}
+return {new_entries, out, novel_new, novel_capped}
 """
 
 _SWEEP = r"""
@@ -186,6 +202,8 @@ class CutWindow:
 class AppendResult:
     new_entries: int
     windows: list[CutWindow]
+    novel_templates: int = 0  # new templates this batch registered first (any worker sees the same ids)
+    novel_capped: int = 0  # lines whose new template was not registered because the registry is full
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +216,7 @@ class WindowStore:
     """Session windows in Redis; every method is one round trip."""
 
     def __init__(self, client: redis.Redis, prefix: str, max_len: int, stride: int, ttl_s: int,
-                 lease_ms: int) -> None:
+                 lease_ms: int, novel_cap: int = 10_000) -> None:
         if not 0 < stride <= max_len:
             raise ValueError(f"stride must be in (0, max_len={max_len}], got {stride}")
         self.r = client
@@ -207,6 +225,7 @@ class WindowStore:
         self.stride = stride
         self.ttl_s = ttl_s
         self.lease_ms = lease_ms
+        self.novel_cap = novel_cap
         self._append = client.register_script(_APPEND)
         self._sweep = client.register_script(_SWEEP)
 
@@ -215,11 +234,19 @@ class WindowStore:
         if not entries:
             return AppendResult(0, [])
         argv: list[str | int | float] = [self.prefix, now_ms, self.max_len, self.stride, self.ttl_s, self.lease_ms,
-                                         len(entries)]
+                                         self.novel_cap, len(entries)]
         for e in entries:
             argv += (e.session_id, repr(e.timestamp), e.member, e.unseen_text)
-        new, payloads = self._append(keys=[], args=argv)
-        return AppendResult(int(new), [CutWindow.from_payload(p) for p in payloads])
+        new, payloads, novel, capped = self._append(keys=[], args=argv)
+        return AppendResult(int(new), [CutWindow.from_payload(p) for p in payloads], int(novel), int(capped))
+
+    def novel_templates(self) -> dict[str, tuple[str, int]]:
+        """The shared registry of templates the model never saw: id -> (masked text, distinct lines)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(f"{self.prefix}:novel")
+        pipe.hgetall(f"{self.prefix}:novel:n")
+        texts, counts = pipe.execute()
+        return {k.decode(): (v.decode(), int(counts.get(k, 0))) for k, v in texts.items()}
 
     def sweep(self, now_ms: int, idle_ms: int, limit: int = 1000) -> SweepResult:
         """Close sessions idle for ``idle_ms`` (cutting their last window) and claim windows whose lease ran out."""

@@ -202,7 +202,7 @@ class Worker:
         self._probe = redis.Redis.from_url(settings.redis.url, socket_timeout=1, socket_connect_timeout=1)
         prefix = f"{settings.redis.namespace}:{bundle.version}"
         self.store = WindowStore(self.redis, prefix, bundle.model_config.max_len, settings.model.stride,
-                                 settings.session.ttl_s, int(det.pending_lease_s * 1000))
+                                 settings.session.ttl_s, int(det.pending_lease_s * 1000), det.novel_template_cap)
         self._consumer = consumer
         self._producer = producer
         self.kafka_kwargs = k.client_kwargs()
@@ -323,6 +323,10 @@ class Worker:
         now_ms = int(time.time() * 1000)
         appended = self.backoff.call("redis append", lambda: self.store.append(parsed.entries, now_ms),
                                      (redis.RedisError,), m.REDIS_ERRORS)
+        if appended.novel_templates:
+            m.TEMPLATES_NEW.inc(appended.novel_templates)
+        if appended.novel_capped:
+            m.TEMPLATES_NEW_CAPPED.inc(appended.novel_capped)
         futures = [self._dead_letter(rec, reason, detail) for rec, reason, detail in parsed.rejects]
         self.publish(appended.windows, futures)
         offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in parsed.offsets.items()}

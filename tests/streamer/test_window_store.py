@@ -115,3 +115,20 @@ def test_unseen_text_is_kept_for_explanations(redis_url):
     store.append([e], now_ms=0)
     (w,) = store.sweep(now_ms=10_000, idle_ms=1).windows
     assert store.unseen_texts([w]) == {"blk_9": {e.member[7:]: "weird <NUM> line"}}
+
+
+def test_new_templates_share_one_registry_across_workers(redis_url):
+    a, b = make_store(redis_url, prefix="n"), make_store(redis_url, prefix="n")
+    a.novel_cap = b.novel_cap = 2
+    e1 = Entry("blk_1", 1.0, member(2, "odd 1"), unseen_text="odd <NUM>")
+    e2 = Entry("blk_2", 1.0, member(2, "odd 2"), unseen_text="odd <NUM>")
+    e3 = Entry("blk_3", 1.0, member(2, "strange 3"), unseen_text="strange <NUM>")
+    e4 = Entry("blk_4", 1.0, member(2, "weird"), unseen_text="weird")
+    assert a.append([e1], now_ms=0).novel_templates == 1
+    assert b.append([e2, e1], now_ms=0).novel_templates == 0  # same template from another worker, plus a replay
+    assert b.append([e3], now_ms=0).novel_templates == 1
+    capped = a.append([e4], now_ms=0)
+    assert (capped.novel_templates, capped.novel_capped) == (0, 1)
+    reg = a.novel_templates()
+    assert reg == b.novel_templates()
+    assert sorted(reg.values()) == [("odd <NUM>", 2), ("strange <NUM>", 1)]
