@@ -115,6 +115,7 @@ class DetectorSection(_Section):
     pending_lease_s: float = Field(default=30.0, gt=0)
     outage_budget_s: float = Field(default=300.0, gt=0)
     novel_template_cap: int = Field(default=10_000, gt=0)  # size of the shared registry of new templates
+    reload_interval_s: float = Field(default=5.0, gt=0)  # how often to look for a new model bundle
     num_threads: int | None = Field(default=None, gt=0)
 
 

@@ -50,7 +50,7 @@ def run(config: str, model_dir: str, exit_when_idle: float | None) -> None:
     settings = _settings(config)
     try:
         bundle = load_bundle(model_dir)
-        worker = Worker(settings, bundle)
+        worker = Worker(settings, bundle, bundle_dir=model_dir)
     except (BundleError, StartupError) as exc:
         click.echo(f"logad run: {exc}", err=True)
         sys.exit(2)
@@ -147,6 +147,58 @@ def tail(config: str | None, bootstrap_servers: str | None, topic: str | None, f
         pass
     finally:
         consumer.close()
+
+
+@main.group()
+def model() -> None:
+    """Which model bundle the detectors run (hot reload through a Redis pointer)."""
+
+
+@model.command("use")
+@click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--config", type=click.Path(dir_okay=False), required=True)
+def model_use(bundle_dir: str, config: str) -> None:
+    """Point every `logad run` of this namespace at BUNDLE_DIR (checked first); they switch between batches.
+    Rolling back is pointing back at the previous bundle."""
+    import redis as redis_lib
+
+    from logbert_core.bundle import BundleError, load_bundle
+    from streamer.errors import StartupError
+    from streamer.worker import check_bundle_settings
+
+    s = _settings(config)
+    path = Path(bundle_dir).resolve()
+    try:
+        bundle = load_bundle(path)
+        check_bundle_settings(s, bundle)
+    except (BundleError, StartupError) as exc:
+        click.echo(f"logad model use: refused: {exc}", err=True)
+        sys.exit(2)
+    key = f"{s.redis.namespace}:model:current"
+    try:
+        r = redis_lib.Redis.from_url(s.redis.url, socket_timeout=5)
+        previous = r.getset(key, str(path))
+    except redis_lib.RedisError as exc:
+        click.echo(f"logad model use: Redis unavailable ({exc}); nothing changed", err=True)
+        sys.exit(1)
+    was = previous.decode() if previous else "(the --model directory of each detector)"
+    click.echo(f"{key} -> {path} (version {bundle.version}); was {was}")
+
+
+@model.command("show")
+@click.option("--config", type=click.Path(dir_okay=False), required=True)
+def model_show(config: str) -> None:
+    """Print the bundle the detectors are pointed at, if a pointer is set."""
+    import redis as redis_lib
+
+    s = _settings(config)
+    key = f"{s.redis.namespace}:model:current"
+    try:
+        value = redis_lib.Redis.from_url(s.redis.url, socket_timeout=5).get(key)
+    except redis_lib.RedisError as exc:
+        click.echo(f"logad model show: Redis unavailable ({exc})", err=True)
+        sys.exit(1)
+    click.echo(value.decode() if value else f"{key} is not set: each detector runs its --model directory")
 
 
 if __name__ == "__main__":

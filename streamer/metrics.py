@@ -28,3 +28,4 @@ REDIS_ERRORS = Counter("logad_redis_errors_total", "Failed Redis round trips (re
 BROKER_ERRORS = Counter("logad_broker_errors_total", "Failed broker operations (retried with back-off)")
 READY = Gauge("logad_ready", "1 when partitions are assigned, the model is loaded and Redis and the broker answer")
 MODEL = Info("logad_model", "The loaded model bundle")
+RELOADS = Counter("logad_model_reloads_total", "Model bundle changes seen, by outcome", ["outcome"])

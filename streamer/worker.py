@@ -17,6 +17,7 @@ worker stops with ``OutageError``. SIGTERM/SIGINT stop consumption; the batch in
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import signal
@@ -24,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
@@ -33,7 +35,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from logbert_core.bundle import Bundle
+from logbert_core.bundle import Bundle, BundleError, load_bundle
 from logbert_core.config import Settings, bundle_fields
 from logbert_core.judge import WindowJudge
 from logbert_core.parsing import LineFormat, LineFormatError, TemplateIndex, key_of
@@ -169,14 +171,50 @@ class _Rebalance(ConsumerRebalanceListener):
         self.worker.assigned = set(assigned)
 
 
+@dataclass
+class Engine:
+    """Everything that depends on one bundle: the parser, the judge and the Redis windows (under a prefix of the
+    bundle's version, since entries hold that bundle's template keys)."""
+
+    bundle: Bundle
+    pipeline: LinePipeline
+    judge: WindowJudge
+    store: WindowStore
+
+    @classmethod
+    def build(cls, settings: Settings, bundle: Bundle, device: torch.device, client: redis.Redis) -> Engine:
+        check_bundle_settings(settings, bundle)
+        det, sc = settings.detector, settings.scoring
+        max_len = bundle.model_config.max_len
+        buckets = tuple(b for b in det.buckets if b < max_len) + (max_len,)
+        scorer = WindowScorer(bundle.build_model(device), bundle.center.to(device), top_g=sc.top_g,
+                              mask_copies=sc.mask_copies, device=device, buckets=buckets,
+                              n_candidates=sc.n_candidates)
+        judge = WindowJudge(scorer, bundle.thresholds, bundle.known_sets, sc.novel_template, sc.novel_template_set,
+                            sc.use_distance)
+        pipeline = LinePipeline(settings.line_format(), ValueDecoder(settings.log.json_fields,
+                                                                     settings.log.max_line_bytes),
+                                bundle.template_index(), bundle, settings.parser.unknown == "nearest")
+        store = WindowStore(client, f"{settings.redis.namespace}:{bundle.version}", max_len, settings.model.stride,
+                            settings.session.ttl_s, int(det.pending_lease_s * 1000), det.novel_template_cap)
+        return cls(bundle, pipeline, judge, store)
+
+
 class Worker:
-    """One detector process."""
+    """One detector process.
+
+    Hot reload: between batches the worker looks for a new bundle, in the Redis pointer key
+    ``<namespace>:model:current`` (a bundle directory; set by ``logad model use``) or, without a pointer, in the
+    ``--model`` directory's own ``bundle.json``. A new bundle that loads and fits the settings becomes active for
+    the next batch; the old one keeps sweeping its own open sessions and pending windows until none is left, so
+    nothing is lost and nothing is scored twice. A bundle that fails is refused once, with a message, and the
+    active one keeps running. Rolling back is pointing back.
+    """
 
     def __init__(self, settings: Settings, bundle: Bundle, *, consumer: KafkaConsumer | None = None,
-                 producer: KafkaProducer | None = None, redis_client: redis.Redis | None = None) -> None:
-        check_bundle_settings(settings, bundle)
+                 producer: KafkaProducer | None = None, redis_client: redis.Redis | None = None,
+                 bundle_dir: str | Path | None = None) -> None:
         self.s = settings
-        self.bundle = bundle
         self.stop_event = threading.Event()
         self.assigned: set[TopicPartition] = set()
         self.healthy = True  # False while an operation is retrying with back-off
@@ -185,32 +223,83 @@ class Worker:
         if det.num_threads:
             torch.set_num_threads(det.num_threads)
         self.device = resolve_device(det.device)
-        model = bundle.build_model(self.device)
-        buckets = tuple(b for b in det.buckets if b < bundle.model_config.max_len) + (bundle.model_config.max_len,)
-        sc = settings.scoring
-        self.scorer = WindowScorer(model, bundle.center.to(self.device), top_g=sc.top_g, mask_copies=sc.mask_copies,
-                                   device=self.device, buckets=buckets, n_candidates=sc.n_candidates)
-        self.judge = WindowJudge(self.scorer, bundle.thresholds, bundle.known_sets, sc.novel_template,
-                                 sc.novel_template_set, sc.use_distance)
-        self.pipeline = LinePipeline(settings.line_format(), ValueDecoder(settings.log.json_fields,
-                                                                          settings.log.max_line_bytes),
-                                     bundle.template_index(), bundle, settings.parser.unknown == "nearest")
-        k = settings.kafka
         self.redis = redis_client or redis.Redis.from_url(settings.redis.url, socket_timeout=5,
                                                           socket_connect_timeout=5)
         # a separate client with a short timeout for /ready, so a hung Redis cannot hang the probe
         self._probe = redis.Redis.from_url(settings.redis.url, socket_timeout=1, socket_connect_timeout=1)
-        prefix = f"{settings.redis.namespace}:{bundle.version}"
-        self.store = WindowStore(self.redis, prefix, bundle.model_config.max_len, settings.model.stride,
-                                 settings.session.ttl_s, int(det.pending_lease_s * 1000), det.novel_template_cap)
+        self.engine = Engine.build(settings, bundle, self.device, self.redis)
+        self.draining: list[Engine] = []
+        self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else None
+        self.pointer_key = f"{settings.redis.namespace}:model:current"
+        self._refused: set[str] = set()
+        self._last_reload_check = time.monotonic()
         self._consumer = consumer
         self._producer = producer
-        self.kafka_kwargs = k.client_kwargs()
+        self.kafka_kwargs = settings.kafka.client_kwargs()
         self.backoff = Backoff(det.outage_budget_s, self.stop_event, self._set_healthy)
         self._last_sweep = 0.0
-        self.stats = {"consumed": 0, "rejected": 0, "windows": 0, "anomalies": 0}
-        m.TEMPLATES_KNOWN.set(bundle.vocab.size - 4)
-        m.MODEL.info({"version": bundle.version, "device": str(self.device)})
+        self.stats = {"consumed": 0, "rejected": 0, "windows": 0, "anomalies": 0, "reloads": 0}
+        self._announce()
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.engine.bundle
+
+    @property
+    def store(self) -> WindowStore:
+        return self.engine.store
+
+    def _announce(self) -> None:
+        b = self.engine.bundle
+        m.TEMPLATES_KNOWN.set(b.vocab.size - 4)
+        m.MODEL.info({"version": b.version, "device": str(self.device)})
+
+    # -- hot reload ----------------------------------------------------------------------------------------------
+    def _wanted_bundle(self) -> Path | None:
+        """Where the bundle to run lives now: the Redis pointer if set, else the --model directory."""
+        try:
+            pointer = self.redis.get(self.pointer_key)
+        except redis.RedisError:
+            return None  # checked again next time; the batch path handles Redis outages
+        if pointer:
+            return Path(pointer.decode())
+        return self.bundle_dir
+
+    def maybe_reload(self) -> bool:
+        """Switch to a new bundle if one was pointed to or written; returns whether it switched."""
+        self._last_reload_check = time.monotonic()
+        where = self._wanted_bundle()
+        if where is None:
+            return False
+        try:
+            version = json.loads((where / "bundle.json").read_text()).get("version")
+        except (OSError, ValueError) as exc:
+            key = f"{where}:unreadable"
+            if key not in self._refused:
+                self._refused.add(key)
+                log.error("model bundle at %s is unreadable (%s); keeping %s", where, exc, self.bundle.version)
+                m.RELOADS.labels("refused").inc()
+            return False
+        if version == self.bundle.version or f"{where}:{version}" in self._refused:
+            return False
+        try:
+            engine = Engine.build(self.s, load_bundle(where), self.device, self.redis)
+        except (BundleError, StartupError) as exc:
+            self._refused.add(f"{where}:{version}")
+            log.error("refusing model bundle %s from %s: %s; keeping %s", version, where, exc, self.bundle.version)
+            m.RELOADS.labels("refused").inc()
+            return False
+        old = self.engine
+        if engine.bundle.version in {e.bundle.version for e in self.draining}:  # rollback to a draining bundle
+            self.draining = [e for e in self.draining if e.bundle.version != engine.bundle.version]
+        self.draining.append(old)
+        self.engine = engine
+        self.stats["reloads"] += 1
+        m.RELOADS.labels("switched").inc()
+        self._announce()
+        log.warning("model switched from %s to %s; the old one finishes its open sessions", old.bundle.version,
+                    engine.bundle.version)
+        return True
 
     # -- clients -------------------------------------------------------------------------------------------------
     @property
@@ -269,14 +358,16 @@ class Worker:
                     self.process(records)
                     idle_since = time.monotonic()
                 now = time.monotonic()
+                if now - self._last_reload_check >= self.s.detector.reload_interval_s:
+                    self.maybe_reload()
                 # Sessions are closed only by a worker that has caught up with its partitions: after a restart or
                 # an outage the backlog may still hold the lines that keep a session open.
                 if now - self._last_sweep >= self.s.detector.sweep_interval_s and self.caught_up():
                     self._last_sweep = now
                     if self.sweep():
                         idle_since = now
-                if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s \
-                        and self.store.open_sessions() == 0 and self.store.pending() == 0:
+                if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s and not any(
+                        e.store.open_sessions() or e.store.pending() for e in (self.engine, *self.draining)):
                     break
         finally:
             self.close()
@@ -314,21 +405,22 @@ class Worker:
 
     def process(self, records: Sequence[Any]) -> None:
         """Handle one consumed batch end to end, then commit its offsets."""
+        engine = self.engine  # one bundle for the whole batch
         t0 = time.perf_counter()
-        parsed = self.pipeline.parse(records)
+        parsed = engine.pipeline.parse(records)
         m.PARSE_SECONDS.observe(time.perf_counter() - t0)
         m.LINES_CONSUMED.inc(len(records))
         m.LINES_UNSEEN_TEMPLATE.inc(parsed.unseen)
         self.stats["consumed"] += len(records)
         now_ms = int(time.time() * 1000)
-        appended = self.backoff.call("redis append", lambda: self.store.append(parsed.entries, now_ms),
+        appended = self.backoff.call("redis append", lambda: engine.store.append(parsed.entries, now_ms),
                                      (redis.RedisError,), m.REDIS_ERRORS)
         if appended.novel_templates:
             m.TEMPLATES_NEW.inc(appended.novel_templates)
         if appended.novel_capped:
             m.TEMPLATES_NEW_CAPPED.inc(appended.novel_capped)
         futures = [self._dead_letter(rec, reason, detail) for rec, reason, detail in parsed.rejects]
-        self.publish(appended.windows, futures)
+        self.publish(engine, appended.windows, futures)
         offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in parsed.offsets.items()}
         try:
             self.backoff.call("offset commit", lambda: self.consumer.commit(offsets), (KafkaError,),
@@ -338,36 +430,45 @@ class Worker:
             log.warning("offset commit rejected after a rebalance (%s); the records will be replayed", exc)
 
     def sweep(self) -> int:
-        """Close idle sessions and re-claim windows whose worker died; score and publish them."""
+        """Close idle sessions and re-claim windows whose worker died, for the active bundle and any bundle still
+        draining after a reload; score and publish them."""
         now_ms = int(time.time() * 1000)
         idle_ms = int(self.s.session.idle_timeout_s * 1000)
-        res = self.backoff.call("redis sweep", lambda: self.store.sweep(now_ms, idle_ms),
-                                (redis.RedisError,), m.REDIS_ERRORS)
-        m.SESSIONS_CLOSED.inc(res.closed_sessions)
+        total = 0
+        for engine in (self.engine, *self.draining):
+            res = self.backoff.call("redis sweep", lambda: engine.store.sweep(now_ms, idle_ms),
+                                    (redis.RedisError,), m.REDIS_ERRORS)
+            m.SESSIONS_CLOSED.inc(res.closed_sessions)
+            if res.windows:
+                self.publish(engine, res.windows, [])
+            total += len(res.windows)
         try:
-            m.SESSIONS_OPEN.set(self.store.open_sessions())
+            m.SESSIONS_OPEN.set(self.engine.store.open_sessions())
+            finished = [e for e in self.draining if not e.store.open_sessions() and not e.store.pending()]
         except redis.RedisError:
             m.REDIS_ERRORS.inc()
-        if res.windows:
-            self.publish(res.windows, [])
-        return len(res.windows)
+            return total
+        for e in finished:
+            log.info("model %s has no open sessions left; released", e.bundle.version)
+            self.draining.remove(e)
+        return total
 
-    def publish(self, windows: Sequence[CutWindow], futures: list[Any]) -> None:
+    def publish(self, engine: Engine, windows: Sequence[CutWindow], futures: list[Any]) -> None:
         """Score windows, publish anomaly events (and any queued dead letters), flush, then ack in Redis."""
         if windows:
             max_batch = self.s.detector.max_batch
             for i in range(0, len(windows), max_batch):
-                futures += self._score_chunk(windows[i:i + max_batch])
+                futures += self._score_chunk(engine, windows[i:i + max_batch])
         if futures:
             self.backoff.call("publish", lambda: self._flush(futures), (KafkaError,), m.BROKER_ERRORS)
         if windows:
             ids = [w.id for w in windows]
-            self.backoff.call("redis ack", lambda: self.store.ack(ids), (redis.RedisError,), m.REDIS_ERRORS)
+            self.backoff.call("redis ack", lambda: engine.store.ack(ids), (redis.RedisError,), m.REDIS_ERRORS)
 
-    def _score_chunk(self, chunk: Sequence[CutWindow]) -> list[Any]:
+    def _score_chunk(self, engine: Engine, chunk: Sequence[CutWindow]) -> list[Any]:
         t0 = time.perf_counter()
         keys = [window_keys(w.members) for w in chunk]
-        verdicts = self.judge.judge(keys)
+        verdicts = engine.judge.judge(keys)
         m.SCORE_SECONDS.observe(time.perf_counter() - t0)
         m.SCORE_BATCH.observe(len(chunk))
         for w in chunk:
@@ -376,17 +477,18 @@ class Worker:
         flagged = [(w, v, k) for w, v, k in zip(chunk, verdicts, keys) if v.anomalous]
         if not flagged:
             return []
-        texts = self.backoff.call("redis read", lambda: self.store.unseen_texts([w for w, _, k in flagged
-                                                                                  if UNK in k]),
+        texts = self.backoff.call("redis read", lambda: engine.store.unseen_texts([w for w, _, k in flagged
+                                                                                    if UNK in k]),
                                   (redis.RedisError,), m.REDIS_ERRORS)
-        th = self.bundle.thresholds
+        bundle = engine.bundle
+        th = bundle.thresholds
         out = []
         for w, v, _ in flagged:
             event = build_event(event_id=w.id, session_id=w.session_id, members=w.members, lo=w.lo,
                                 cause="idle" if w.cause == "idle" else "full", first_ts=w.first_ts,
-                                last_ts=w.last_ts, cut_ms=w.cut_ms, verdict=v, vocab=self.bundle.vocab,
+                                last_ts=w.last_ts, cut_ms=w.cut_ms, verdict=v, vocab=bundle.vocab,
                                 unseen_text=texts.get(w.session_id, {}), miss_threshold=th.miss_ratio,
-                                distance_threshold=th.distance, model_version=self.bundle.version)
+                                distance_threshold=th.distance, model_version=bundle.version)
             out.append((self.s.kafka.output_topic, w.session_id.encode(), event.model_dump_json().encode(), None))
         self.stats["anomalies"] += len(out)
         m.ANOMALIES.inc(len(out))

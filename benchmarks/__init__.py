@@ -1,0 +1,1 @@
+"""Benchmarks that run the real pipeline and print figures (JSON). Not part of the test suite."""
