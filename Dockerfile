@@ -2,8 +2,10 @@
 FROM python:3.11-slim
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 WORKDIR /app
-# CPU-only torch from the PyTorch CPU index keeps the image small (no CUDA libraries).
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.2"
+# CPU-only torch from the PyTorch CPU index keeps the image small (no CUDA libraries); the GPU override builds with
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 instead.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.2"
 COPY pyproject.toml README.md ./
 COPY logbert_core ./logbert_core
 COPY streamer ./streamer

@@ -130,8 +130,17 @@ class KafkaSection(_Section):
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_plain_username: str | None = None
-    sasl_plain_password: str | None = Field(default=None, repr=False)
+    sasl_plain_password: str | None = Field(default=None, repr=False)  # never logged or shown in repr
     ssl_cafile: str | None = None
+    ssl_certfile: str | None = None  # client certificate (mutual TLS)
+    ssl_keyfile: str | None = None
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSection:
+        if self.security_protocol.startswith("SASL_") and not self.sasl_mechanism:
+            raise ValueError(f"kafka.sasl_mechanism is required with security_protocol = {self.security_protocol!r} "
+                             "(e.g. PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)")
+        return self
 
     @property
     def dlq(self) -> str:
@@ -140,7 +149,8 @@ class KafkaSection(_Section):
     def client_kwargs(self) -> dict[str, Any]:
         """Security settings as kafka-python keyword arguments."""
         kw: dict[str, Any] = {"security_protocol": self.security_protocol}
-        for name in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "ssl_cafile"):
+        for name in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "ssl_cafile", "ssl_certfile",
+                     "ssl_keyfile"):
             if getattr(self, name) is not None:
                 kw[name] = getattr(self, name)
         return kw
@@ -163,6 +173,15 @@ class HttpSection(_Section):
     port: int = Field(default=8080, ge=0, le=65535)  # 0 disables the HTTP server
 
 
+class ServeSection(_Section):
+    """``logad serve``: the on-demand ``POST /detect`` API. Loopback unless configured otherwise."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)  # 0: any free port (logged at start-up)
+    max_lines: int = Field(default=10_000, gt=0)  # more lines in one request: 413
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # a larger request body: 413
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOGAD_", env_nested_delimiter="__", frozen=True, extra="forbid",
                                       nested_model_default_partial_update=True)
@@ -177,6 +196,7 @@ class Settings(BaseSettings):
     kafka: KafkaSection = KafkaSection()
     redis: RedisSection = RedisSection()
     http: HttpSection = HttpSection()
+    serve: ServeSection = ServeSection()
 
     # -- derived objects ------------------------------------------------------------------------------------------
     def line_format(self) -> LineFormat:
@@ -243,6 +263,20 @@ def describe_validation_error(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"])
         env = "LOGAD_" + "__".join(str(p).upper() for p in err["loc"])
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) or _secret(loc) else f" (got {redact_url(got)!r})"
         lines.append(f"invalid setting {loc}{shown}: {err['msg']} [env {env}]")
     return "\n".join(lines)
+
+
+def redact_url(value: Any) -> Any:
+    """A URL with its user-info (``user:password@``) replaced by ``***@``; other values unchanged."""
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    head, sep, rest = value.partition("//")
+    if not sep:
+        head, rest = "", value
+    return f"{head}{sep}***@{rest.rsplit('@', 1)[1]}"
+
+
+def _secret(loc: str) -> bool:
+    return "password" in loc or loc.endswith("keyfile")

@@ -30,3 +30,19 @@ if ! command -v redis-server >/dev/null 2>&1; then
     exit 1
   fi
 fi
+
+# Optional tools some tests use (they skip, saying why, without them): promtool (Debian package prometheus) checks
+# /metrics and the alert rules; docker-compose validates the compose files. Installed only if missing, never fatal.
+for pair in promtool:prometheus docker-compose:docker-compose; do
+  if ! command -v "${pair%%:*}" >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      echo "setup: installing ${pair##*:} (Debian package, for ${pair%%:*})" >&2
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pair##*:}" >/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+             apt-get install -y -qq --no-install-recommends "${pair##*:}" >/dev/null; } \
+        || echo "setup: could not install ${pair##*:}; the tests that need ${pair%%:*} will skip" >&2
+    else
+      echo "setup: ${pair%%:*} not found (optional; e.g. 'sudo apt-get install ${pair##*:}')" >&2
+    fi
+  fi
+done

@@ -28,6 +28,13 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def _quiet_kafka() -> None:
+    """For the interactive commands: errors are reported by the command itself; kafka-python's connection retries
+    are noise unless -v asked for details."""
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
 def main(verbose: bool) -> None:
@@ -55,6 +62,9 @@ def run(config: str, model_dir: str, exit_when_idle: float | None) -> None:
         click.echo(f"logad run: {exc}", err=True)
         sys.exit(2)
     worker.install_signal_handlers()
+    from streamer import metrics as m
+
+    m.READY.set_function(lambda: 1.0 if worker.readiness()[0] else 0.0)  # evaluated at each scrape, as /ready is
     server = None
     if settings.http.port:
         try:
@@ -112,41 +122,144 @@ def demo(workers: int, partitions: int, fmt: str, model_dir: str | None, input_f
 @click.option("--bootstrap-servers", default=None, help="Override kafka.bootstrap_servers.")
 @click.option("--topic", default=None, help="Override kafka.input_topic.")
 @click.option("--format", "fmt", type=click.Choice(["raw", "json"]), default="raw", show_default=True)
-@click.option("--rate", type=float, default=0.0, help="Lines per second (0 = as fast as possible).")
+@click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Lines per second (0 = as fast as the broker takes them).")
 def replay(file: str, config: str | None, bootstrap_servers: str | None, topic: str | None, fmt: str,
            rate: float) -> None:
-    """Produce a log file into the input topic (demos and backfills)."""
-    from streamer.kafka_io import produce_file
+    """Produce a log file (.gz too) into the input topic, one record per line (demos and backfills).
+
+    Progress goes to stderr. --format json wraps each line as Fluent Bit does ({"log": line, "@timestamp": t})."""
+    import time
+
+    from streamer.kafka_io import KafkaIOError, produce_file
 
     s = _settings(config)
-    n = produce_file(bootstrap_servers or s.kafka.bootstrap_servers, topic or s.kafka.input_topic, file,
-                     json_field=s.log.json_fields[0] if fmt == "json" else None, rate=rate, progress=True,
-                     **s.kafka.client_kwargs())
-    click.echo(f"produced {n} lines")
+    _quiet_kafka()
+    target = topic or s.kafka.input_topic
+    t0 = time.monotonic()
+    try:
+        n = produce_file(bootstrap_servers or s.kafka.bootstrap_servers, target, file,
+                         json_field=s.log.json_fields[0] if fmt == "json" else None, rate=rate, progress=True,
+                         bootstrap_timeout_ms=15_000, **s.kafka.client_kwargs())
+    except KafkaIOError as exc:
+        click.echo(f"logad replay: {exc}", err=True)
+        sys.exit(1)
+    took = time.monotonic() - t0
+    click.echo(f"produced {n} lines to {target} in {took:.1f} s ({n / max(took, 1e-9):.0f} lines/s)")
 
 
 @main.command()
 @click.option("--config", type=click.Path(dir_okay=False), default=None)
-@click.option("--bootstrap-servers", default=None)
+@click.option("--bootstrap-servers", default=None, help="Override kafka.bootstrap_servers.")
 @click.option("--topic", default=None, help="Override kafka.output_topic.")
-@click.option("--from-beginning", is_flag=True)
-def tail(config: str | None, bootstrap_servers: str | None, topic: str | None, from_beginning: bool) -> None:
-    """Follow the anomalies topic and print events readably."""
+@click.option("--from-beginning", is_flag=True, help="Start with the oldest event the topic keeps, not new ones.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Readable text, or each event as one line of JSON (for jq).")
+@click.option("--max-events", type=click.IntRange(min=1), default=None, help="Exit after this many events.")
+@click.option("--idle-exit", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Exit once no event arrived for this long.")
+def tail(config: str | None, bootstrap_servers: str | None, topic: str | None, from_beginning: bool, fmt: str,
+         max_events: int | None, idle_exit: float | None) -> None:
+    """Follow the anomalies topic and print events readably (joins no consumer group, commits nothing)."""
+    import time
+
     from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
 
     from streamer.render import render_event
 
     s = _settings(config)
-    consumer = KafkaConsumer(topic or s.kafka.output_topic, bootstrap_servers=bootstrap_servers or
-                             s.kafka.bootstrap_servers, auto_offset_reset="earliest" if from_beginning else "latest",
-                             enable_auto_commit=False, **s.kafka.client_kwargs())
+    _quiet_kafka()
+    bootstrap = bootstrap_servers or s.kafka.bootstrap_servers
     try:
-        for rec in consumer:
-            click.echo(render_event(rec.value))
+        consumer = KafkaConsumer(topic or s.kafka.output_topic, bootstrap_servers=bootstrap, group_id=None,
+                                 auto_offset_reset="earliest" if from_beginning else "latest",
+                                 enable_auto_commit=False, allow_auto_create_topics=False,
+                                 bootstrap_timeout_ms=10_000, **s.kafka.client_kwargs())
+    except KafkaError as exc:
+        click.echo(f"logad tail: cannot reach the broker at {bootstrap}: {exc}", err=True)
+        sys.exit(1)
+    shown = 0
+    last = time.monotonic()
+    try:
+        while True:
+            batch = consumer.poll(timeout_ms=500)
+            for records in batch.values():
+                for rec in records:
+                    click.echo(render_event(rec.value) if fmt == "text"
+                               else rec.value.decode("utf-8", "replace"))
+                    shown += 1
+                    if max_events is not None and shown >= max_events:
+                        return
+            now = time.monotonic()
+            if batch:
+                last = now
+            elif idle_exit is not None and now - last > idle_exit:
+                return
     except KeyboardInterrupt:
         pass
+    except KafkaError as exc:
+        click.echo(f"logad tail: {exc}", err=True)
+        sys.exit(1)
     finally:
         consumer.close()
+
+
+@main.command()
+@click.option("--config", type=click.Path(dir_okay=False), required=True, help="TOML config of the log family.")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), required=True, help="Model bundle directory.")
+@click.option("--host", default=None, help="Override serve.host (default 127.0.0.1: loopback only).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Override serve.port (0: any free port).")
+def serve(config: str, model_dir: str, host: str | None, port: int | None) -> None:
+    """HTTP API: POST /detect judges raw lines on demand; /health, /ready, /metrics; OpenAPI docs at /docs."""
+    from logbert_core.bundle import BundleError, load_bundle
+    from streamer.errors import StartupError
+    from streamer.service import SessionDetector, serve_forever
+
+    s = _settings(config)
+    try:
+        detector = SessionDetector(s, load_bundle(model_dir))
+    except (BundleError, StartupError) as exc:
+        click.echo(f"logad serve: {exc}", err=True)
+        sys.exit(2)
+
+    def bound(h: str, p: int) -> None:
+        click.echo(f"logad serve: model {detector.bundle.version} on {detector.device}, listening on "
+                   f"http://{h}:{p} (API docs at /docs)", err=True)
+
+    serve_forever(detector, host, port, on_bound=bound)
+
+
+@main.command()
+@click.option("--config", type=click.Path(dir_okay=False), default=None,
+              help="TOML config (default: built-in defaults and LOGAD_* environment variables).")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+              help="Also check that this bundle loads and agrees with the config.")
+@click.option("--timeout", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
+              help="Seconds to wait for each service.")
+@click.option("--create-topics", is_flag=True,
+              help="Create missing topics (input 4 partitions, output and dead-letter 1; replication 1).")
+def doctor(config: str | None, model_dir: str | None, timeout: float, create_topics: bool) -> None:
+    """Check the broker, topics, Redis and the model bundle; say what is wrong and how to fix it.
+
+    Exits 0 when everything needed by 'logad run' is in place, 1 otherwise."""
+    from streamer.doctor import doctor as run_doctor
+
+    s = _settings(config)
+    _quiet_kafka()
+    click.echo(f"logad doctor: config {config or '(defaults + environment)'}"
+               + (f", model {model_dir}" if model_dir else ""))
+    ok, report = run_doctor(s, model_dir, timeout_s=timeout, create_topics=create_topics)
+    click.echo(report)
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of the anomaly event (committed as schemas/anomaly-event.schema.json)."""
+    from streamer.schema import render_schema
+
+    click.echo(render_schema(), nl=False)
 
 
 @main.group()

@@ -3,7 +3,18 @@ session id)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+
+from streamer import decode as _decode
 
 LINES_CONSUMED = Counter("logad_lines_consumed_total", "Kafka records consumed from the input topic")
 LINES_REJECTED = Counter("logad_lines_rejected_total", "Records sent to the dead-letter topic, by reason", ["reason"])
@@ -29,3 +40,26 @@ BROKER_ERRORS = Counter("logad_broker_errors_total", "Failed broker operations (
 READY = Gauge("logad_ready", "1 when partitions are assigned, the model is loaded and Redis and the broker answer")
 MODEL = Info("logad_model", "The loaded model bundle")
 RELOADS = Counter("logad_model_reloads_total", "Model bundle changes seen, by outcome", ["outcome"])
+
+# Bounded label values exist from the start (at 0), so rate() and absent-series alerts work before the first event.
+for _reason in _decode.REASONS + ("format_mismatch", "no_session_key", "bad_timestamp"):
+    LINES_REJECTED.labels(_reason)
+for _cause in ("full", "idle"):
+    WINDOWS_SCORED.labels(_cause)
+
+# -- logad serve: its own registry, so /metrics of the API shows the API (and the process), not idle detector series --
+SERVE_REGISTRY = CollectorRegistry(auto_describe=True)
+for _c in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    SERVE_REGISTRY.register(_c)
+SERVE_REQUESTS = Counter("logad_serve_requests_total", "HTTP requests answered, by route and status code",
+                         ["route", "code"], registry=SERVE_REGISTRY)
+SERVE_REQUEST_SECONDS = Histogram("logad_serve_request_seconds", "Time to answer one request, by route", ["route"],
+                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                                  registry=SERVE_REGISTRY)
+SERVE_LINES = Counter("logad_serve_lines_total", "Lines received by POST /detect", registry=SERVE_REGISTRY)
+SERVE_LINES_REJECTED = Counter("logad_serve_lines_rejected_total", "Lines of /detect requests that could not be "
+                               "parsed, by reason", ["reason"], registry=SERVE_REGISTRY)
+SERVE_SESSIONS = Counter("logad_serve_sessions_total", "Sessions judged by POST /detect, by verdict", ["verdict"],
+                         registry=SERVE_REGISTRY)
+SERVE_WINDOWS = Counter("logad_serve_windows_scored_total", "Windows scored by POST /detect", registry=SERVE_REGISTRY)
+SERVE_MODEL = Info("logad_serve_model", "The model bundle loaded by logad serve", registry=SERVE_REGISTRY)
