@@ -308,6 +308,7 @@ class Worker:
             k = self.s.kafka
             self._consumer = KafkaConsumer(
                 bootstrap_servers=k.bootstrap_servers, group_id=k.group_id, enable_auto_commit=False,
+                bootstrap_timeout_ms=5000,  # fail fast; run() retries with back-off within the outage budget
                 auto_offset_reset="earliest", session_timeout_ms=k.session_timeout_ms,
                 max_poll_records=k.max_poll_records, client_id=f"logad-{k.group_id}", **self.kafka_kwargs)
             self._consumer.subscribe([k.input_topic], listener=_Rebalance(self))
@@ -321,8 +322,7 @@ class Worker:
         return self._producer
 
     def _set_healthy(self, ok: bool) -> None:
-        self.healthy = ok
-        m.READY.set(1 if ok and self.assigned else 0)
+        self.healthy = ok  # logad_ready is computed from readiness() at scrape time
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """Ready: partitions assigned, model loaded, Redis answering, and no operation stuck in back-off."""
@@ -347,7 +347,8 @@ class Worker:
     def run(self, max_idle_s: float | None = None) -> dict[str, int]:
         """Consume until stopped (or, with ``max_idle_s``, until the input stayed empty that long and no session
         is left open: used by the demo and tests)."""
-        consumer = self.consumer
+        # the broker may come up after us (compose, a rolling restart): connect with back-off within the budget
+        consumer = self.backoff.call("broker connect", lambda: self.consumer, (KafkaError,), m.BROKER_ERRORS)
         idle_since = time.monotonic()
         try:
             while not self.stop_event.is_set():
