@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from logbert_core.config import ConfigError, Settings, load_settings
+from logbert_core.config import ConfigError, Settings, bundle_fields, load_settings
 
 
 class _DefaultToTrain(click.Group):
@@ -32,6 +33,31 @@ def _settings(config: str | None) -> Settings:
         sys.exit(2)
 
 
+def _runs_options(f: Callable[..., None]) -> Callable[..., None]:
+    """``--runs-file`` and ``--mlflow/--no-mlflow``: where the run record goes (see ``training.runs``)."""
+    f = click.option("--mlflow/--no-mlflow", "mlflow", default=None,
+                     help="Also log the run to MLflow (default: when mlflow is installed).")(f)
+    return click.option("--runs-file", envvar="LOGAD_RUNS_FILE", default="runs/runs.jsonl", show_default=True,
+                        help="JSON-lines runs store to append this run's record to; empty to skip. "
+                             "Env: LOGAD_RUNS_FILE.")(f)
+
+
+def _params(settings: Settings, **options: object) -> dict[str, object]:
+    """The settings that shape a run (bundle fields and training section) plus the command's options."""
+    train = {f"train.{k}": v for k, v in settings.train.model_dump(mode="json").items()}
+    return {**bundle_fields(settings), **train, **{f"option.{k}": v for k, v in options.items()}}
+
+
+def _record(command: str, params: dict[str, object], data: dict[str, object], metrics: dict[str, object],
+            bundle_version: str | None, outputs: dict[str, str], runs_file: str, mlflow: bool | None) -> None:
+    from training.runs import make_record, record_run
+
+    record = make_record(command, params, data, metrics, bundle_version, outputs)
+    written = record_run(record, runs_file or None, mlflow)
+    if written is not None:
+        click.echo(f"  run {record['run_id']} recorded in {written}")
+
+
 @click.group(cls=_DefaultToTrain, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def main(verbose: bool) -> None:
@@ -48,9 +74,10 @@ def main(verbose: bool) -> None:
               help="CSV 'BlockId,Label': anomalous sessions are kept out of training, used only to evaluate.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@_runs_options
 @click.argument("more_inputs", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 def train(config: str, inputs: tuple[str, ...], labels: str | None, out_dir: str, no_progress: bool,
-          more_inputs: tuple[str, ...]) -> None:
+          more_inputs: tuple[str, ...], runs_file: str, mlflow: bool | None) -> None:
     """Parse, train LogBERT on normal sessions, calibrate thresholds on held-out normals, write a bundle."""
     from training.train import train_bundle  # torch import only when training
 
@@ -66,6 +93,14 @@ def train(config: str, inputs: tuple[str, ...], labels: str | None, out_dir: str
     ev = m["in_period_eval"]
     click.echo(f"  in-period eval (not a test): P {ev['precision']} R {ev['recall']} F1 {ev['f1']} "
                f"FPR {ev['fpr']}")
+    data = {k: m["data"][k] for k in ("inputs", "sha256", "lines", "sessions", "anomalous_sessions", "labels",
+                                      "split", "templates")}
+    metrics = {"in_period_eval": {k: v for k, v in ev.items() if k != "sessions"},
+               "thresholds": {k: v for k, v in m["thresholds"].items() if k != "method"},
+               "training": {k: m["training"][k] for k in ("best_epoch", "seconds")},
+               "final_val_loss": min(h["val_loss"] for h in m["training"]["history"])}
+    _record("train", _params(settings, config=config, labels=labels, out=out_dir), data, metrics, report.version,
+            {"bundle": str(report.out_dir)}, runs_file, mlflow)
 
 
 @main.command()
@@ -85,6 +120,120 @@ def split(config: str, inputs: tuple[str, ...], labels: str | None, test_fractio
     settings = _settings(config)
     summary = split_files(settings, inputs, labels, test_fraction, Path(out_dir))
     click.echo(json.dumps(summary, indent=1))
+
+
+@main.command()
+@click.option("--config", "config", type=click.Path(dir_okay=False), required=True, help="TOML config of the log family.")
+@click.option("--input", "inputs", type=click.Path(exists=True, dir_okay=False), multiple=True,
+              help="Raw log file(s), oldest first (the product path). Never pass the final hold-out here.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV 'BlockId,Label' for --input; without it, inline labels (BGL) or none.")
+@click.option("--test-fraction", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
+              help="Latest share of sessions (by first timestamp) that forms the test-within-period split.")
+@click.option("--sequences-train", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Pre-parsed normal training sessions, one per line (e.g. deeplog_hdfs_train).")
+@click.option("--sequences-abnormal", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Pre-parsed anomalous test sessions, one per line (e.g. deeplog_hdfs_test_abnormal).")
+@click.option("--sequences-normal", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CSV 'BlockId,Label,EventSequence'; its Normal rows are the normal test sessions.")
+@click.option("--normal-ids", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Labels CSV whose block ids restrict the normal test sessions of --sequences-normal.")
+@click.option("--methods", default="all", show_default=True,
+              help="Comma-separated: logbert, deeplog, loganomaly, pca, iforest, unseen_template, unseen_set_exact, "
+                   "unseen_set_subset, unseen_count_vector, length, rare_key; or 'all'.")
+@click.option("--baseline-epochs", type=click.IntRange(1), default=10, show_default=True,
+              help="Epoch cap of the DeepLog and LogAnomaly LSTMs (early stopping on validation loss).")
+@click.option("--title", default=None, help="Report title.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Report directory to write.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@_runs_options
+def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_fraction: float,
+             sequences_train: str | None, sequences_abnormal: str | None, sequences_normal: str | None,
+             normal_ids: str | None, methods: str, baseline_epochs: int, title: str | None, out_dir: str,
+             no_progress: bool, runs_file: str, mlflow: bool | None) -> None:
+    """LogBERT against the baselines on one split: results table (Markdown, JSON), plots, fingerprint, split.
+
+    Raw logs (--input): sessions by the detector's own code, chronological fit / validation / calibration / test.
+    Pre-parsed sessions (--sequences-*): the paper-comparable model-level protocol.
+    """
+    from training import protocols
+    from training.report import write_report
+
+    settings = _settings(config)
+    chosen = list(protocols.METHODS) if methods == "all" else [m.strip() for m in methods.split(",") if m.strip()]
+    seq = (sequences_train, sequences_abnormal, sequences_normal)
+    if inputs and any(seq):
+        raise click.UsageError("give either --input (raw logs) or the --sequences-* files, not both")
+    if not inputs and not all(seq):
+        raise click.UsageError("give --input, or all of --sequences-train, --sequences-abnormal, --sequences-normal")
+    baseline = {"epochs": baseline_epochs}
+    try:
+        if inputs:
+            ev = protocols.evaluate_raw(settings, inputs, labels, test_fraction, out_dir, chosen, not no_progress,
+                                        baseline)
+        else:
+            assert sequences_train and sequences_abnormal and sequences_normal
+            ev = protocols.evaluate_sequences(settings, sequences_train, sequences_abnormal, sequences_normal,
+                                              normal_ids, chosen, not no_progress, baseline)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    options = {"config": config, "inputs": list(inputs), "labels": labels, "test_fraction": test_fraction,
+               "sequences": list(seq), "normal_ids": normal_ids, "methods": chosen,
+               "baseline_epochs": baseline_epochs}
+    params = {**_params(settings, **options)}
+    name = title or f"{settings.log.family}: {ev.data.protocol} protocol"
+    write_report(out_dir, ev.data, ev.results, title=name,
+                 params={"target_fpr": settings.scoring.target_fpr, **params, **ev.extra}, notes=ev.notes)
+    counts = ev.data.split.counts(ev.data.labels)
+    click.echo(f"report written to {out_dir} ({ev.data.protocol} protocol; split {counts})")
+    for r in ev.results:
+        t = r.test
+        if ev.data.labelled:
+            click.echo(f"  {r.name:20s} P {t['precision']:.4f} R {t['recall']:.4f} F1 {t['f1']:.4f} FPR {t['fpr']} "
+                       f"AUC-PR {t['auc_pr']}  ({r.seconds} s)")
+        else:
+            click.echo(f"  {r.name:20s} flagged {t['fp']} of {t['fp'] + t['tn']} unlabelled sessions  ({r.seconds} s)")
+    metrics = {r.name: {k: r.test[k] for k in ("precision", "recall", "f1", "fpr", "flag_rate", "auc_pr")}
+               for r in ev.results}
+    data = {"inputs": ev.data.data.get("inputs"), "split": ev.data.split.counts(ev.data.labels),
+            "protocol": ev.data.protocol}
+    _record("evaluate", params, data, metrics, ev.extra.get("bundle_version"), {"report": out_dir}, runs_file, mlflow)
+
+
+@main.command()
+@click.option("--config", "config", type=click.Path(dir_okay=False), required=True, help="TOML config of the log family.")
+@click.option("--input", "inputs", type=click.Path(exists=True, dir_okay=False), multiple=True, required=True,
+              help="Raw log file(s), oldest first. Never pass the final hold-out here.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--test-fraction", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True)
+@click.option("--grid", "grid_items", multiple=True,
+              help="name=v1,v2 (repeatable): top_g, n_embd, mask_ratio, n_layer, lr, ... or section.field. "
+                   "Default: top_g=3,5,8 n_embd=32,64 mask_ratio=0.15,0.3.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Report directory to write.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@_runs_options
+def search(config: str, inputs: tuple[str, ...], labels: str | None, test_fraction: float,
+           grid_items: tuple[str, ...], out_dir: str, no_progress: bool, runs_file: str, mlflow: bool | None) -> None:
+    """Grid search for LogBERT: select on the validation split only, score the winner on the test split once."""
+    from training.search import DEFAULT_GRID, parse_grid, search as run_search, write_search_report
+
+    settings = _settings(config)
+    try:
+        grid = parse_grid(grid_items) if grid_items else dict(DEFAULT_GRID)
+        result = run_search(settings, inputs, labels, test_fraction, grid, out_dir, progress=not no_progress)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    base = _params(settings, config=config, inputs=list(inputs), labels=labels, test_fraction=test_fraction)
+    doc = write_search_report(out_dir, result, grid, base)
+    w = doc["winner"]
+    click.echo(f"search report written to {out_dir}: {len(result.candidates)} candidates")
+    click.echo(f"  winner {w['params']}: validation F1 {w['validation']['f1']}; test (once) P {w['test']['precision']} "
+               f"R {w['test']['recall']} F1 {w['test']['f1']} FPR {w['test']['fpr']}")
+    metrics = {"winner_validation": w["validation"], "winner_test": w["test"],
+               "candidates": len(result.candidates)}
+    _record("search", {**base, "grid": grid, "winner": w["params"]},
+            {"inputs": result.data.data.get("inputs"), "split": result.data.split.counts(result.data.labels)},
+            metrics, w["bundle_version"], {"report": out_dir}, runs_file, mlflow)
 
 
 if __name__ == "__main__":
