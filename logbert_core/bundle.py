@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -45,6 +46,7 @@ class Thresholds:
     miss_ratio: float  # a window is anomalous when its share of missed keys exceeds this
     distance: float  # ... or its hypersphere distance exceeds this
     method: str  # how they were chosen, in words (e.g. "quantile 0.9975 of 812 held-out normal windows")
+    rare: float = math.inf  # ... or its rarest template is rarer than this (-log frequency); inf: rule off
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Bundle:
     settings: Mapping[str, Any]  # the bundle-owned settings (``config.bundle_fields``) the model was trained with
     thresholds: Thresholds
     known_sets: frozenset[frozenset[int]]  # template-key sets of normal training windows
+    key_counts: Mapping[int, int] = field(default_factory=dict)  # key -> occurrences in normal training windows
     metrics: Mapping[str, Any] = field(default_factory=dict)
     created_at: str = ""
 
@@ -85,7 +88,7 @@ def save_bundle(out_dir: str | Path, *, family: str, model_config: LogBERTConfig
                 state_dict: Mapping[str, torch.Tensor], center: torch.Tensor, vocab: Vocabulary,
                 drain_params: DrainParams, drain_state: Mapping[str, Any], settings: Mapping[str, Any],
                 thresholds: Thresholds, known_sets: Iterable[frozenset[int]],
-                metrics: Mapping[str, Any] | None = None) -> str:
+                key_counts: Mapping[int, int] | None = None, metrics: Mapping[str, Any] | None = None) -> str:
     """Write a bundle atomically (a temp dir renamed into place); returns its version id."""
     out = Path(out_dir)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
@@ -97,8 +100,10 @@ def save_bundle(out_dir: str | Path, *, family: str, model_config: LogBERTConfig
         "drain": {"params": _drain_params_json(drain_params), "state": drain_state},
         "settings": dict(settings),
         "thresholds": {"miss_ratio": thresholds.miss_ratio, "distance": thresholds.distance,
-                       "method": thresholds.method},
+                       "method": thresholds.method,
+                       "rare": thresholds.rare if math.isfinite(thresholds.rare) else None},
         "known_sets": sorted(sorted(s) for s in known_sets),
+        "key_counts": sorted([int(k), int(c)] for k, c in (key_counts or {}).items()),
     }
     version = content_version(family, tensors, meta)
     meta["version"] = version
@@ -156,8 +161,10 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
             version=meta["version"], model_config=cfg, state_dict=tensors, center=center, vocab=vocab,
             drain_params=_drain_params_from_json(meta["drain"]["params"]), drain_state=meta["drain"]["state"],
             settings=meta["settings"],
-            thresholds=Thresholds(float(th["miss_ratio"]), float(th["distance"]), str(th["method"])),
+            thresholds=Thresholds(float(th["miss_ratio"]), float(th["distance"]), str(th["method"]),
+                                  math.inf if th.get("rare") is None else float(th["rare"])),
             known_sets=frozenset(frozenset(int(k) for k in s) for s in meta["known_sets"]),
+            key_counts={int(k): int(c) for k, c in meta.get("key_counts", [])},
             metrics=meta.get("metrics", {}), created_at=meta.get("created_at", ""),
         )
         bundle.build_model("cpu")  # fails here, not mid-stream, if weights and config disagree

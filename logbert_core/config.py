@@ -99,6 +99,7 @@ class ScoringSection(_Section):
     target_fpr: float = Field(default=0.005, gt=0, lt=1)  # threshold = this quantile of held-out normal scores
     novel_template: bool = True  # a template never seen in training flags the window
     novel_template_set: bool = True  # templates that never occurred together in a normal training window flag it
+    rare_template: bool = True  # a template rarer in normal training windows than the calibrated rarity flags it
     use_distance: bool = True  # the hypersphere distance also decides (beyond distance_margin x its quantile)
     # Normal windows sit close to the centre and anomalous ones far out (HDFS training period: normals <= 1.5,
     # distance-flagged anomalies >= 20); the margin keeps modest drift of normal behaviour from alerting.

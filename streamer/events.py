@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from logbert_core.judge import DISTANCE, KEY_MISSES, UNSEEN_SET, UNSEEN_TEMPLATE, Verdict
+from logbert_core.judge import DISTANCE, KEY_MISSES, RARE_TEMPLATE, UNSEEN_SET, UNSEEN_TEMPLATE, Verdict
 from logbert_core.vocab import UNK, Vocabulary
 from logbert_core.windows import member_key
 
@@ -65,6 +65,7 @@ class AnomalyEvent(_Wire):
 _REASON_TEXT = {
     UNSEEN_TEMPLATE: "a template never seen in normal training logs",
     UNSEEN_SET: "a combination of templates no normal training window had",
+    RARE_TEMPLATE: "a template rare in normal training logs",
     KEY_MISSES: "more unexpected lines than the calibrated threshold",
     DISTANCE: "a window far from the normal hypersphere",
 }
@@ -98,6 +99,9 @@ def build_event(*, event_id: str, session_id: str, members: tuple[str, ...], lo:
     if first_miss is not None:
         parts.append(f"at position {first_miss.position} saw {first_miss.template!r}, expected "
                      f"{first_miss.expected[0].template!r}")
+    if RARE_TEMPLATE in verdict.reasons and verdict.rarest is not None and verdict.rarest[0] != UNK:
+        key, count = verdict.rarest
+        parts.append(f"{vocab.text(key)!r} occurred only {count} time(s) in normal training windows")
     if DISTANCE in verdict.reasons:
         parts.append(f"window embedding at distance {s.distance:.2f} from the normal centre (threshold "
                      f"{distance_threshold:.2f}); templates in order: "

@@ -37,7 +37,7 @@ from kafka.structs import OffsetAndMetadata
 
 from logbert_core.bundle import Bundle, BundleError, load_bundle
 from logbert_core.config import Settings, bundle_fields
-from logbert_core.judge import WindowJudge
+from logbert_core.judge import KeyCounts, WindowJudge
 from logbert_core.parsing import LineFormat, LineFormatError, TemplateIndex, key_of
 from logbert_core.scoring import WindowScorer
 from logbert_core.vocab import UNK
@@ -191,7 +191,7 @@ class Engine:
                               mask_copies=sc.mask_copies, device=device, buckets=buckets,
                               n_candidates=sc.n_candidates)
         judge = WindowJudge(scorer, bundle.thresholds, bundle.known_sets, sc.novel_template, sc.novel_template_set,
-                            sc.use_distance)
+                            sc.use_distance, KeyCounts(bundle.key_counts) if sc.rare_template else None)
         pipeline = LinePipeline(settings.line_format(), ValueDecoder(settings.log.json_fields,
                                                                      settings.log.max_line_bytes),
                                 bundle.template_index(), bundle, settings.parser.unknown == "nearest")

@@ -33,7 +33,7 @@ import torch
 
 from logbert_core.bundle import Bundle, Thresholds, load_bundle
 from logbert_core.config import ScoringSection, Settings
-from logbert_core.judge import DISTANCE, KEY_MISSES, Verdict, WindowJudge, calibrate
+from logbert_core.judge import DISTANCE, KEY_MISSES, Verdict, WindowJudge, calibrate, calibrated_judge
 from logbert_core.model import LogBERT, LogBERTConfig
 from logbert_core.parsing import LineFormatError
 from logbert_core.scoring import WindowScore, WindowScorer
@@ -232,11 +232,12 @@ def fit_logbert(data: EvalData, settings: Settings, vocab_size: int, progress: b
     scorer = WindowScorer(model, result.center.to(device), top_g=s.scoring.top_g, mask_copies=s.scoring.mask_copies,
                           device=device, n_candidates=s.scoring.n_candidates,
                           buckets=tuple(b for b in s.detector.buckets if b < s.model.max_len) + (s.model.max_len,))
-    calib_scores = scorer.score(data.flat_windows(sp.calib))
-    th = calibrate(calib_scores, s.scoring.target_fpr, s.scoring.use_distance, s.scoring.distance_margin)
-    known = frozenset(frozenset(w) for w in data.flat_windows(sp.fit) + data.flat_windows(sp.val))
-    judge = WindowJudge(scorer, th, known, s.scoring.novel_template, s.scoring.novel_template_set,
-                        s.scoring.use_distance)
+    sc = s.scoring
+    cal = calibrated_judge(scorer, data.flat_windows(sp.fit), data.flat_windows(sp.val),
+                           data.flat_windows(sp.calib), target_fpr=sc.target_fpr, novel_template=sc.novel_template,
+                           novel_template_set=sc.novel_template_set, use_distance=sc.use_distance,
+                           distance_margin=sc.distance_margin, rare_template=sc.rare_template)
+    judge, calib_scores = cal.judge, cal.calib_scores
     return LogBERTRun(judge, calib_scores, result.history, time.perf_counter() - t0)
 
 
@@ -244,10 +245,13 @@ def bundle_run(bundle: Bundle, settings: Settings, data: EvalData, history: list
                seconds: float) -> LogBERTRun:
     """The shipped bundle's judge; calibration windows are re-scored to place scores (and to check determinism)."""
     judge = bundle_judge(bundle, settings, resolve_device(settings.train.device))
-    calib_scores = judge.scorer.score(data.flat_windows(data.split.calib))
-    again = calibrate(calib_scores, settings.scoring.target_fpr, settings.scoring.use_distance,
-                      settings.scoring.distance_margin)
-    same = (again.miss_ratio, again.distance) == (bundle.thresholds.miss_ratio, bundle.thresholds.distance)
+    calib = data.flat_windows(data.split.calib)
+    calib_scores = judge.scorer.score(calib)
+    sc = settings.scoring
+    rarity = [judge.key_counts.rarity(w) for w in calib] if judge.key_counts is not None else None
+    again = calibrate(calib_scores, sc.target_fpr, sc.use_distance, sc.distance_margin, rarity)
+    th = bundle.thresholds
+    same = (again.miss_ratio, again.distance, again.rare) == (th.miss_ratio, th.distance, th.rare)
     note = "thresholds re-derived from the calibration split: " + ("identical" if same else "DIFFERENT")
     return LogBERTRun(judge, calib_scores, history, seconds, note)
 
@@ -257,11 +261,14 @@ def recalibrated(run: LogBERTRun, settings: Settings, data: EvalData, top_g: int
     old = run.judge.scorer
     scorer = WindowScorer(old.model, old.center, top_g=top_g, mask_copies=old.mask_copies, device=old.device,
                           buckets=old.buckets, n_candidates=old.n_candidates)
-    calib_scores = scorer.score(data.flat_windows(data.split.calib))
+    calib = data.flat_windows(data.split.calib)
+    calib_scores = scorer.score(calib)
     sc = settings.scoring
-    th = calibrate(calib_scores, sc.target_fpr, sc.use_distance, sc.distance_margin)
     j = run.judge
-    judge = WindowJudge(scorer, th, j.known_sets, j.novel_template, j.novel_template_set, j.use_distance)
+    rarity = [j.key_counts.rarity(w) for w in calib] if j.key_counts is not None else None
+    th = calibrate(calib_scores, sc.target_fpr, sc.use_distance, sc.distance_margin, rarity)
+    judge = WindowJudge(scorer, th, j.known_sets, j.novel_template,
+                        j.novel_template_set, j.use_distance, j.key_counts)
     return LogBERTRun(judge, calib_scores, run.history, run.seconds, f"recalibrated for top_g={top_g}")
 
 

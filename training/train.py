@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from logbert_core.bundle import Thresholds, save_bundle
+from logbert_core.bundle import save_bundle
 from logbert_core.config import Settings, bundle_fields
-from logbert_core.judge import Verdict, WindowJudge, calibrate
+from logbert_core.judge import Verdict, WindowJudge, calibrated_judge
 from logbert_core.model import LogBERT, LogBERTConfig
 from logbert_core.parsing import TemplateIndex
 from logbert_core.scoring import WindowScorer
@@ -119,12 +120,12 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
     scorer = WindowScorer(model, result.center.to(device), top_g=s.scoring.top_g, mask_copies=s.scoring.mask_copies,
                           device=device, n_candidates=s.scoring.n_candidates,
                           buckets=tuple(b for b in s.detector.buckets if b < s.model.max_len) + (s.model.max_len,))
-    calib_windows = flat(calib_ids)
-    thresholds: Thresholds = calibrate(scorer.score(calib_windows), s.scoring.target_fpr, s.scoring.use_distance,
-                                         s.scoring.distance_margin)
-    known_sets = frozenset(frozenset(w) for w in flat(train_ids) + flat(val_ids))
-    judge = WindowJudge(scorer, thresholds, known_sets, s.scoring.novel_template, s.scoring.novel_template_set,
-                         s.scoring.use_distance)
+    sc = s.scoring
+    cal = calibrated_judge(scorer, flat(train_ids), flat(val_ids), flat(calib_ids), target_fpr=sc.target_fpr,
+                           novel_template=sc.novel_template, novel_template_set=sc.novel_template_set,
+                           use_distance=sc.use_distance, distance_margin=sc.distance_margin,
+                           rare_template=sc.rare_template)
+    judge, thresholds, known_sets = cal.judge, cal.thresholds, cal.known_sets
 
     # In-period evaluation: held-out normal sessions (calibration set) against the anomalies of the same period.
     # Thresholds were fixed above without these labels; the real test is later logs streamed through `logad run`.
@@ -144,13 +145,14 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
         "training": {"best_epoch": result.best_epoch, "history": result.history, "seconds": round(result.seconds, 1),
                      "parse_seconds": round(t_parse, 1), "device": device},
         "thresholds": {"miss_ratio": thresholds.miss_ratio, "distance": thresholds.distance,
+                       "rare": thresholds.rare if math.isfinite(thresholds.rare) else None,
                        "method": thresholds.method},
         "in_period_eval": {"sessions": "calibration normals + anomalies of the training period", **ev},
     }
     version = save_bundle(out_dir, family=s.log.family, model_config=model_cfg, state_dict=result.state_dict,
                           center=result.center, vocab=vocab, drain_params=s.drain_params(),
                           drain_state=index.state(), settings=bundle_fields(s), thresholds=thresholds,
-                          known_sets=known_sets, metrics=metrics)
+                          known_sets=known_sets, key_counts=cal.key_counts.counts, metrics=metrics)
     metrics["total_seconds"] = round(time.perf_counter() - t0, 1)
     (Path(out_dir) / "metrics.json").write_text(json.dumps({"version": version, **metrics}, indent=1) + "\n")
     return TrainReport(version, Path(out_dir), metrics)
