@@ -112,12 +112,14 @@ class DetectorSection(_Section):
     max_batch: int = Field(default=256, gt=0)
     max_wait_ms: int = Field(default=200, ge=0)
     buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
-    sweep_interval_s: float = Field(default=1.0, gt=0)
+    sweep_interval_s: float = Field(default=0.25, gt=0)  # idle sessions wait up to this long past the timeout
     pending_lease_s: float = Field(default=30.0, gt=0)
     outage_budget_s: float = Field(default=300.0, gt=0)
     novel_template_cap: int = Field(default=10_000, gt=0)  # size of the shared registry of new templates
     reload_interval_s: float = Field(default=5.0, gt=0)  # how often to look for a new model bundle
     num_threads: int | None = Field(default=None, gt=0)
+    bf16: bool = False  # bfloat16 autocast for scoring (AVX512-BF16/AMX CPUs, CUDA); see docs/performance.md
+    score_queue: int = Field(default=4, ge=0)  # batches waiting for the scorer thread; 0: score in the consume loop
 
 
 class KafkaSection(_Section):

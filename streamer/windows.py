@@ -148,6 +148,7 @@ for _, sid in ipairs(due) do
     redis.call('HSET', mk, 'covered', covered, 'closed', 1)
   end
 end
+local more = #due >= limit
 -- windows whose lease ran out (their worker died or stalled): claim them for this worker
 local stale = redis.call('ZRANGEBYSCORE', p .. ':pending', '-inf', now, 'LIMIT', 0, limit)
 for _, id in ipairs(stale) do
@@ -159,7 +160,8 @@ for _, id in ipairs(stale) do
     redis.call('ZREM', p .. ':pending', id)
   end
 end
-return {closed, out}
+if #stale >= limit then more = true end
+return {closed, out, more and 1 or 0}
 """
 
 
@@ -210,6 +212,7 @@ class AppendResult:
 class SweepResult:
     closed_sessions: int
     windows: list[CutWindow]
+    more: bool = False  # the sweep stopped at its limit: more sessions may be due now
 
 
 class WindowStore:
@@ -250,9 +253,9 @@ class WindowStore:
 
     def sweep(self, now_ms: int, idle_ms: int, limit: int = 1000) -> SweepResult:
         """Close sessions idle for ``idle_ms`` (cutting their last window) and claim windows whose lease ran out."""
-        closed, payloads = self._sweep(keys=[], args=[self.prefix, now_ms, now_ms - idle_ms, self.lease_ms, limit,
-                                                      self.ttl_s])
-        return SweepResult(int(closed), [CutWindow.from_payload(p) for p in payloads])
+        closed, payloads, more = self._sweep(keys=[], args=[self.prefix, now_ms, now_ms - idle_ms, self.lease_ms,
+                                                            limit, self.ttl_s])
+        return SweepResult(int(closed), [CutWindow.from_payload(p) for p in payloads], bool(more))
 
     def ack(self, window_ids: Sequence[str]) -> None:
         """The windows' verdicts are published: drop them from ``P:pending``."""

@@ -8,6 +8,12 @@ Order of effects for every consumed batch (the at-least-once contract):
 4. ``ack`` the published windows in Redis;
 5. commit the batch's input offsets.
 
+Steps 3-4 run on a scorer thread (``Scoring``), so the consume loop reads and parses the next batches while the
+model runs; step 5 stays on the consume thread and commits a batch only once its job and every job before it are
+done (jobs finish in submission order). At most ``detector.score_queue`` jobs wait; a full queue blocks the loop.
+Before the worker stops, every job in flight finishes and the done ones commit; before partitions are revoked they
+finish without a commit (the next owner replays those records, which adds nothing).
+
 A crash anywhere before 5 replays the batch: appends are idempotent, already-cut windows wait in ``pending`` under a
 lease until a worker publishes them, and event ids derive from content, so a replay adds nothing new. Idle sessions
 are closed by a periodic sweep that any worker may run (claims are atomic in Redis). Infrastructure errors are
@@ -19,10 +25,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import queue
 import random
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,8 +102,9 @@ class LinePipeline:
         out = Parsed()
         decode, parse, index, vocab, nearest = self.decoder.decode, self.fmt.parse, self.index, self.vocab, self.nearest
         entries, rejects, offsets = out.entries, out.rejects, out.offsets
+        last: dict[tuple[str, int], int] = {}
         for rec in records:
-            offsets[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1
+            last[rec.topic, rec.partition] = rec.offset
             line = decode(rec.value)
             if isinstance(line, Rejected):
                 rejects.append((rec, line.reason, line.detail))
@@ -110,6 +120,8 @@ class LinePipeline:
             out.unseen += key == UNK
             for sid in parsed.session_ids:
                 entries.append(Entry(sid, parsed.timestamp, mem, text))
+        for (topic, partition), offset in last.items():
+            offsets[TopicPartition(topic, partition)] = offset + 1
         return out
 
 
@@ -163,12 +175,89 @@ class _Rebalance(ConsumerRebalanceListener):
         self.worker = worker
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        # Batches are handled synchronously and committed before the next poll, so nothing is in flight here.
+        # The batches in flight finish (events published, windows acked) but are not committed: kafka-python 3 runs
+        # this callback on the consumer's network loop, where a commit cannot be made. The next owner replays them,
+        # which adds nothing (appends are idempotent, their windows are acked). A failure is raised by the loop.
         log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+        self.worker.settle(wait=True, raise_errors=False, commit=False)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
         self.worker.assigned = set(assigned)
+
+
+@dataclass(eq=False)
+class Job:
+    """Work for the scorer thread: windows to score and publish with the batch's dead letters, then the input
+    offsets to commit once that is done (None for a sweep)."""
+
+    engine: Engine
+    windows: Sequence[CutWindow]
+    messages: list[Any]
+    offsets: dict[TopicPartition, OffsetAndMetadata] | None
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class Scoring:
+    """Runs jobs in submission order on one thread, off the consume loop (torch releases the GIL while it computes).
+
+    ``depth`` jobs may wait; ``submit`` blocks while the queue is full. With ``depth`` 0 a job runs in the caller at
+    submit. After a job fails, later jobs are not run and carry its error, so nothing after it gets committed.
+    ``completed`` is called from the consume thread only.
+    """
+
+    def __init__(self, run: Callable[[Job], None], depth: int) -> None:
+        self._run = run
+        self._jobs: deque[Job] = deque()  # submitted and not yet handed back by completed()
+        self.failed: BaseException | None = None
+        self._queue: queue.Queue[Job | None] | None = None
+        self._thread: threading.Thread | None = None
+        if depth > 0:
+            self._queue = queue.Queue(maxsize=depth)
+            self._thread = threading.Thread(target=self._loop, name="logad-scorer", daemon=True)
+            self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        idle = all(j.done.is_set() for j in self._jobs)
+        self._jobs.append(job)
+        if self._queue is None:
+            self._execute(job)
+        elif idle and not job.windows and not job.messages and self.failed is None:
+            job.done.set()  # nothing to publish and nothing ahead of it: done (waking the thread costs ~ms here)
+        else:
+            self._queue.put(job)
+
+    def completed(self, wait: bool = False) -> list[Job]:
+        """Finished jobs in submission order, up to the first one still running (with ``wait``: all of them)."""
+        out = []
+        while self._jobs and (wait or self._jobs[0].done.is_set()):
+            self._jobs[0].done.wait()
+            out.append(self._jobs.popleft())
+        return out
+
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def close(self) -> None:
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+
+    def _execute(self, job: Job) -> None:
+        if self.failed is not None:
+            job.error = self.failed
+        else:
+            try:
+                self._run(job)
+            except BaseException as exc:  # handed to the consume thread, which raises it
+                job.error = self.failed = exc
+        job.done.set()
+
+    def _loop(self) -> None:
+        assert self._queue is not None
+        while (job := self._queue.get()) is not None:
+            self._execute(job)
 
 
 @dataclass
@@ -189,7 +278,7 @@ class Engine:
         buckets = tuple(b for b in det.buckets if b < max_len) + (max_len,)
         scorer = WindowScorer(bundle.build_model(device), bundle.center.to(device), top_g=sc.top_g,
                               mask_copies=sc.mask_copies, device=device, buckets=buckets,
-                              n_candidates=sc.n_candidates)
+                              n_candidates=sc.n_candidates, bf16=det.bf16)
         judge = WindowJudge(scorer, bundle.thresholds, bundle.known_sets, sc.novel_template, sc.novel_template_set,
                             sc.use_distance, KeyCounts(bundle.key_counts) if sc.rare_template else None)
         pipeline = LinePipeline(settings.line_format(), ValueDecoder(settings.log.json_fields,
@@ -220,9 +309,13 @@ class Worker:
         self.healthy = True  # False while an operation is retrying with back-off
         self.broker_ok = True  # False while the broker does not answer ListOffsets
         det = settings.detector
+        self.device = resolve_device(det.device)
         if det.num_threads:
             torch.set_num_threads(det.num_threads)
-        self.device = resolve_device(det.device)
+        elif self.device.type == "cpu":
+            # One core stays with the consume loop (Python, the GIL) and the clients; measured on 2 cores, two
+            # intra-op threads that share their cores with the loop, redis and the broker score 2-5x slower than one.
+            torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
         self.redis = redis_client or redis.Redis.from_url(settings.redis.url, socket_timeout=5,
                                                           socket_connect_timeout=5)
         # a separate client with a short timeout for /ready, so a hung Redis cannot hang the probe
@@ -238,7 +331,10 @@ class Worker:
         self.kafka_kwargs = settings.kafka.client_kwargs()
         self.backoff = Backoff(det.outage_budget_s, self.stop_event, self._set_healthy)
         self._last_sweep = 0.0
+        self._last_catch_up_check = 0.0
+        self._ends_seen: tuple[float, dict[TopicPartition, int]] | None = None  # (when, end offsets) last check
         self.stats = {"consumed": 0, "rejected": 0, "windows": 0, "anomalies": 0, "reloads": 0}
+        self.scoring = Scoring(lambda job: self.publish(job.engine, job.windows, job.messages), det.score_queue)
         self._announce()
 
     @property
@@ -358,29 +454,69 @@ class Worker:
                 if records:
                     self.process(records)
                     idle_since = time.monotonic()
+                self.settle()
                 now = time.monotonic()
                 if now - self._last_reload_check >= self.s.detector.reload_interval_s:
                     self.maybe_reload()
                 # Sessions are closed only by a worker that has caught up with its partitions: after a restart or
                 # an outage the backlog may still hold the lines that keep a session open.
-                if now - self._last_sweep >= self.s.detector.sweep_interval_s and self.caught_up():
+                interval = self.s.detector.sweep_interval_s
+                if now - self._last_sweep >= interval and now - self._last_catch_up_check >= max(interval / 2, 0.25) \
+                        and self.caught_up():  # at most 4 ListOffsets a second, not one per batch
                     self._last_sweep = now
                     if self.sweep():
                         idle_since = now
                 if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s and not any(
                         e.store.open_sessions() or e.store.pending() for e in (self.engine, *self.draining)):
                     break
+        except BaseException:
+            self.stop_event.set()  # jobs retrying against an outage give up now
+            self.settle(wait=True, raise_errors=False)  # commit what finished; the rest is replayed
+            raise
+        else:
+            self.settle(wait=True)  # the batches in hand finish and commit first
         finally:
+            self.scoring.close()
             self.close()
         return dict(self.stats)
 
+    def settle(self, wait: bool = False, raise_errors: bool = True, commit: bool = True) -> None:
+        """Commit the input offsets of the jobs that are done, in order, in one commit; raise a job's error (after
+        committing the jobs before it). ``wait``: wait for every job in flight first; ``commit=False``: hand the
+        done jobs back without committing them (their records will be replayed)."""
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for job in self.scoring.completed(wait):
+            if job.error is not None:
+                break
+            if job.offsets:
+                offsets.update(job.offsets)
+        if offsets and commit:
+            try:
+                self.backoff.call("offset commit", lambda: self.consumer.commit(offsets), (KafkaError,),
+                                  m.BROKER_ERRORS, fatal=(CommitFailedError,))
+            except CommitFailedError as exc:
+                # The group rebalanced while we worked: the new owner replays these records, which is safe.
+                log.warning("offset commit rejected after a rebalance (%s); the records will be replayed", exc)
+            except OutageError:
+                if raise_errors:
+                    raise
+        if raise_errors and self.scoring.failed is not None:
+            raise self.scoring.failed
+
     def caught_up(self) -> bool:
         """True when partitions are assigned, the broker answers now, and every partition is consumed up to its
-        end. Also publishes the per-partition consumer lag.
+        end now, or up to the end offsets the previous check saw, if that was at most ``2 x sweep_interval_s + 1``
+        seconds ago. Also publishes the per-partition consumer lag.
 
         Sessions may only be closed when this holds: during a broker outage or with a backlog, the lines that keep
-        a session open may simply not have been read yet.
+        a session open may simply not have been read yet. Under a steady stream the end moves on between a poll and
+        ListOffsets, so "consumed to the end now" almost never holds; having read everything the log held at the
+        previous check means that any line still unread was produced within the last few seconds, well inside the
+        idle timeout.
         """
+        now = time.monotonic()
+        self._last_catch_up_check = now
+        prev, self._ends_seen = self._ends_seen, None
         if not self.assigned:
             return False
         consumer = self.consumer
@@ -395,17 +531,22 @@ class Worker:
             self.broker_ok = False
             return False
         self.broker_ok = True
-        ok = True
+        at_end, at_prev_end = True, prev is not None and now - prev[0] <= 2 * self.s.detector.sweep_interval_s + 1
+        ends = {}
         for tp in tps:
             # tansu's ListOffsets can trail the log end; a fetch's high watermark is exact: take the larger
-            end = max(listed.get(tp) or 0, consumer.highwater(tp) or 0)
-            lag = max(0, end - consumer.position(tp))
+            end = ends[tp] = max(listed.get(tp) or 0, consumer.highwater(tp) or 0)
+            position = consumer.position(tp)
+            lag = max(0, end - position)
             m.CONSUMER_LAG.labels(str(tp.partition)).set(lag)
-            ok = ok and lag == 0
-        return ok
+            at_end = at_end and lag == 0
+            at_prev_end = at_prev_end and prev is not None and tp in prev[1] and position >= prev[1][tp]
+        self._ends_seen = (now, ends)
+        return at_end or at_prev_end
 
     def process(self, records: Sequence[Any]) -> None:
-        """Handle one consumed batch end to end, then commit its offsets."""
+        """Parse a consumed batch and store it in Redis, then hand its windows to the scorer; ``settle`` commits
+        its offsets once they are published."""
         engine = self.engine  # one bundle for the whole batch
         t0 = time.perf_counter()
         parsed = engine.pipeline.parse(records)
@@ -421,28 +562,26 @@ class Worker:
         if appended.novel_capped:
             m.TEMPLATES_NEW_CAPPED.inc(appended.novel_capped)
         futures = [self._dead_letter(rec, reason, detail) for rec, reason, detail in parsed.rejects]
-        self.publish(engine, appended.windows, futures)
         offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in parsed.offsets.items()}
-        try:
-            self.backoff.call("offset commit", lambda: self.consumer.commit(offsets), (KafkaError,),
-                              m.BROKER_ERRORS, fatal=(CommitFailedError,))
-        except CommitFailedError as exc:
-            # The group rebalanced while we worked: the new owner replays these records, which is safe.
-            log.warning("offset commit rejected after a rebalance (%s); the records will be replayed", exc)
+        self.scoring.submit(Job(engine, appended.windows, futures, offsets))  # settle() commits it once done
 
     def sweep(self) -> int:
         """Close idle sessions and re-claim windows whose worker died, for the active bundle and any bundle still
-        draining after a reload; score and publish them."""
+        draining after a reload; hand them to the scorer."""
         now_ms = int(time.time() * 1000)
         idle_ms = int(self.s.session.idle_timeout_s * 1000)
         total = 0
         for engine in (self.engine, *self.draining):
-            res = self.backoff.call("redis sweep", lambda: engine.store.sweep(now_ms, idle_ms),
-                                    (redis.RedisError,), m.REDIS_ERRORS)
-            m.SESSIONS_CLOSED.inc(res.closed_sessions)
-            if res.windows:
-                self.publish(engine, res.windows, [])
-            total += len(res.windows)
+            while True:  # a sweep stops at its limit (1000 sessions); go on while more are due
+                res = self.backoff.call("redis sweep", lambda: engine.store.sweep(now_ms, idle_ms),
+                                        (redis.RedisError,), m.REDIS_ERRORS)
+                m.SESSIONS_CLOSED.inc(res.closed_sessions)
+                step = self.s.detector.max_batch  # jobs of one scoring batch: a burst's first events go out early
+                for i in range(0, len(res.windows), step):
+                    self.scoring.submit(Job(engine, res.windows[i:i + step], [], None))
+                total += len(res.windows)
+                if not res.more or self.stop_event.is_set():
+                    break
         try:
             m.SESSIONS_OPEN.set(self.engine.store.open_sessions())
             finished = [e for e in self.draining if not e.store.open_sessions() and not e.store.pending()]

@@ -132,3 +132,13 @@ def test_new_templates_share_one_registry_across_workers(redis_url):
     reg = a.novel_templates()
     assert reg == b.novel_templates()
     assert sorted(reg.values()) == [("odd <NUM>", 2), ("strange <NUM>", 1)]
+
+
+def test_sweep_says_when_it_stopped_at_its_limit(redis_url):
+    store = make_store(redis_url, prefix=f"p{uuid.uuid4().hex}")
+    store.append([e for i in range(5) for e in lines_of(2, f"blk_{i}")], now_ms=1)
+    first = store.sweep(now_ms=10_000, idle_ms=1, limit=3)
+    assert first.closed_sessions == 3 and first.more
+    rest = store.sweep(now_ms=10_000, idle_ms=1, limit=3)
+    assert rest.closed_sessions == 2 and not rest.more
+    assert len(first.windows) + len(rest.windows) == 5

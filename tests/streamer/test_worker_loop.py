@@ -1,0 +1,111 @@
+"""Pieces of the consume loop without a broker: the scorer thread's queue (jobs come back in submission order and
+only once done; nothing after a failed job runs, so nothing after it can be committed) and the caught-up rule that
+lets sessions close under a steady stream but not with a backlog or during a broker outage."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from streamer.worker import Job, Scoring
+
+
+def job(n: int) -> Job:
+    return Job(engine=None, windows=[n], messages=[], offsets={"p": n})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("depth", [0, 1, 4])
+def test_jobs_come_back_in_order_once_done(depth):
+    ran: list[int] = []
+    gate = threading.Event()
+
+    def run(j: Job) -> None:
+        if j.windows[0] == 0:
+            gate.wait(5)
+        ran.append(j.windows[0])
+
+    scoring = Scoring(run, depth)
+    if depth == 0:
+        gate.set()  # runs in the caller: nothing may block
+    jobs = [job(i) for i in range(3)]
+    submitter = threading.Thread(target=lambda: [scoring.submit(j) for j in jobs])
+    submitter.start()
+    if depth:
+        time.sleep(0.2)
+        assert scoring.completed() == []  # the first job still runs: nothing is handed back, not even later ones
+        gate.set()
+    submitter.join(5)
+    assert scoring.completed(wait=True) == jobs
+    assert ran == [0, 1, 2] and scoring.in_flight() == 0
+    scoring.close()
+
+
+def test_a_failed_job_stops_the_ones_after_it():
+    def run(j: Job) -> None:
+        if j.windows[0] == 1:
+            raise RuntimeError("redis gone")
+
+    scoring = Scoring(run, 2)
+    jobs = [job(i) for i in range(4)]
+    for j in jobs:
+        scoring.submit(j)
+    done = scoring.completed(wait=True)
+    assert [j.error is None for j in done] == [True, False, False, False]
+    assert isinstance(scoring.failed, RuntimeError) and all(j.error is scoring.failed for j in done[1:])
+    scoring.close()
+
+
+class FakeConsumer:
+    """end_offsets / highwater / position of a consumer whose log end moves on while it reads."""
+
+    def __init__(self) -> None:
+        self.end = {}
+        self.pos = {}
+        self.down = False
+
+    def end_offsets(self, tps, timeout_ms):
+        from kafka.errors import KafkaTimeoutError
+
+        if self.down:
+            raise KafkaTimeoutError("broker paused")
+        return {tp: self.end[tp] for tp in tps}
+
+    def highwater(self, tp):
+        return None
+
+    def position(self, tp):
+        return self.pos[tp]
+
+
+def test_caught_up_under_a_steady_stream_but_not_with_a_backlog_or_a_broker_outage():
+    from types import SimpleNamespace
+
+    from kafka import TopicPartition
+
+    from streamer.worker import Worker
+
+    tp = TopicPartition("t", 0)
+    consumer = FakeConsumer()
+    w = SimpleNamespace(assigned={tp}, consumer=consumer, broker_ok=True, _ends_seen=None, _last_catch_up_check=0.0,
+                        s=SimpleNamespace(detector=SimpleNamespace(sweep_interval_s=0.25)))
+    check = lambda: Worker.caught_up(w)  # noqa: E731
+
+    consumer.end[tp], consumer.pos[tp] = 100, 100
+    assert check()  # at the end now
+    consumer.end[tp], consumer.pos[tp] = 200, 150  # a steady stream: the end moves on while we read,
+    assert check()  # but we read past the end the previous check saw (100)
+    consumer.end[tp], consumer.pos[tp] = 300, 250
+    assert check()  # (200)
+    consumer.end[tp], consumer.pos[tp] = 5000, 260  # a backlog: the end seen before (300) is not reached
+    assert not check()
+    assert not check()  # nor the new one (5000)
+    consumer.down = True  # the broker does not answer: never caught up, and the memory of ends is dropped
+    assert not check()
+    consumer.down = False
+    consumer.end[tp], consumer.pos[tp] = 6000, 5990
+    assert not check()  # nothing seen before the outage counts
+    w._ends_seen = (w._ends_seen[0] - 10, w._ends_seen[1])  # a check long ago says nothing about now
+    consumer.end[tp], consumer.pos[tp] = 6100, 6050
+    assert not check()
