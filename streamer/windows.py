@@ -34,7 +34,26 @@ from dataclasses import dataclass
 
 import redis
 
-_APPEND = r"""
+_CUT = r"""
+-- Cut the window [lo, hi) of session sid into P:pending, leased to the caller until now + lease; returns its payload.
+-- The id derives from the session, the position and the members, so a re-cut of the same window has the same id.
+local function cut(p, sid, lo, hi, now, lease, ttl, cause)
+  local mem = redis.call('ZRANGE', p .. ':s:' .. sid, lo, hi - 1, 'WITHSCORES')
+  local members, stamps = {}, {}
+  for j = 1, #mem, 2 do
+    members[#members + 1] = mem[j]
+    stamps[#stamps + 1] = mem[j + 1]
+  end
+  local id = redis.sha1hex(sid .. '|' .. lo .. '|' .. hi .. '|' .. table.concat(members, ','))
+  local payload = cjson.encode({id = id, session = sid, lo = lo, hi = hi, members = members,
+    first_ts = stamps[1], last_ts = stamps[#stamps], cut_ms = now, cause = cause})
+  redis.call('SET', p .. ':w:' .. id, payload, 'EX', ttl)
+  redis.call('ZADD', p .. ':pending', now + lease, id)
+  return payload
+end
+"""
+
+_APPEND = _CUT + r"""
 -- KEYS: none (all keys derive from the prefix; the store is used with one Redis node or hash tags in P)
 -- ARGV: prefix, now_ms, max_len, stride, ttl_s, lease_ms, novel_cap, n, then n x (session, ts, member, unseen text)
 local p = ARGV[1]
@@ -86,18 +105,7 @@ for _, sid in ipairs(order) do
     local covered = tonumber(st[2]) or 0
     local cnt = redis.call('ZCARD', sk)
     while cnt - start >= max_len do
-      local mem = redis.call('ZRANGE', sk, start, start + max_len - 1, 'WITHSCORES')
-      local members, stamps = {}, {}
-      for j = 1, #mem, 2 do
-        members[#members + 1] = mem[j]
-        stamps[#stamps + 1] = mem[j + 1]
-      end
-      local id = redis.sha1hex(sid .. '|' .. start .. '|' .. (start + max_len) .. '|' .. table.concat(members, ','))
-      local payload = cjson.encode({id = id, session = sid, lo = start, hi = start + max_len, members = members,
-        first_ts = stamps[1], last_ts = stamps[#stamps], cut_ms = now, cause = 'full'})
-      redis.call('SET', p .. ':w:' .. id, payload, 'EX', ttl)
-      redis.call('ZADD', p .. ':pending', now + lease, id)
-      out[#out + 1] = payload
+      out[#out + 1] = cut(p, sid, start, start + max_len, now, lease, ttl, 'full')
       covered = start + max_len
       start = start + stride
     end
@@ -111,7 +119,7 @@ end
 return {new_entries, out, novel_new, novel_capped}
 """
 
-_SWEEP = r"""
+_SWEEP = _CUT + r"""
 -- ARGV: prefix, now_ms, idle_before_ms, lease_ms, limit, ttl_s
 local p = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -131,18 +139,7 @@ for _, sid in ipairs(due) do
     local covered = tonumber(st[2]) or 0
     local cnt = redis.call('ZCARD', sk)
     if cnt > covered and cnt > start then
-      local mem = redis.call('ZRANGE', sk, start, cnt - 1, 'WITHSCORES')
-      local members, stamps = {}, {}
-      for j = 1, #mem, 2 do
-        members[#members + 1] = mem[j]
-        stamps[#stamps + 1] = mem[j + 1]
-      end
-      local id = redis.sha1hex(sid .. '|' .. start .. '|' .. cnt .. '|' .. table.concat(members, ','))
-      local payload = cjson.encode({id = id, session = sid, lo = start, hi = cnt, members = members,
-        first_ts = stamps[1], last_ts = stamps[#stamps], cut_ms = now, cause = 'idle'})
-      redis.call('SET', p .. ':w:' .. id, payload, 'EX', ttl)
-      redis.call('ZADD', p .. ':pending', now + lease, id)
-      out[#out + 1] = payload
+      out[#out + 1] = cut(p, sid, start, cnt, now, lease, ttl, 'idle')
       covered = cnt
     end
     redis.call('HSET', mk, 'covered', covered, 'closed', 1)
