@@ -16,7 +16,10 @@ What each figure is (all on the same re-keyed real HDFS lines as ``benchmarks.so
   (``lines_per_s_committed``) and when, in addition, every session was closed, scored and published
   (``lines_per_s_scored``; it includes the idle timeout of the last sessions, ``idle_timeout_s``). ``cpu_s_per_100k``
   is the CPU the worker processes used per 100k lines: steadier than rates on a shared machine.
-* ``scaleout``: the same with two worker processes; ``ratio`` = two / one.
+* ``live``: one worker, started and ready first; the lines are produced by this process as fast as it can while
+  the worker consumes (sessions then close and are scored along the way, as in production); the clock starts
+  at the first line produced. The producer shares the machine with the worker.
+* ``scaleout``: the same as ``e2e`` with two worker processes; ``ratio`` = two / one.
 * ``latency``: one worker, lines produced at a fixed rate (half the one-worker ``lines_per_s_scored``, the rate it
   sustains with scoring, unless ``--rate``) for 60 s, with an idle timeout of 10 s so that sessions close all along
   the run. HDFS sessions never fill a 64-key window, so events come from sessions closed by the idle timeout:
@@ -227,9 +230,11 @@ def wait_ready(procs: list[tuple[Any, int]], timeout: float = 90) -> None:
 
 
 def bench_e2e(stack: Stack, lines: list[str], workers: int, partitions: int, idle_s: float,
-              extra: dict[str, str]) -> dict[str, Any]:
-    topic, group = stack.names(f"e2e{workers}", partitions)
-    n = produce_lines(stack.broker.url, topic, lines, timeout_s=600)  # the backlog
+              extra: dict[str, str], live: bool = False) -> dict[str, Any]:
+    """A backlog consumed by ready workers, or (``live``) lines produced as fast as this process can while they
+    consume: the clock then starts at the first line produced."""
+    topic, group = stack.names(f"{'live' if live else 'e2e'}{workers}", partitions)
+    n = len(lines) if live else produce_lines(stack.broker.url, topic, lines, timeout_s=600)
     procs = stack.spawn(topic, group, idle_s, workers, extra)
     committed = Committed(stack.broker.url, group, topic, partitions)
     try:
@@ -237,6 +242,11 @@ def bench_e2e(stack: Stack, lines: list[str], workers: int, partitions: int, idl
         cpu0 = sum(cpu_seconds(p.pid) for p, _ in procs)
         t_first = c_first = None
         t_committed = None
+        if live:
+            feeder = threading.Thread(target=produce_lines, args=(stack.broker.url, topic, lines),
+                                      kwargs={"timeout_s": 600}, daemon=True)
+            t_first, c_first = time.monotonic(), 0
+            feeder.start()
         while True:
             now, done = time.monotonic(), committed.total()
             if any(p.poll() is not None for p, _ in procs):
@@ -253,7 +263,7 @@ def bench_e2e(stack: Stack, lines: list[str], workers: int, partitions: int, idl
             time.sleep(0.1)
         assert t_first is not None and c_first is not None
         measured = n - c_first
-        result = {"workers": workers, "partitions": partitions, "lines": n, "lines_measured": measured,
+        result = {"workers": workers, "partitions": partitions, "live": live, "lines": n, "lines_measured": measured,
                   "seconds_committed": round(t_committed - t_first, 2),
                   "lines_per_s_committed": round(measured / max(t_committed - t_first, 1e-9)),
                   "seconds_scored": round(t_scored - t_first, 2),
@@ -375,7 +385,7 @@ def device() -> dict[str, Any]:
 @click.option("--partitions", type=int, default=4, show_default=True)
 @click.option("--idle-timeout", "idle_s", type=float, default=2.0, show_default=True,
               help="session.idle_timeout_s of the workers (s).")
-@click.option("--only", type=click.Choice(["drain3", "scorer", "e2e", "scaleout", "latency"]), multiple=True,
+@click.option("--only", type=click.Choice(["drain3", "scorer", "e2e", "live", "scaleout", "latency"]), multiple=True,
               help="Run only these parts (repeatable); default: all.")
 @click.option("--rate", type=float, default=None, help="Latency run: lines/s (default: half the e2e rate).")
 @click.option("--latency-seconds", type=float, default=60.0, show_default=True)
@@ -390,10 +400,10 @@ def main(n: int, partitions: int, idle_s: float, only: tuple[str, ...], rate: fl
          lat_idle_s: float, scorer_threads: int | None, scorer_seconds: float, bf16: bool, envs: tuple[str, ...],
          out: str | None) -> None:
     """Measure the pipeline against its limits; prints one JSON object."""
-    parts = set(only or ("drain3", "scorer", "e2e", "scaleout", "latency"))
+    parts = set(only or ("drain3", "scorer", "e2e", "live", "scaleout", "latency"))
     extra = dict(e.split("=", 1) for e in envs)
     result: dict[str, Any] = {"device": device(), "load_at_start": load(), "lines": n}
-    lines = real_lines(n) if parts & {"drain3", "e2e", "scaleout", "latency"} else []
+    lines = real_lines(n) if parts & {"drain3", "e2e", "live", "scaleout", "latency"} else []
     if "drain3" in parts:
         result["drain3"] = bench_drain3(lines)
     if "scorer" in parts:
@@ -401,11 +411,13 @@ def main(n: int, partitions: int, idle_s: float, only: tuple[str, ...], rate: fl
         if bf16:
             result["scorer_bf16"] = bench_scorer((16, 32, 64), (64, 256, 1024), scorer_threads, scorer_seconds,
                                                  autocast=True)
-    if parts & {"e2e", "scaleout", "latency"}:
+    if parts & {"e2e", "live", "scaleout", "latency"}:
         stack = Stack()
         try:
             if parts & {"e2e", "scaleout"} or rate is None:
                 result["e2e"] = bench_e2e(stack, lines, 1, partitions, idle_s, extra)
+            if "live" in parts:
+                result["e2e_live"] = bench_e2e(stack, lines, 1, partitions, idle_s, extra, live=True)
             if "scaleout" in parts:
                 two = bench_e2e(stack, lines, 2, partitions, idle_s, extra)
                 result["scaleout"] = {"two_workers": two, "ratio_committed": round(
@@ -417,10 +429,11 @@ def main(n: int, partitions: int, idle_s: float, only: tuple[str, ...], rate: fl
                                                   lat_idle_s, extra)
         finally:
             stack.close()
-    if "drain3" in result and "e2e" in result:
-        result["ratio_e2e_to_drain3"] = {
-            "committed": round(result["e2e"]["lines_per_s_committed"] / result["drain3"]["lines_per_s"], 2),
-            "scored": round(result["e2e"]["lines_per_s_scored"] / result["drain3"]["lines_per_s"], 2)}
+    for name in ("e2e", "e2e_live"):
+        if "drain3" in result and name in result:
+            result[f"ratio_{name}_to_drain3"] = {
+                what: round(result[name][f"lines_per_s_{what}"] / result["drain3"]["lines_per_s"], 2)
+                for what in ("committed", "scored")}
     result["load_at_end"] = load()
     text = json.dumps(result, indent=1)
     click.echo(text)

@@ -119,7 +119,7 @@ class DetectorSection(_Section):
     reload_interval_s: float = Field(default=5.0, gt=0)  # how often to look for a new model bundle
     num_threads: int | None = Field(default=None, gt=0)
     bf16: bool = False  # bfloat16 autocast for scoring (AVX512-BF16/AMX CPUs, CUDA); see docs/performance.md
-    score_queue: int = Field(default=4, ge=0)  # batches waiting for the scorer thread; 0: score in the consume loop
+    score_queue: int = Field(default=16, ge=0)  # jobs waiting for the scorer thread; 0: score in the consume loop
 
 
 class KafkaSection(_Section):

@@ -31,8 +31,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 _CUT = r"""
 -- Cut the window [lo, hi) of session sid into P:pending, leased to the caller until now + lease; returns its payload.
@@ -212,6 +214,17 @@ class SweepResult:
     more: bool = False  # the sweep stopped at its limit: more sessions may be due now
 
 
+class PendingAppend:
+    """An append sent to Redis whose reply has not been read yet (``WindowStore.append_start``)."""
+
+    __slots__ = ("entries", "now_ms", "conn")
+
+    def __init__(self, entries: Sequence[Entry], now_ms: int, conn: Any) -> None:
+        self.entries = entries
+        self.now_ms = now_ms
+        self.conn = conn  # the connection holding the reply; None once read (or never sent)
+
+
 class WindowStore:
     """Session windows in Redis; every method is one round trip."""
 
@@ -233,11 +246,55 @@ class WindowStore:
         """Add entries (idempotent) and cut the windows that became full; they are leased to the caller."""
         if not entries:
             return AppendResult(0, [])
+        return self._result(self._append(keys=[], args=self._argv(entries, now_ms)))
+
+    def append_start(self, entries: Sequence[Entry], now_ms: int) -> PendingAppend:
+        """Send an append and return without waiting: Redis runs the script while the caller parses the next batch.
+        ``append_finish`` reads the reply. If the send fails, the finish appends again the usual way (appends are
+        idempotent), so a caller only has to retry ``append_finish``."""
+        if not entries:
+            return PendingAppend(entries, now_ms, None)
+        pool = self.r.connection_pool
+        try:
+            conn = pool.get_connection()
+        except (redis.ConnectionError, redis.TimeoutError):
+            return PendingAppend(entries, now_ms, None)
+        try:
+            conn.send_command("EVALSHA", self._append.sha, 0, *self._argv(entries, now_ms))
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()
+            pool.release(conn)
+            return PendingAppend(entries, now_ms, None)
+        return PendingAppend(entries, now_ms, conn)
+
+    def append_finish(self, pending: PendingAppend) -> AppendResult:
+        """The reply of ``append_start``; raises ``redis.RedisError`` if Redis failed (call again to retry)."""
+        conn, pending.conn = pending.conn, None
+        if conn is not None:
+            pool = self.r.connection_pool
+            try:
+                reply = conn.read_response()
+            except NoScriptError:  # Redis lost its scripts (a restart): the plain call loads it again
+                pool.release(conn)
+            except BaseException:
+                conn.disconnect()
+                pool.release(conn)
+                raise
+            else:
+                pool.release(conn)
+                return self._result(reply)
+        return self.append(pending.entries, pending.now_ms)
+
+    def _argv(self, entries: Sequence[Entry], now_ms: int) -> list[str | int | float]:
         argv: list[str | int | float] = [self.prefix, now_ms, self.max_len, self.stride, self.ttl_s, self.lease_ms,
                                          self.novel_cap, len(entries)]
         for e in entries:
             argv += (e.session_id, repr(e.timestamp), e.member, e.unseen_text)
-        new, payloads, novel, capped = self._append(keys=[], args=argv)
+        return argv
+
+    @staticmethod
+    def _result(reply: Any) -> AppendResult:
+        new, payloads, novel, capped = reply
         return AppendResult(int(new), [CutWindow.from_payload(p) for p in payloads], int(novel), int(capped))
 
     def novel_templates(self) -> dict[str, tuple[str, int]]:

@@ -3,7 +3,8 @@
 Order of effects for every consumed batch (the at-least-once contract):
 
 1. decode and parse every record; bad ones become dead-letter records (never dropped, never a crash);
-2. append the batch's entries to Redis in one atomic round trip; full windows are cut into ``pending``;
+2. append the batch's entries to Redis in one atomic round trip; full windows are cut into ``pending`` (the script
+   runs while the loop parses the next batch; its reply is read before anything of the batch goes further);
 3. score the cut windows, publish anomaly events, publish dead-letter records, flush the producer;
 4. ``ack`` the published windows in Redis;
 5. commit the batch's input offsets.
@@ -55,7 +56,7 @@ from streamer import metrics as m
 from streamer.decode import Rejected, ValueDecoder
 from streamer.errors import OutageError, StartupError
 from streamer.events import build_event
-from streamer.windows import CutWindow, Entry, WindowStore
+from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -179,6 +180,10 @@ class _Rebalance(ConsumerRebalanceListener):
         # this callback on the consumer's network loop, where a commit cannot be made. The next owner replays them,
         # which adds nothing (appends are idempotent, their windows are acked). A failure is raised by the loop.
         log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+        try:
+            self.worker.finish_append()
+        except OutageError:
+            pass  # still in flight: the loop retries it and raises
         self.worker.settle(wait=True, raise_errors=False, commit=False)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
@@ -335,6 +340,7 @@ class Worker:
         self._ends_seen: tuple[float, dict[TopicPartition, int]] | None = None  # (when, end offsets) last check
         self.stats = {"consumed": 0, "rejected": 0, "windows": 0, "anomalies": 0, "reloads": 0}
         self.scoring = Scoring(lambda job: self.publish(job.engine, job.windows, job.messages), det.score_queue)
+        self._appending: tuple[Engine, Parsed, PendingAppend] | None = None  # the batch whose append is in flight
         self._announce()
 
     @property
@@ -454,6 +460,8 @@ class Worker:
                 if records:
                     self.process(records)
                     idle_since = time.monotonic()
+                else:
+                    self.finish_append()
                 self.settle()
                 now = time.monotonic()
                 if now - self._last_reload_check >= self.s.detector.reload_interval_s:
@@ -463,6 +471,7 @@ class Worker:
                 interval = self.s.detector.sweep_interval_s
                 if now - self._last_sweep >= interval and now - self._last_catch_up_check >= max(interval / 2, 0.25) \
                         and self.caught_up():  # at most 4 ListOffsets a second, not one per batch
+                    self.finish_append()  # every line read is in Redis before any session is judged idle
                     self._last_sweep = now
                     if self.sweep():
                         idle_since = now
@@ -471,9 +480,14 @@ class Worker:
                     break
         except BaseException:
             self.stop_event.set()  # jobs retrying against an outage give up now
+            try:
+                self.finish_append()
+            except (OutageError, redis.RedisError):
+                pass  # not stored: not committed, replayed
             self.settle(wait=True, raise_errors=False)  # commit what finished; the rest is replayed
             raise
         else:
+            self.finish_append()
             self.settle(wait=True)  # the batches in hand finish and commit first
         finally:
             self.scoring.close()
@@ -545,8 +559,9 @@ class Worker:
         return at_end or at_prev_end
 
     def process(self, records: Sequence[Any]) -> None:
-        """Parse a consumed batch and store it in Redis, then hand its windows to the scorer; ``settle`` commits
-        its offsets once they are published."""
+        """Parse a consumed batch and send it to Redis; the reply is read once the next batch is parsed (or the
+        input goes quiet, or before a sweep), then its windows go to the scorer and ``settle`` commits its offsets
+        once they are published."""
         engine = self.engine  # one bundle for the whole batch
         t0 = time.perf_counter()
         parsed = engine.pipeline.parse(records)
@@ -554,9 +569,19 @@ class Worker:
         m.LINES_CONSUMED.inc(len(records))
         m.LINES_UNSEEN_TEMPLATE.inc(parsed.unseen)
         self.stats["consumed"] += len(records)
+        self.finish_append()  # the previous batch's reply came in while this one was parsed
         now_ms = int(time.time() * 1000)
-        appended = self.backoff.call("redis append", lambda: engine.store.append(parsed.entries, now_ms),
+        self._appending = (engine, parsed, engine.store.append_start(parsed.entries, now_ms))
+
+    def finish_append(self) -> None:
+        """Read the reply of the append in flight (retrying it with back-off) and hand the batch's windows, dead
+        letters and offsets to the scorer. Nothing of a batch is published or committed before this."""
+        if self._appending is None:
+            return
+        engine, parsed, pending = self._appending
+        appended = self.backoff.call("redis append", lambda: engine.store.append_finish(pending),
                                      (redis.RedisError,), m.REDIS_ERRORS)
+        self._appending = None
         if appended.novel_templates:
             m.TEMPLATES_NEW.inc(appended.novel_templates)
         if appended.novel_capped:

@@ -142,3 +142,20 @@ def test_sweep_says_when_it_stopped_at_its_limit(redis_url):
     rest = store.sweep(now_ms=10_000, idle_ms=1, limit=3)
     assert rest.closed_sessions == 2 and not rest.more
     assert len(first.windows) + len(rest.windows) == 5
+
+
+def test_pipelined_append_equals_the_plain_one_and_survives_a_script_flush(redis_url):
+    plain = make_store(redis_url, prefix=f"p{uuid.uuid4().hex}")
+    piped = make_store(redis_url, prefix=f"p{uuid.uuid4().hex}")
+    entries = lines_of(20)
+    want = [plain.append(entries[i:i + 7], now_ms=1) for i in range(0, 20, 7)]
+    got = []
+    for i in range(0, 20, 7):
+        if i == 7:
+            piped.r.script_flush()  # Redis restarted without its scripts: the reply is NOSCRIPT, the finish reloads
+        got.append(piped.append_finish(piped.append_start(entries[i:i + 7], now_ms=1)))
+    strip = lambda rs: [(r.new_entries, [(w.lo, w.hi, w.members) for w in r.windows]) for r in rs]  # noqa: E731
+    assert strip(got) == strip(want)
+    pending = piped.append_start(entries, now_ms=2)  # a replay adds nothing
+    assert piped.append_finish(pending).new_entries == 0
+    assert piped.append_finish(pending).new_entries == 0  # finishing again (a retry) appends again: still nothing
