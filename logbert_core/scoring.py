@@ -9,7 +9,11 @@ softmax and top-k work row by row, and positions are padded to a few fixed bucke
 matrix multiplies: BLAS libraries (MKL, OpenBLAS) take a different small-matrix path, with a different summation
 order, when a product has few rows. Every product here therefore gets at least ``MIN_GEMM_ROWS`` rows (padding rows
 where needed); above that size the row results of MKL do not depend on the row count or the row's place (measured with
-MKL 2024.2 on AVX-512: the small path ends below 300 rows for inner sizes K <= 2048, i.e. n_embd <= 512). On CUDA,
+MKL 2024.2 on AVX-512: the small path ends below 300 rows for inner sizes K <= 2048, i.e. n_embd <= 512). With more
+than one intra-op thread, MKL also splits a product between threads by its shape, and on an AMD EPYC (AVX-512) the
+rows then come out differently in the last bits depending on the batch; so on the CPU ``score`` runs its products on
+one thread (torch's thread count is restored afterwards; the detector runs one scoring thread per worker anyway, and
+measured it as the fastest setting on 2 cores, docs/performance.md). On CUDA,
 cuBLAS may pick kernels (split-K) by shape, so bit-identity there is not promised; misses can then differ only at
 near-ties.
 """
@@ -140,6 +144,19 @@ class WindowScorer:
             by_bucket.setdefault(bucket, []).append(i)
         out: list[WindowScore | None] = [None] * len(arrays)
         self.model.eval()
+        threads = torch.get_num_threads()
+        single = self.device.type == "cpu" and threads != 1  # batch invariance (module docstring)
+        if single:
+            torch.set_num_threads(1)
+        try:
+            self._score_buckets(arrays, by_bucket, out)
+        finally:
+            if single:
+                torch.set_num_threads(threads)
+        return out  # type: ignore[return-value]  # every slot is filled
+
+    def _score_buckets(self, arrays: list[np.ndarray], by_bucket: dict[int, list[int]],
+                       out: list[WindowScore | None]) -> None:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             for bucket, members in sorted(by_bucket.items()):
                 chunk: list[int] = []
@@ -153,7 +170,6 @@ class WindowScorer:
                     rows += n
                 if chunk:
                     self._score_chunk(bucket, [arrays[j] for j in chunk], chunk, out)
-        return out  # type: ignore[return-value]  # every slot is filled
 
     def _score_chunk(
         self, bucket: int, arrays: list[np.ndarray], index: list[int], out: list[WindowScore | None]
