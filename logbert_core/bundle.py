@@ -47,6 +47,7 @@ class Thresholds:
     distance: float  # ... or its hypersphere distance exceeds this
     method: str  # how they were chosen, in words (e.g. "quantile 0.9975 of 812 held-out normal windows")
     rare: float = math.inf  # ... or its rarest template is rarer than this (-log frequency); inf: rule off
+    premature: float = math.inf  # ... or it closes in a state normal sessions rarely rest in; inf: rule off
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Bundle:
     thresholds: Thresholds
     known_sets: frozenset[frozenset[int]]  # template-key sets of normal training windows
     key_counts: Mapping[int, int] = field(default_factory=dict)  # key -> occurrences in normal training windows
+    rest: Mapping[str, Any] | None = None  # ``RestStats.to_json()``; None: no timing was learned
     metrics: Mapping[str, Any] = field(default_factory=dict)
     created_at: str = ""
 
@@ -88,7 +90,8 @@ def save_bundle(out_dir: str | Path, *, family: str, model_config: LogBERTConfig
                 state_dict: Mapping[str, torch.Tensor], center: torch.Tensor, vocab: Vocabulary,
                 drain_params: DrainParams, drain_state: Mapping[str, Any], settings: Mapping[str, Any],
                 thresholds: Thresholds, known_sets: Iterable[frozenset[int]],
-                key_counts: Mapping[int, int] | None = None, metrics: Mapping[str, Any] | None = None) -> str:
+                key_counts: Mapping[int, int] | None = None, rest: Mapping[str, Any] | None = None,
+                metrics: Mapping[str, Any] | None = None) -> str:
     """Write a bundle atomically (a temp dir renamed into place); returns its version id."""
     out = Path(out_dir)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
@@ -101,10 +104,13 @@ def save_bundle(out_dir: str | Path, *, family: str, model_config: LogBERTConfig
         "settings": dict(settings),
         "thresholds": {"miss_ratio": thresholds.miss_ratio, "distance": thresholds.distance,
                        "method": thresholds.method,
-                       "rare": thresholds.rare if math.isfinite(thresholds.rare) else None},
+                       "rare": thresholds.rare if math.isfinite(thresholds.rare) else None,
+                       "premature": thresholds.premature if math.isfinite(thresholds.premature) else None},
         "known_sets": sorted(sorted(s) for s in known_sets),
         "key_counts": sorted([int(k), int(c)] for k, c in (key_counts or {}).items()),
     }
+    if rest is not None:
+        meta["rest"] = dict(rest)
     version = content_version(family, tensors, meta)
     meta["version"] = version
     meta["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -113,6 +119,11 @@ def save_bundle(out_dir: str | Path, *, family: str, model_config: LogBERTConfig
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     save_file(tensors, str(tmp / WEIGHTS), metadata={"version": version})
     (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700: a detector running as another user must read the bundle
+    for f in (WEIGHTS, META):
+        (tmp / f).chmod(0o666 & ~umask)
     if out.exists():
         old = out.with_name(f".{out.name}.old")
         if old.exists():
@@ -162,9 +173,10 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
             drain_params=_drain_params_from_json(meta["drain"]["params"]), drain_state=meta["drain"]["state"],
             settings=meta["settings"],
             thresholds=Thresholds(float(th["miss_ratio"]), float(th["distance"]), str(th["method"]),
-                                  math.inf if th.get("rare") is None else float(th["rare"])),
+                                  math.inf if th.get("rare") is None else float(th["rare"]),
+                                  math.inf if th.get("premature") is None else float(th["premature"])),
             known_sets=frozenset(frozenset(int(k) for k in s) for s in meta["known_sets"]),
-            key_counts={int(k): int(c) for k, c in meta.get("key_counts", [])},
+            key_counts={int(k): int(c) for k, c in meta.get("key_counts", [])}, rest=meta.get("rest"),
             metrics=meta.get("metrics", {}), created_at=meta.get("created_at", ""),
         )
         bundle.build_model("cpu")  # fails here, not mid-stream, if weights and config disagree

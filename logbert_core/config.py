@@ -104,6 +104,12 @@ class ScoringSection(_Section):
     # Normal windows sit close to the centre and anomalous ones far out (HDFS training period: normals <= 1.5,
     # distance-flagged anomalies >= 20); the margin keeps modest drift of normal behaviour from alerting.
     distance_margin: float = Field(default=5.0, ge=1.0)
+    # A session that goes quiet where normal sessions keep going (judge.RestStats) flags its closing window. Not
+    # learned for field_window sessions: those end at a clock boundary, not where their logs stop.
+    premature_end: bool = True
+    # ... and only where the evidence is strong: 3.0 = normal sessions rested in under 5 % of their visits to the
+    # state (upper end of a one-sided 95 % interval), e.g. 0 of 52 or more visits.
+    premature_min_surprise: float = Field(default=3.0, ge=0)
     n_candidates: int = Field(default=3, gt=0)
 
 

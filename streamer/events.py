@@ -7,7 +7,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from logbert_core.judge import DISTANCE, KEY_MISSES, RARE_TEMPLATE, UNSEEN_SET, UNSEEN_TEMPLATE, Verdict
+from logbert_core.judge import (
+    DISTANCE,
+    KEY_MISSES,
+    PREMATURE_END,
+    RARE_TEMPLATE,
+    UNSEEN_SET,
+    UNSEEN_TEMPLATE,
+    Verdict,
+)
 from logbert_core.vocab import UNK, Vocabulary
 from logbert_core.windows import member_key
 
@@ -68,6 +76,7 @@ _REASON_TEXT = {
     RARE_TEMPLATE: "a template rare in normal training logs",
     KEY_MISSES: "more unexpected lines than the calibrated threshold",
     DISTANCE: "a window far from the normal hypersphere",
+    PREMATURE_END: "a session that went quiet where normal sessions keep going",
 }
 
 
@@ -102,6 +111,11 @@ def build_event(*, event_id: str, session_id: str, members: tuple[str, ...], lo:
     if RARE_TEMPLATE in verdict.reasons and verdict.rarest is not None and verdict.rarest[0] != UNK:
         key, count = verdict.rarest
         parts.append(f"{vocab.text(key)!r} occurred only {count} time(s) in normal training windows")
+    if PREMATURE_END in verdict.reasons and verdict.quiet is not None:
+        reached, rested = verdict.quiet
+        last = positions[-1].template if positions else ""
+        parts.append(f"the session stopped after {len(members)} lines, last {last!r}: normal training sessions "
+                     f"reached this point {reached} time(s) and went quiet there {rested} time(s)")
     if DISTANCE in verdict.reasons:
         parts.append(f"window embedding at distance {s.distance:.2f} from the normal centre (threshold "
                      f"{distance_threshold:.2f}); templates in order: "

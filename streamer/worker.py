@@ -47,7 +47,7 @@ from kafka.structs import OffsetAndMetadata
 
 from logbert_core.bundle import Bundle, BundleError, load_bundle
 from logbert_core.config import Settings, bundle_fields
-from logbert_core.judge import KeyCounts, WindowJudge
+from logbert_core.judge import WindowJudge
 from logbert_core.parsing import LineFormat, LineFormatError, TemplateIndex, key_of
 from logbert_core.scoring import WindowScorer
 from logbert_core.vocab import UNK
@@ -284,8 +284,7 @@ class Engine:
         scorer = WindowScorer(bundle.build_model(device), bundle.center.to(device), top_g=sc.top_g,
                               mask_copies=sc.mask_copies, device=device, buckets=buckets,
                               n_candidates=sc.n_candidates, bf16=det.bf16)
-        judge = WindowJudge(scorer, bundle.thresholds, bundle.known_sets, sc.novel_template, sc.novel_template_set,
-                            sc.use_distance, KeyCounts(bundle.key_counts) if sc.rare_template else None)
+        judge = WindowJudge.from_bundle(scorer, bundle, sc)
         pipeline = LinePipeline(settings.line_format(), ValueDecoder(settings.log.json_fields,
                                                                      settings.log.max_line_bytes),
                                 bundle.template_index(), bundle, settings.parser.unknown == "nearest")

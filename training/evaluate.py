@@ -14,7 +14,7 @@ import torch
 
 from logbert_core.bundle import Bundle
 from logbert_core.config import Settings
-from logbert_core.judge import KeyCounts, Verdict, WindowJudge
+from logbert_core.judge import Verdict, WindowJudge
 from logbert_core.scoring import WindowScorer
 from training.data import SessionWindows, build_windows, load_labels, read_corpus
 from training.train import judge_sessions, session_metrics
@@ -27,8 +27,7 @@ def bundle_judge(bundle: Bundle, settings: Settings, device: str = "cpu") -> Win
     scorer = WindowScorer(bundle.build_model(device), bundle.center.to(device), top_g=sc.top_g,
                           mask_copies=sc.mask_copies, device=torch.device(device), buckets=buckets,
                           n_candidates=sc.n_candidates)
-    return WindowJudge(scorer, bundle.thresholds, bundle.known_sets, sc.novel_template, sc.novel_template_set,
-                       sc.use_distance, KeyCounts(bundle.key_counts) if sc.rare_template else None)
+    return WindowJudge.from_bundle(scorer, bundle, sc)
 
 
 def offline_windows(bundle: Bundle, settings: Settings, inputs: Sequence[str | Path]) -> dict[str, SessionWindows]:

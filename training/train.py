@@ -16,11 +16,14 @@ import torch
 
 from logbert_core.bundle import save_bundle
 from logbert_core.config import Settings, bundle_fields
-from logbert_core.judge import Verdict, WindowJudge, calibrated_judge
+from logbert_core.judge import RestStats, Verdict, WindowJudge, calibrated_judge
 from logbert_core.model import LogBERT, LogBERTConfig
-from logbert_core.parsing import TemplateIndex
+from logbert_core.parsing import TemplateIndex, key_of
 from logbert_core.scoring import WindowScorer
+from logbert_core.vocab import Vocabulary
+from logbert_core.windows import canonical_entries, member_key
 from training.data import (
+    Corpus,
     SessionWindows,
     build_windows,
     inline_labels,
@@ -78,6 +81,30 @@ def judge_sessions(judge: WindowJudge, sessions: Mapping[str, SessionWindows]) -
     return out
 
 
+def timed_keys(corpus: Corpus, sessions: Sequence[str], index: TemplateIndex, vocab: Vocabulary, nearest: bool
+               ) -> list[list[tuple[float, int]]]:
+    """Each session's ``(timestamp, key)`` entries in the canonical order (the order of its windows)."""
+    out = []
+    for sid in sessions:
+        entries = []
+        for i in corpus.sessions[sid]:
+            rec = corpus.records[i]
+            entries.append((rec.timestamp, key_of(index, vocab, rec.content, nearest)[0], rec.line))
+        out.append([(ts, member_key(m)) for ts, m in canonical_entries(entries)])
+    return out
+
+
+def rest_stats(settings: Settings, corpus: Corpus, fit_ids: Sequence[str], index: TemplateIndex,
+               vocab: Vocabulary) -> RestStats | None:
+    """Where the fit sessions went quiet (``session.idle_timeout_s`` or longer), for the premature-end rule; None
+    when the rule is off or sessions are clock windows (they end at a window boundary, not where their logs stop)."""
+    s = settings
+    if not s.scoring.premature_end or s.session.kind == "field_window":
+        return None
+    timed = timed_keys(corpus, fit_ids, index, vocab, s.parser.unknown == "nearest")
+    return RestStats.of(timed, s.session.idle_timeout_s, s.model.max_len, s.model.stride)
+
+
 def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str | Path,
                  labels_csv: str | Path | None = None, progress: bool = True) -> TrainReport:
     t0 = time.perf_counter()
@@ -121,10 +148,11 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
                           device=device, n_candidates=s.scoring.n_candidates,
                           buckets=tuple(b for b in s.detector.buckets if b < s.model.max_len) + (s.model.max_len,))
     sc = s.scoring
+    rest = rest_stats(s, corpus, train_ids, index, vocab)
     cal = calibrated_judge(scorer, flat(train_ids), flat(val_ids), flat(calib_ids), target_fpr=sc.target_fpr,
                            novel_template=sc.novel_template, novel_template_set=sc.novel_template_set,
                            use_distance=sc.use_distance, distance_margin=sc.distance_margin,
-                           rare_template=sc.rare_template)
+                           rare_template=sc.rare_template, rest=rest, surprise_floor=sc.premature_min_surprise)
     judge, thresholds, known_sets = cal.judge, cal.thresholds, cal.known_sets
 
     # In-period evaluation: held-out normal sessions (calibration set) against the anomalies of the same period.
@@ -146,13 +174,15 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
                      "parse_seconds": round(t_parse, 1), "device": device},
         "thresholds": {"miss_ratio": thresholds.miss_ratio, "distance": thresholds.distance,
                        "rare": thresholds.rare if math.isfinite(thresholds.rare) else None,
+                       "premature": thresholds.premature if math.isfinite(thresholds.premature) else None,
                        "method": thresholds.method},
         "in_period_eval": {"sessions": "calibration normals + anomalies of the training period", **ev},
     }
     version = save_bundle(out_dir, family=s.log.family, model_config=model_cfg, state_dict=result.state_dict,
                           center=result.center, vocab=vocab, drain_params=s.drain_params(),
                           drain_state=index.state(), settings=bundle_fields(s), thresholds=thresholds,
-                          known_sets=known_sets, key_counts=cal.key_counts.counts, metrics=metrics)
+                          known_sets=known_sets, key_counts=cal.key_counts.counts,
+                          rest=rest.to_json() if rest is not None else None, metrics=metrics)
     metrics["total_seconds"] = round(time.perf_counter() - t0, 1)
     (Path(out_dir) / "metrics.json").write_text(json.dumps({"version": version, **metrics}, indent=1) + "\n")
     return TrainReport(version, Path(out_dir), metrics)

@@ -10,12 +10,16 @@ from logbert_core.bundle import Thresholds
 from logbert_core.judge import (
     DISTANCE,
     KEY_MISSES,
+    PREMATURE_END,
     RARE_TEMPLATE,
     UNSEEN_SET,
     UNSEEN_TEMPLATE,
     KeyCounts,
+    RestStats,
     WindowJudge,
     calibrate,
+    end_state,
+    wilson_upper,
 )
 from logbert_core.scoring import WindowScore
 from logbert_core.vocab import UNK
@@ -69,3 +73,66 @@ def test_calibration_splits_the_fpr_budget_and_uses_quantiles():
     assert math.isinf(calibrate(scores, 0.03).rare)
     with pytest.raises(ValueError):
         calibrate([], 0.01)
+
+
+# -- premature end: where normal sessions go quiet ----------------------------------------------------------------
+def lifecycle(t0: float, done: bool = True) -> list[tuple[float, int]]:
+    """A normal session: allocate (5), three receives (4) a second later, three stores (8) a few seconds later, then
+    (if ``done``) a delete (10) an hour later. Timestamps tie within a step, as HDFS's 1-second stamps do."""
+    out = [(t0, 5), (t0 + 1, 4), (t0 + 1, 4), (t0 + 1, 4), (t0 + 3, 8), (t0 + 3, 8), (t0 + 3, 8)]
+    return out + [(t0 + 3600, 10)] if done else out
+
+
+def test_rest_stats_count_visits_and_quiet_per_state():
+    rest = RestStats.of([lifecycle(i * 10_000.0) for i in range(60)], quiet_s=30, max_len=64, stride=32)
+    written = end_state([4, 4, 4, 5, 8, 8, 8])
+    assert rest.seen[written] == (60, 60)  # every block rested an hour after its write
+    assert rest.seen[end_state([5, 4])] == (60, 0)  # one receive: the others follow in the same second
+    assert rest.seen[end_state([4, 4, 4, 5, 8, 8, 8, 10])] == (60, 60)  # the end of a session is rest
+    assert rest.surprise([4, 4, 4, 5, 8, 8, 8]) == 0.0
+    assert rest.surprise([4, 5]) > 3.0  # 0 of 60: strong evidence
+    assert rest.surprise([4, 9]) == 0.0  # a state never reached: no evidence either way
+    assert RestStats.from_json(rest.to_json()) == rest
+
+
+def test_rest_states_follow_the_window_cursor():
+    """After the window slides, the state is the multiset of the window that would close there."""
+    session = [(float(i), 4 + i) for i in range(10)]
+    rest = RestStats.of([session], quiet_s=30, max_len=4, stride=2)
+    # closing after 5 entries would emit window [2, 5): keys 6, 7, 8
+    assert rest.seen[end_state([6, 7, 8])] == (1, 0)
+    assert rest.seen[end_state([10, 11, 12])] == (1, 0)  # after 9 entries: window [6, 9)
+    # after 4, 6, 8 and 10 entries every entry is in a full window already: no closing window, no state
+    assert sum(n for n, _ in rest.seen.values()) == 6
+    assert not rest.closing([4, 5, 6, 7]) and rest.closing([4, 5, 6])
+
+
+def test_premature_end_flags_only_closing_windows_with_strong_evidence():
+    rest = RestStats.of([lifecycle(i * 10_000.0) for i in range(60)], quiet_s=30, max_len=8, stride=4)
+    broken, unfinished, rare_stop = [4, 5], [4, 4, 4, 5, 8, 8, 8], [4, 4, 4, 5, 8, 8, 8, 10]
+    windows = {tuple(w): ws() for w in (broken, unfinished, rare_stop)}
+    known = frozenset({frozenset({4, 5, 8, 10})})
+    th = Thresholds(0.5, 5.0, "test", premature=3.0)
+    judge = WindowJudge(FixedScorer(windows), th, known, rest=rest)
+    got = judge.judge([broken, unfinished, rare_stop])
+    assert got[0].reasons == (PREMATURE_END,) and got[0].quiet == (60, 0)  # pipeline broke after the allocation
+    assert got[1].reasons == ()  # written, not deleted yet: normal blocks rest here
+    assert got[2].reasons == () and got[2].quiet is None  # a full window (max_len 8) is not a closing window
+    off = WindowJudge(FixedScorer(windows), Thresholds(0.5, 5.0, "old bundle"), known, rest=rest)
+    assert off.judge([broken])[0].reasons == ()  # no premature threshold in the bundle: the rule is off
+
+
+def test_premature_threshold_has_a_floor_above_weak_evidence():
+    scores = [ws() for _ in range(100)]
+    th = calibrate(scores, 0.01, use_distance=False, surprise=[0.0] * 99 + [0.31], surprise_floor=3.0)
+    assert th.premature == 3.0 and "2 calibrated rule(s)" in th.method
+    th = calibrate(scores, 0.01, use_distance=False, surprise=[0.0] * 95 + [4.0] * 5, surprise_floor=3.0)
+    assert th.premature == 4.0
+    assert math.isinf(calibrate(scores, 0.01).premature)
+
+
+def test_wilson_upper_bound():
+    assert wilson_upper(0, 0) == 1.0
+    assert wilson_upper(0, 765) == pytest.approx(0.0035, abs=1e-4)
+    assert wilson_upper(10, 10) == 1.0
+    assert 0.5 < wilson_upper(5, 10) < 0.8

@@ -39,7 +39,7 @@ CONFIG = REPO / "config" / "hdfs.toml"
 BUNDLE = REPO / "models" / "hdfs"
 HOLDOUT = REPO / "data" / "hdfs" / "holdout.log.gz"
 SCHEMA = REPO / "schemas" / "anomaly-event.schema.json"
-N_LINES = 600
+N_LINES = 1200  # the first prefix of the hold-out with two offline anomalies (one with a new template)
 PROMTOOL = shutil.which("promtool")
 
 
