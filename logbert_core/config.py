@@ -126,6 +126,7 @@ class DetectorSection(_Section):
     num_threads: int | None = Field(default=None, gt=0)
     bf16: bool = False  # bfloat16 autocast for scoring (AVX512-BF16/AMX CPUs, CUDA); see docs/performance.md
     score_queue: int = Field(default=16, ge=0)  # jobs waiting for the scorer thread; 0: score in the consume loop
+    score_cache: int = Field(default=16_384, ge=0)  # scores of recent distinct windows kept (exact); 0: off
 
 
 class KafkaSection(_Section):

@@ -33,6 +33,8 @@ SCORE_BATCH = Histogram("logad_score_batch_windows", "Windows per scoring batch"
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
 SCORE_SECONDS = Histogram("logad_score_seconds", "Time to score one batch of windows",
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+SCORE_CACHE_HITS = Counter("logad_score_cache_hits_total",
+                           "Windows whose score came from the scorer's cache of recent distinct windows")
 ANOMALIES = Counter("logad_anomalies_published_total", "Anomaly events published to the output topic")
 CONSUMER_LAG = Gauge("logad_consumer_lag", "Records behind the end of the input topic", ["partition"])
 REDIS_ERRORS = Counter("logad_redis_errors_total", "Failed Redis round trips (retried with back-off)")

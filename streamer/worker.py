@@ -283,7 +283,7 @@ class Engine:
         buckets = tuple(b for b in det.buckets if b < max_len) + (max_len,)
         scorer = WindowScorer(bundle.build_model(device), bundle.center.to(device), top_g=sc.top_g,
                               mask_copies=sc.mask_copies, device=device, buckets=buckets,
-                              n_candidates=sc.n_candidates, bf16=det.bf16)
+                              n_candidates=sc.n_candidates, bf16=det.bf16, cache_size=det.score_cache)
         judge = WindowJudge.from_bundle(scorer, bundle, sc)
         pipeline = LinePipeline(settings.line_format(), ValueDecoder(settings.log.json_fields,
                                                                      settings.log.max_line_bytes),
@@ -632,8 +632,11 @@ class Worker:
     def _score_chunk(self, engine: Engine, chunk: Sequence[CutWindow]) -> list[Any]:
         t0 = time.perf_counter()
         keys = [window_keys(w.members) for w in chunk]
+        scorer = engine.judge.scorer
+        hits = scorer.cache_hits
         verdicts = engine.judge.judge(keys)
         m.SCORE_SECONDS.observe(time.perf_counter() - t0)
+        m.SCORE_CACHE_HITS.inc(scorer.cache_hits - hits)
         m.SCORE_BATCH.observe(len(chunk))
         for w in chunk:
             m.WINDOWS_SCORED.labels(w.cause).inc()

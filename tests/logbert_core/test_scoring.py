@@ -177,3 +177,18 @@ def test_compute_center_is_the_mean_dist_output() -> None:
         compute_center(model, [], "cpu")
     with pytest.raises(ValueError, match="max_len"):
         compute_center(model, [[4] * 33], "cpu")
+
+
+def test_score_cache_returns_the_scores_the_model_gives() -> None:
+    windows = random_windows(2, 40)
+    plain = scorer().score(windows)
+    cached = scorer(cache_size=16)
+    repeated = windows[:10] * 3 + windows  # repeats inside one call and across calls
+    got = cached.score(repeated)
+    assert got == plain[:10] * 3 + plain
+    assert cached.cache_misses == len({tuple(w) for w in windows})
+    assert cached.cache_hits == len(repeated) - cached.cache_misses
+    assert len(cached._cache) == 16  # least recently used windows were dropped
+    assert cached.score(windows[::-1]) == plain[::-1]  # evicted windows are scored again, identically
+    with pytest.raises(ValueError, match="cache_size"):
+        scorer(cache_size=-1)
