@@ -20,7 +20,9 @@ Detectors:
   ``unseen_set_subset`` (not a subset of any seen set: the product's ``unseen_template_set`` rule on whole sessions),
   ``unseen_count_vector`` (the exact multiset of keys never seen);
 * ``length``: robust z-score of log(session length) against the fit sessions;
-* ``rare_key``: -log of the smoothed training frequency of the rarest key in the session.
+* ``rare_key``: -log of the smoothed training frequency of the rarest key in the session;
+* ``bert_ae``: a masked-LM LogBERT encoder plus an autoencoder on its window embeddings; score = reconstruction error
+  (``training.bert_ae``).
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class Detector(ABC):
     """A session scorer: ``fit`` on normal sessions, ``score`` any sessions (higher = more anomalous)."""
 
     name: str = ""
-    family: str = ""  # "sequence", "count vector", "exact", "statistic"
+    family: str = ""  # "sequence", "count vector", "autoencoder", "exact", "statistic"
 
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []  # per epoch, for detectors that learn iteratively
@@ -395,7 +397,7 @@ class NextKeyDetector(Detector):
 
 
 BASELINES = ("deeplog", "loganomaly", "pca", "iforest", "unseen_template", "unseen_set_exact", "unseen_set_subset",
-             "unseen_count_vector", "length", "rare_key")
+             "unseen_count_vector", "length", "rare_key", "bert_ae")
 
 
 def make_detector(name: str, cfg: BaselineConfig) -> Detector:
@@ -411,10 +413,17 @@ def make_detector(name: str, cfg: BaselineConfig) -> Detector:
         "unseen_count_vector": UnseenCountVector,
         "length": LengthOutlier,
         "rare_key": RareKey,
+        "bert_ae": lambda: _bert_ae(cfg),
     }
     if name not in factories:
         raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
     return factories[name]()
+
+
+def _bert_ae(cfg: BaselineConfig) -> Detector:
+    from training.bert_ae import BertAEConfig, BertAEDetector  # imports this module: resolved at call time
+
+    return BertAEDetector(BertAEConfig.from_baseline(cfg))
 
 
 @dataclass(frozen=True)
