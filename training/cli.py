@@ -139,10 +139,12 @@ def split(config: str, inputs: tuple[str, ...], labels: str | None, test_fractio
 @click.option("--normal-ids", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Labels CSV whose block ids restrict the normal test sessions of --sequences-normal.")
 @click.option("--methods", default="all", show_default=True,
-              help="Comma-separated: logbert, deeplog, loganomaly, pca, iforest, unseen_template, unseen_set_exact, "
-                   "unseen_set_subset, unseen_count_vector, length, rare_key; or 'all'.")
+              help="Comma-separated: logbert, deeplog, loganomaly, pca, iforest, bert_ae, unseen_template, "
+                   "unseen_set_exact, unseen_set_subset, unseen_count_vector, length, rare_key; or 'all' (those). "
+                   "Also logbert_complete (raw lines only, not in 'all'): LogBERT with time gaps and parameters.")
 @click.option("--baseline-epochs", type=click.IntRange(1), default=10, show_default=True,
-              help="Epoch cap of the DeepLog and LogAnomaly LSTMs (early stopping on validation loss).")
+              help="Epoch cap of the learned baselines: DeepLog and LogAnomaly LSTMs, the BERT-AE encoder (early "
+                   "stopping on validation loss).")
 @click.option("--title", default=None, help="Report title.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Report directory to write.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")

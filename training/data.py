@@ -17,7 +17,7 @@ from typing import IO
 
 from logbert_core.parsing import LineFormat, LineFormatError, LogRecord, TemplateIndex, key_of
 from logbert_core.vocab import UNK, Vocabulary
-from logbert_core.windows import canonical_entries, session_windows, window_keys
+from logbert_core.windows import canonical_entries, member, member_key, session_windows, window_keys
 
 
 @dataclass
@@ -149,6 +149,35 @@ def build_windows(corpus: Corpus, sessions: Iterable[str], index: TemplateIndex,
             session_id=sid, windows=[ks[s.lo:s.hi] for s in spans], first_ts=canon[0][0], last_ts=canon[-1][0],
             n_lines=len(ks), unseen_lines=sum(1 for k in ks if k == UNK),
         )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CanonicalLine:
+    """One distinct entry of a session, where the canonical order puts it."""
+
+    timestamp: float  # the timestamp the canonical order kept (the first one, for a repeated line)
+    key: int
+    content: str
+
+
+def canonical_lines(corpus: Corpus, sessions: Iterable[str], index: TemplateIndex, vocab: Vocabulary,
+                    nearest: bool) -> dict[str, list[CanonicalLine]]:
+    """Each session's entries in the canonical order of ``build_windows`` (the same keys in the same order), with
+    their timestamps and message text: the inputs of per-line features beyond the template key."""
+    keys: dict[int, int] = {}
+    out: dict[str, list[CanonicalLine]] = {}
+    for sid in sessions:
+        entries = []
+        content: dict[str, str] = {}
+        for i in corpus.sessions[sid]:
+            rec = corpus.records[i]
+            k = keys.get(i)
+            if k is None:
+                k = keys[i] = key_of(index, vocab, rec.content, nearest)[0]
+            entries.append((rec.timestamp, k, rec.line))
+            content.setdefault(member(k, rec.line), rec.content)  # one member = one raw line = one content
+        out[sid] = [CanonicalLine(ts, member_key(m), content[m]) for ts, m in canonical_entries(entries)]
     return out
 
 

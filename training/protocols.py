@@ -39,11 +39,13 @@ from logbert_core.parsing import LineFormatError
 from logbert_core.scoring import WindowScore, WindowScorer
 from logbert_core.vocab import FIRST_KEY, UNK
 from logbert_core.windows import session_windows
-from training.baselines import BASELINES, BaselineConfig, Calibrated, Session, fit_and_calibrate
+from training.baselines import BASELINES, BaselineConfig, Calibrated, Session, calibrate_threshold, fit_and_calibrate
+from training.complete_logs import CompleteConfig, CompleteLogDetector, ParamExtractor, SessionLines, line_features
 from training.data import (
     Corpus,
     SessionWindows,
     build_windows,
+    canonical_lines,
     file_fingerprint,
     inline_labels,
     iter_lines,
@@ -61,7 +63,12 @@ log = logging.getLogger(__name__)
 LOGBERT = "logbert"  # the product's decision: every enabled rule of logbert_core.judge
 LOGBERT_MODEL = "logbert_model_rules"  # the learned rules only (key misses, and distance where enabled)
 LOGBERT_KEYS = "logbert_key_misses"  # the paper's rule: masked-key misses only
-METHODS = (LOGBERT, *BASELINES)
+LOGBERT_COMPLETE = "logbert_complete"  # key + time gap + parameters per line (training.complete_logs); raw only
+COMPLETE_MEAN = "logbert_complete_mean"  # the same fit, key, gap and parameter misses pooled into one ratio
+COMPLETE_KEYS = "logbert_complete_key_misses"  # the same fit, key misses only
+COMPLETE_EXTRAS = "logbert_complete_gap_param_misses"  # the same fit, gap and parameter misses only
+METHODS = (LOGBERT, *BASELINES)  # what "all" runs, on either protocol
+RAW_METHODS = (*METHODS, LOGBERT_COMPLETE)  # every method the raw-line protocol accepts
 
 
 @dataclass
@@ -92,6 +99,7 @@ class EvalData:
     labelled: bool  # False: no labels at all (test figures are then flag rates, not P/R)
     split: Split
     data: dict[str, Any] = field(default_factory=dict)  # inputs, fingerprints, parse statistics, notes
+    lines: dict[str, SessionLines] | None = None  # raw protocol, on request: per-line gaps and parameters
 
     def seqs(self, ids: Iterable[str]) -> list[Session]:
         return [self.sessions[s] for s in ids]
@@ -329,6 +337,24 @@ def _sha(paths: Sequence[str | Path]) -> dict[str, str]:
     return {str(p): file_fingerprint([p]) for p in paths}
 
 
+def _session_lines(bundle: Bundle, settings: Settings, train: Corpus, test: Corpus,
+                   sessions: Mapping[str, list[int]]) -> dict[str, SessionLines]:
+    """Gaps and parameters of every session's lines, from the same records and canonical order as its keys."""
+    index, vocab = bundle.template_index(), bundle.vocab
+    nearest = settings.parser.unknown == "nearest"
+    extractor = ParamExtractor(bundle.drain_params.masking,
+                               {k: vocab.text(k) for k in range(FIRST_KEY, vocab.size)},
+                               bundle.drain_params.extra_delimiters)
+    out: dict[str, SessionLines] = {}
+    for corpus in (train, test):
+        for sid, lines in canonical_lines(corpus, corpus.chronological(), index, vocab, nearest).items():
+            feats = line_features(lines, extractor)
+            if list(feats.keys) != sessions[sid]:
+                raise RuntimeError(f"line features of session {sid!r} are not aligned with its keys")
+            out[sid] = feats
+    return out
+
+
 @dataclass
 class RawRun:
     data: EvalData
@@ -338,8 +364,13 @@ class RawRun:
 
 
 def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | Path | None,
-                 test_fraction: float, bundle_dir: str | Path, progress: bool = False) -> RawRun:
-    """Chronological split of raw log files; LogBERT trained by ``train_bundle`` on the earlier part."""
+                 test_fraction: float, bundle_dir: str | Path, progress: bool = False,
+                 line_feats: bool = False) -> RawRun:
+    """Chronological split of raw log files; LogBERT trained by ``train_bundle`` on the earlier part.
+
+    ``line_feats`` also builds ``EvalData.lines`` (time gaps and parameter values of every session's lines, in the
+    canonical order of its keys) for ``logbert_complete``.
+    """
     s = settings
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="logad-eval-") as tmp:
@@ -375,6 +406,7 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
     windows = {**{k: v.windows for k, v in train_w.items()}, **{k: v.windows for k, v in test_w.items()}}
     sessions = {k: _session_keys(v, bundle.model_config.max_len, s.model.stride)
                 for part in (train_w, test_w) for k, v in part.items()}
+    lines = _session_lines(bundle, s, train_corpus, test_corpus, sessions) if line_feats else None
     lengths = np.array([len(v) for v in sessions.values()])
     data = EvalData(
         protocol="raw", sessions=sessions, windows=windows, labels=labels, labelled=labelled, split=split,
@@ -385,7 +417,8 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
               "templates": bundle.vocab.size - FIRST_KEY,
               "session_length": {"p50": float(np.percentile(lengths, 50)), "p99": float(np.percentile(lengths, 99)),
                                  "max": int(lengths.max())},
-              "unseen_template_sessions_test": sum(UNK in sessions[x] for x in test_ids)})
+              "unseen_template_sessions_test": sum(UNK in sessions[x] for x in test_ids)},
+        lines=lines)
     history = report.metrics["training"]["history"]
     run = bundle_run(bundle, s, data, history, report.metrics["training"]["seconds"])
     log.info("raw protocol ready in %.1f s (bundle %s)", fit_seconds, bundle.version)
@@ -490,11 +523,79 @@ class Evaluation:
     extra: dict[str, Any]  # bundle version, thresholds, training metrics
 
 
-def _split_methods(methods: Sequence[str]) -> tuple[bool, list[str]]:
-    unknown = [m for m in methods if m not in METHODS]
+def _split_methods(methods: Sequence[str], raw: bool = True) -> tuple[bool, list[str]]:
+    if not raw and LOGBERT_COMPLETE in methods:
+        raise ValueError(f"{LOGBERT_COMPLETE} needs raw log lines (timestamps and parameter values); the sequence "
+                         "protocol has event ids only: evaluate it with --input")
+    allowed = RAW_METHODS if raw else METHODS
+    unknown = [m for m in methods if m not in allowed]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(allowed)}")
     return LOGBERT in methods, [m for m in methods if m in BASELINES]
+
+
+def complete_config(settings: Settings, vocab_size: int, **overrides: Any) -> CompleteConfig:
+    """``logbert_complete`` with the product's encoder size, windowing, masking, top-g, seed and epochs.
+
+    It fits and scores on one CPU thread: with torch's default threads, two runs of the same HDFS evaluation gave
+    different fits (different early stops, key-miss F1 0.86 vs 0.58), on a machine shared with other jobs.
+    """
+    s = settings
+    base = dict(vocab_size=vocab_size, max_len=s.model.max_len, stride=s.model.stride, n_layer=s.model.n_layer,
+                n_head=s.model.n_head, n_embd=s.model.n_embd, dropout=s.model.dropout, top_g=s.scoring.top_g,
+                mask_copies=s.scoring.mask_copies, mask_ratio=s.train.mask_ratio, epochs=s.train.epochs,
+                batch_size=s.train.batch_size, lr=s.train.lr, patience=s.train.patience, seed=s.train.seed,
+                device=resolve_device(s.train.device), num_threads=1)  # one thread: the same fit from run to run
+    return CompleteConfig(**{**base, **overrides})
+
+
+def complete_results(data: EvalData, cfg: CompleteConfig, target_fpr: float) -> list[MethodResult]:
+    """``logbert_complete`` and its diagnostics (one fit), calibrated by the product's rule.
+
+    ``logbert_complete`` flags a session when its key-miss ratio *or* its gap/parameter-miss ratio exceeds its own
+    threshold, each the ``1 - target_fpr / 2`` quantile of the calibration sessions (the FPR budget split between
+    the two rules, as ``logbert_core.judge.calibrate`` splits it between its rules); its PR score is the larger of
+    the two ratios' ranks among the calibration sessions (``_tail_rank``). The other rows each calibrate one ratio at
+    the full ``target_fpr``: ``logbert_complete_mean`` pools the three heads' misses into one ratio (the first design,
+    measured and kept for comparison), and the key-only and gap/parameter-only ratios.
+    """
+    if data.lines is None:
+        raise ValueError(f"{LOGBERT_COMPLETE} needs EvalData.lines (raw_protocol(..., line_feats=True))")
+    t0 = time.perf_counter()
+    sp = data.split
+    det = CompleteLogDetector(cfg)
+    det.fit([data.lines[s] for s in sp.fit], [data.lines[s] for s in sp.val])
+    val_ids, test_ids = data.validation_ids, sp.test
+    cal = det.misses([data.lines[s] for s in sp.calib])
+    val = det.misses([data.lines[s] for s in val_ids])
+    test = det.misses([data.lines[s] for s in test_ids])
+    seconds = round(time.perf_counter() - t0, 1)
+    n_val = len(val_ids)
+    stats = f"{len(det.coder.signatures)} parameter signatures, {len(det.coder.exact)} exact values"
+
+    def result(name: str, threshold: Any, scores: np.ndarray, flags: np.ndarray, note: str) -> MethodResult:
+        vs, ts, vf, tf = scores[:n_val], scores[n_val:], flags[:n_val], flags[n_val:]
+        log.info("%s: threshold %s", name, threshold)
+        return MethodResult(
+            name=name, family=det.family, threshold=threshold, test_scores=ts, test_flags=tf, val_scores=vs,
+            val_flags=vf, test=binary_metrics(tf, data.truth(test_ids), ts),
+            validation=binary_metrics(vf, data.truth(val_ids), vs), seconds=seconds,
+            history=list(det.history) if name == LOGBERT_COMPLETE else [], notes=f"{note}; {stats}")
+
+    def both(rule: str) -> np.ndarray:
+        return np.concatenate([getattr(val, rule), getattr(test, rule)])
+
+    th_k, th_e = (calibrate_threshold(getattr(cal, r), target_fpr / 2) for r in ("keys", "extras"))
+    rank = np.maximum(_tail_rank(cal.keys, both("keys")), _tail_rank(cal.extras, both("extras")))
+    out = [result(LOGBERT_COMPLETE, {"key_misses": th_k, "gap_param_misses": th_e}, rank,
+                  (both("keys") > th_k) | (both("extras") > th_e),
+                  "key-miss ratio or gap/parameter-miss ratio above its threshold (target FPR split in two)")]
+    for name, rule, note in ((COMPLETE_MEAN, "complete", "misses of key, gap and parameter / (3 x length)"),
+                             (COMPLETE_KEYS, "keys", "key misses only / length"),
+                             (COMPLETE_EXTRAS, "extras", "gap and parameter misses only / (2 x length)")):
+        th = calibrate_threshold(getattr(cal, rule), target_fpr)
+        out.append(result(name, th, both(rule), both(rule) > th, f"the same model: {note}"))
+    return out
 
 
 def evaluate_raw(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | Path | None,
@@ -502,8 +603,13 @@ def evaluate_raw(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
                  progress: bool = False, baseline: Mapping[str, Any] | None = None) -> Evaluation:
     """Protocol (a)/(c)/(d): raw lines -> sessions; LogBERT as ``logad-train`` ships it, baselines beside it."""
     use_logbert, baselines = _split_methods(methods)
-    raw = raw_protocol(settings, inputs, labels_csv, test_fraction, Path(out_dir) / "bundle", progress)
+    use_complete = LOGBERT_COMPLETE in methods
+    raw = raw_protocol(settings, inputs, labels_csv, test_fraction, Path(out_dir) / "bundle", progress,
+                       line_feats=use_complete)
     results = logbert_results(raw.logbert, raw.data, settings.scoring) if use_logbert else []
+    if use_complete:
+        results += complete_results(raw.data, complete_config(settings, raw.bundle.vocab.size),
+                                    settings.scoring.target_fpr)
     results += baseline_results(raw.data, baseline_config(settings, **(baseline or {})), baselines,
                                 settings.scoring.target_fpr)
     notes = [
@@ -528,7 +634,7 @@ def evaluate_sequences(settings: Settings, train_path: str | Path, abnormal_path
                        normal_csv: str | Path, normal_ids_csv: str | Path | None, methods: Sequence[str] = METHODS,
                        progress: bool = False, baseline: Mapping[str, Any] | None = None) -> Evaluation:
     """Protocol (b): pre-parsed event-id sessions, the paper-comparable model-level setting."""
-    use_logbert, baselines = _split_methods(methods)
+    use_logbert, baselines = _split_methods(methods, raw=False)
     data = sequence_protocol(settings, train_path, abnormal_path, normal_csv, normal_ids_csv)
     results: list[MethodResult] = []
     extra: dict[str, Any] = {}
