@@ -138,7 +138,7 @@ def bench_scorer(lengths: tuple[int, ...], batches: tuple[int, ...], threads: in
                 if dt >= min_s:
                     break
             out.append({"length": length, "batch": batch, "windows_per_s": round(n / dt, 1),
-                        "threads": torch.get_num_threads(), "bf16_autocast": autocast, "load": load()})
+                        "threads": 1, "bf16_autocast": autocast, "load": load()})  # score() runs on one
     return out
 
 
@@ -391,7 +391,8 @@ def device() -> dict[str, Any]:
 @click.option("--latency-seconds", type=float, default=60.0, show_default=True)
 @click.option("--latency-idle-timeout", "lat_idle_s", type=float, default=10.0, show_default=True,
               help="session.idle_timeout_s of the latency run (sessions close all along a run 6x as long).")
-@click.option("--scorer-threads", type=int, default=None, help="torch threads for the scorer benchmark.")
+@click.option("--scorer-threads", type=int, default=None,
+              help="torch threads around the scorer benchmark (the scorer itself scores on one; see scoring.py).")
 @click.option("--scorer-seconds", type=float, default=1.0, show_default=True, help="Time per scorer figure.")
 @click.option("--bf16", is_flag=True, help="Scorer benchmark also with bf16 autocast (CPU).")
 @click.option("--env", "envs", multiple=True, metavar="NAME=VALUE", help="Extra LOGAD_ setting for the workers.")

@@ -18,14 +18,14 @@ from logbert_core.bundle import save_bundle
 from logbert_core.config import Settings, bundle_fields
 from logbert_core.judge import RestStats, Verdict, WindowJudge, calibrated_judge
 from logbert_core.model import LogBERT, LogBERTConfig
-from logbert_core.parsing import TemplateIndex, key_of
+from logbert_core.parsing import TemplateIndex
 from logbert_core.scoring import WindowScorer
 from logbert_core.vocab import Vocabulary
-from logbert_core.windows import canonical_entries, member_key
 from training.data import (
     Corpus,
     SessionWindows,
     build_windows,
+    canonical_lines,
     inline_labels,
     load_labels,
     mine_templates,
@@ -81,19 +81,6 @@ def judge_sessions(judge: WindowJudge, sessions: Mapping[str, SessionWindows]) -
     return out
 
 
-def timed_keys(corpus: Corpus, sessions: Sequence[str], index: TemplateIndex, vocab: Vocabulary, nearest: bool
-               ) -> list[list[tuple[float, int]]]:
-    """Each session's ``(timestamp, key)`` entries in the canonical order (the order of its windows)."""
-    out = []
-    for sid in sessions:
-        entries = []
-        for i in corpus.sessions[sid]:
-            rec = corpus.records[i]
-            entries.append((rec.timestamp, key_of(index, vocab, rec.content, nearest)[0], rec.line))
-        out.append([(ts, member_key(m)) for ts, m in canonical_entries(entries)])
-    return out
-
-
 def rest_stats(settings: Settings, corpus: Corpus, fit_ids: Sequence[str], index: TemplateIndex,
                vocab: Vocabulary) -> RestStats | None:
     """Where the fit sessions went quiet (``session.idle_timeout_s`` or longer), for the premature-end rule; None
@@ -101,7 +88,8 @@ def rest_stats(settings: Settings, corpus: Corpus, fit_ids: Sequence[str], index
     s = settings
     if not s.scoring.premature_end or s.session.kind == "field_window":
         return None
-    timed = timed_keys(corpus, fit_ids, index, vocab, s.parser.unknown == "nearest")
+    lines = canonical_lines(corpus, fit_ids, index, vocab, s.parser.unknown == "nearest")
+    timed = [[(x.timestamp, x.key) for x in entries] for entries in lines.values()]
     return RestStats.of(timed, s.session.idle_timeout_s, s.model.max_len, s.model.stride)
 
 
