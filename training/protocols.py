@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import tempfile
 import time
 from collections import Counter
@@ -210,11 +211,13 @@ def logbert_results(run: LogBERTRun, data: EvalData, scoring: ScoringSection, in
     specs = ((LOGBERT, "all enabled rules of logbert_core.judge (the shipped decision)"),
              (LOGBERT_MODEL, "learned rules only: masked-key misses" + (" or distance" if use_distance else "")),
              (LOGBERT_KEYS, "masked-key misses only (the LogBERT paper's rule), our calibration"))
+    shown = {"miss_ratio": th.miss_ratio, **({"distance": th.distance} if use_distance else {})}
+    rules = {**shown, **{k: v for k, v in (("rare", th.rare), ("premature", th.premature)) if math.isfinite(v)}}
     for col, (name, note) in enumerate(specs):
         flags = np.array([table[s][0][col] for s in ids], dtype=bool)
         scores = np.array([table[s][1][col] for s in ids], dtype=np.float64)
         out.append(MethodResult(
-            name=name, family="LogBERT", threshold={"miss_ratio": th.miss_ratio, "distance": th.distance},
+            name=name, family="LogBERT", threshold=rules if name == LOGBERT else shown,
             test_scores=scores[n_val:], test_flags=flags[n_val:], val_scores=scores[:n_val], val_flags=flags[:n_val],
             test=binary_metrics(flags[n_val:], data.truth(test_ids), scores[n_val:]) if include_test else {},
             validation=binary_metrics(flags[:n_val], data.truth(data.validation_ids), scores[:n_val]),
@@ -508,7 +511,12 @@ def baseline_config(settings: Settings, **overrides: Any) -> BaselineConfig:
 
 
 def thresholds_json(th: Thresholds) -> dict[str, Any]:
-    return {"miss_ratio": th.miss_ratio, "distance": th.distance, "method": th.method}
+    """The bundle's thresholds; ``None`` for a rule the bundle has no threshold for (it is off)."""
+    def fin(x: float) -> float | None:
+        return x if math.isfinite(x) else None
+
+    return {"miss_ratio": th.miss_ratio, "distance": th.distance, "rare": fin(th.rare),
+            "premature": fin(th.premature), "method": th.method}
 
 
 # -- whole runs ----------------------------------------------------------------------------------------------------
