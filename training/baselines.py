@@ -27,11 +27,12 @@ Detectors:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,11 +63,29 @@ class BaselineConfig:
     num_threads: int | None = None  # torch CPU threads while fitting and scoring (restored afterwards)
 
     def __post_init__(self) -> None:
-        for name in ("top_g", "history", "hidden", "layers", "epochs", "batch_size", "patience", "n_estimators"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"BaselineConfig.{name}={getattr(self, name)} must be >= 1")
+        require_positive(self, ("top_g", "history", "hidden", "layers", "epochs", "batch_size", "patience",
+                                "n_estimators"))
         if not 0 < self.pca_variance < 1:
             raise ValueError(f"BaselineConfig.pca_variance={self.pca_variance} must be in (0, 1)")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Torch's CPU thread count set to ``n`` for the block (unchanged for ``None``), restored afterwards."""
+    prev = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def require_positive(cfg: object, names: Sequence[str]) -> None:
+    """Raise a ``ValueError`` naming the first of ``cfg``'s fields ``names`` that is below 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)} must be >= 1")
 
 
 def calibrate_threshold(normal_scores: Sequence[float] | np.ndarray, target_fpr: float) -> float:
@@ -324,10 +343,7 @@ class NextKeyDetector(Detector):
         x, y, _ = next_key_samples(fit, cfg.history, self.V)
         vx, vy, _ = next_key_samples(val, cfg.history, self.V) if val else (x[:0], y[:0], None)
         xt, yt, vxt, vyt = map(torch.from_numpy, (x, y, vx, vy))
-        prev = torch.get_num_threads()
-        if cfg.num_threads is not None:
-            torch.set_num_threads(cfg.num_threads)
-        try:
+        with torch_threads(cfg.num_threads):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 net = _NextKeyNet(self.V, cfg.hidden, cfg.layers, self.quantitative)
@@ -358,8 +374,6 @@ class NextKeyDetector(Detector):
                             break
                 assert best_state is not None, "validation loss was never finite"
                 net.load_state_dict(best_state)
-        finally:
-            torch.set_num_threads(prev)
         self.net = net.eval()
         self.fit_seconds = time.perf_counter() - t0
 
@@ -375,10 +389,7 @@ class NextKeyDetector(Detector):
         """(per position: missed?, per position: session index)."""
         x, y, owner = next_key_samples(sessions, self.cfg.history, self.V)
         out = np.empty(len(y), dtype=bool)
-        prev = torch.get_num_threads()
-        if self.cfg.num_threads is not None:
-            torch.set_num_threads(self.cfg.num_threads)
-        try:
+        with torch_threads(self.cfg.num_threads):
             with torch.inference_mode():
                 for s in range(0, len(y), 4096):
                     logits = self.net(torch.from_numpy(x[s : s + 4096])).float()  # (b, V)
@@ -387,8 +398,6 @@ class NextKeyDetector(Detector):
                     true = logits.gather(1, act[:, None])  # (b, 1); -inf for UNK
                     rank = (logits > true).sum(dim=1)
                     out[s : s + 4096] = ((rank >= self.cfg.top_g) | (act == UNK)).numpy()
-        finally:
-            torch.set_num_threads(prev)
         return out, owner
 
     def score(self, sessions: Sequence[Session]) -> np.ndarray:

@@ -24,9 +24,8 @@ method (``training.baselines.calibrate_threshold``): the ``1 - target_fpr`` quan
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +36,15 @@ from torch.nn import functional as F
 from logbert_core.model import LogBERT, LogBERTConfig
 from logbert_core.vocab import PAD, UNK
 from logbert_core.windows import session_windows
-from training.baselines import BaselineConfig, Detector, Session, _check_sessions, _vocab_size
+from training.baselines import (
+    BaselineConfig,
+    Detector,
+    Session,
+    _check_sessions,
+    _vocab_size,
+    require_positive,
+    torch_threads,
+)
 from training.fit import TrainConfig
 from training.fit import fit as fit_logbert
 
@@ -70,10 +77,8 @@ class BertAEConfig:
     num_threads: int | None = 1  # torch CPU threads while fitting and scoring (restored afterwards); see from_baseline
 
     def __post_init__(self) -> None:
-        for name in ("max_len", "stride", "epochs", "batch_size", "patience", "ae_hidden", "ae_bottleneck",
-                     "ae_epochs", "ae_batch_size", "ae_patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"BertAEConfig.{name}={getattr(self, name)} must be >= 1")
+        require_positive(self, ("max_len", "stride", "epochs", "batch_size", "patience", "ae_hidden",
+                                "ae_bottleneck", "ae_epochs", "ae_batch_size", "ae_patience"))
         if self.stride > self.max_len:
             raise ValueError(f"BertAEConfig.stride={self.stride} must be <= max_len={self.max_len}")
         if not self.ae_bottleneck < 2 * self.n_embd:
@@ -92,18 +97,6 @@ class BertAEConfig:
         4 to 40 times slower than one (OpenMP threads waiting on each other). Scores change only by float rounding.
         """
         return cls(n_embd=cfg.hidden, epochs=cfg.epochs, patience=cfg.patience, seed=cfg.seed, num_threads=1)
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Torch's CPU thread count set to ``n`` for the block (unchanged for ``None``), restored afterwards."""
-    prev = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 class _AutoEncoder(nn.Module):
@@ -183,7 +176,7 @@ class BertAEDetector(Detector):
         self.encoder.load_state_dict(result.state_dict)
         self.encoder.eval()
 
-        with _threads(self.cfg.num_threads):
+        with torch_threads(self.cfg.num_threads):
             fit_e = self._embed(fit_w)
             self.mu = fit_e.mean(axis=0)
             self.sigma = np.maximum(fit_e.std(axis=0), 1e-3).astype(np.float32)  # floor: near-constant features
@@ -231,7 +224,7 @@ class BertAEDetector(Detector):
     def window_errors(self, sessions: Sequence[Session]) -> tuple[np.ndarray, np.ndarray]:
         """(per window: reconstruction MSE (n,), per window: session index (n,))."""
         windows, owner = self._windows(sessions)
-        with _threads(self.cfg.num_threads):
+        with torch_threads(self.cfg.num_threads):
             x = self._standardise(self._embed(windows))  # (n, E)
             with torch.inference_mode():
                 err = (self.ae(x) - x).square().mean(dim=1)  # (n,)

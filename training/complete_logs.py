@@ -60,6 +60,7 @@ from logbert_core.masking import IGNORE_INDEX, fixed_mask_copies, random_mask
 from logbert_core.model import Block, LogBERTConfig
 from logbert_core.vocab import FIRST_KEY, MASK, PAD, UNK
 from logbert_core.windows import session_windows
+from training.baselines import require_positive, torch_threads
 from training.data import CanonicalLine
 
 # ids of the gap and parameter inputs: PAD and MASK as for keys (``logbert_core.vocab``), never predictions
@@ -251,9 +252,7 @@ class CompleteConfig:
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_len", "stride", "top_g", "mask_copies", "epochs", "batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"CompleteConfig.{name}={getattr(self, name)} must be >= 1")
+        require_positive(self, ("max_len", "stride", "top_g", "mask_copies", "epochs", "batch_size", "patience"))
         if self.stride > self.max_len:
             raise ValueError(f"CompleteConfig.stride={self.stride} must be <= max_len={self.max_len}")
         if not 0.0 < self.mask_ratio <= 1.0:
@@ -383,10 +382,7 @@ class CompleteLogDetector:
         train, _ = self._windows(fit)
         valid, _ = self._windows(val) if val else (train, None)
         device = torch.device(cfg.device)
-        prev = torch.get_num_threads()
-        if cfg.num_threads is not None:
-            torch.set_num_threads(cfg.num_threads)
-        try:
+        with torch_threads(cfg.num_threads):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 model = CompleteLogModel(cfg.encoder(), cfg.n_gap, self.coder.n_param).to(device)
@@ -421,8 +417,6 @@ class CompleteLogDetector:
                 if best_state is None:
                     raise RuntimeError("validation loss was never finite; lower CompleteConfig.lr or check the data")
                 model.load_state_dict(best_state)
-        finally:
-            torch.set_num_threads(prev)
         self.model = model.eval()
         self.fit_seconds = time.perf_counter() - t0
 
@@ -451,10 +445,7 @@ class CompleteLogDetector:
         missed = np.zeros((len(windows), 3), dtype=np.int64)  # key, gap, parameter misses per window
         g = cfg.top_g
         heads = ((0, model.key_head, FIRST_KEY), (1, model.gap_head, N_SPECIAL), (2, model.param_head, N_SPECIAL))
-        prev = torch.get_num_threads()
-        if cfg.num_threads is not None:
-            torch.set_num_threads(cfg.num_threads)
-        try:
+        with torch_threads(cfg.num_threads):
             with torch.inference_mode():
                 for s in range(0, len(rows), rows_per_pass):
                     part = rows[s : s + rows_per_pass]
@@ -477,8 +468,6 @@ class CompleteLogDetector:
                         miss = (rank >= g) | (t == UNK) if c == 0 else rank >= g
                         who = torch.tensor([w for w, _, _ in part])[:, None].expand_as(sel)[sel].numpy()
                         np.add.at(missed[:, c], who, miss.numpy().astype(np.int64))
-        finally:
-            torch.set_num_threads(prev)
         lengths = np.array([len(w[0]) for w in windows], dtype=np.float64)
         by_rule = (missed.sum(axis=1) / (3 * lengths), missed[:, 0] / lengths,
                    missed[:, 1:].sum(axis=1) / (2 * lengths))
