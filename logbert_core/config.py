@@ -91,6 +91,10 @@ class TrainSection(_Section):
     # chronological split of the normal training sessions: the last fractions are validation and calibration
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     calib_fraction: float = Field(default=0.2, gt=0, lt=0.5)
+    # Train and calibrate on the windows a live detector cuts: besides full and final windows, a closing window
+    # wherever a session's log went quiet for session.idle_timeout_s (it reopens with its next line). Without them
+    # a live HDFS stream, whose blocks rest for hours between write and delete, meets windows training never saw.
+    live_windows: bool = True
 
 
 class ScoringSection(_Section):

@@ -67,6 +67,23 @@ def session_windows(n: int, max_len: int, stride: int) -> list[WindowSpan]:
     return cursor.on_append(n, max_len, stride) + cursor.on_close(n)
 
 
+def live_windows(stamps: Sequence[float], max_len: int, stride: int, quiet_s: float) -> list[WindowSpan]:
+    """The windows a live detector cuts from a session whose entries (canonical order) carry these timestamps: full
+    windows as they fill, and a closing window wherever the next entry came ``quiet_s`` or more later (the idle rule
+    closed the session; a later line reopens it, and its next closing window again starts at the cursor), and at
+    the end. A replay faster than the log's own pace cuts only ``session_windows``; these are a superset of kinds."""
+    cursor = WindowCursor()
+    out: list[WindowSpan] = []
+    n = len(stamps)
+    for i in range(n):
+        out += cursor.on_append(i + 1, max_len, stride)
+        quiet = i + 1 == n or stamps[i + 1] - stamps[i] >= quiet_s
+        if quiet and i + 1 > cursor.covered:
+            out.append(WindowSpan(cursor.start, i + 1))
+            cursor.covered = i + 1
+    return out
+
+
 def canonical_entries(entries: Iterable[tuple[float, int, str]]) -> list[tuple[float, str]]:
     """``(timestamp, key, raw line)`` -> de-duplicated ``(timestamp, member)`` in canonical order.
 

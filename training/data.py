@@ -17,7 +17,14 @@ from typing import IO
 
 from logbert_core.parsing import LineFormat, LineFormatError, LogRecord, TemplateIndex, key_of
 from logbert_core.vocab import UNK, Vocabulary
-from logbert_core.windows import canonical_entries, member, member_key, session_windows, window_keys
+from logbert_core.windows import (
+    canonical_entries,
+    live_windows,
+    member,
+    member_key,
+    session_windows,
+    window_keys,
+)
 
 
 @dataclass
@@ -128,8 +135,11 @@ class SessionWindows:
 
 
 def build_windows(corpus: Corpus, sessions: Iterable[str], index: TemplateIndex, vocab: Vocabulary,
-                  nearest: bool, max_len: int, stride: int) -> dict[str, SessionWindows]:
-    """Each session's windows, exactly as the detector forms them from the same lines."""
+                  nearest: bool, max_len: int, stride: int, quiet_s: float | None = None
+                  ) -> dict[str, SessionWindows]:
+    """Each session's windows, exactly as the detector forms them from the same lines: as a replay cuts them, or
+    with ``quiet_s`` as a live detector does, also closing a session wherever its log went quiet that long
+    (``logbert_core.windows.live_windows``)."""
     keys: dict[int, int] = {}
     out: dict[str, SessionWindows] = {}
     for sid in sessions:
@@ -144,7 +154,10 @@ def build_windows(corpus: Corpus, sessions: Iterable[str], index: TemplateIndex,
         canon = canonical_entries(entries)
         members = [m for _, m in canon]
         ks = window_keys(members)
-        spans = session_windows(len(ks), max_len, stride)
+        if quiet_s is None:
+            spans = session_windows(len(ks), max_len, stride)
+        else:
+            spans = live_windows([ts for ts, _ in canon], max_len, stride, quiet_s)
         out[sid] = SessionWindows(
             session_id=sid, windows=[ks[s.lo:s.hi] for s in spans], first_ts=canon[0][0], last_ts=canon[-1][0],
             n_lines=len(ks), unseen_lines=sum(1 for k in ks if k == UNK),

@@ -253,16 +253,23 @@ def fit_logbert(data: EvalData, settings: Settings, vocab_size: int, progress: b
 
 
 def bundle_run(bundle: Bundle, settings: Settings, data: EvalData, history: list[dict[str, float]],
-               seconds: float) -> LogBERTRun:
-    """The shipped bundle's judge; calibration windows are re-scored to place scores (and to check determinism)."""
+               seconds: float, calib_windows: list[list[int]] | None = None) -> LogBERTRun:
+    """The shipped bundle's judge; calibration windows are re-scored to place scores (and to check determinism).
+
+    ``calib_windows``: the windows the trainer calibrated on, where they differ from the replay windows of
+    ``data`` (``train.live_windows``)."""
     judge = bundle_judge(bundle, settings, resolve_device(settings.train.device))
-    calib = data.flat_windows(data.split.calib)
+    calib = calib_windows if calib_windows is not None else data.flat_windows(data.split.calib)
     calib_scores = judge.scorer.score(calib)
     sc = settings.scoring
     rarity = [judge.key_counts.rarity(w) for w in calib] if judge.key_counts is not None else None
-    again = calibrate(calib_scores, sc.target_fpr, sc.use_distance, sc.distance_margin, rarity)
+    rest = judge.rest
+    surprise = [rest.surprise(w) for w in calib if rest.closing(w)] if rest is not None else None
+    again = calibrate(calib_scores, sc.target_fpr, sc.use_distance, sc.distance_margin, rarity, surprise,
+                      sc.premature_min_surprise)
     th = bundle.thresholds
-    same = (again.miss_ratio, again.distance, again.rare) == (th.miss_ratio, th.distance, th.rare)
+    same = ((again.miss_ratio, again.distance, again.rare, again.premature)
+            == (th.miss_ratio, th.distance, th.rare, th.premature))
     note = "thresholds re-derived from the calibration split: " + ("identical" if same else "DIFFERENT")
     return LogBERTRun(judge, calib_scores, history, seconds, note)
 
@@ -423,7 +430,13 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
               "unseen_template_sessions_test": sum(UNK in sessions[x] for x in test_ids)},
         lines=lines)
     history = report.metrics["training"]["history"]
-    run = bundle_run(bundle, s, data, history, report.metrics["training"]["seconds"])
+    calib_live = None
+    if report.metrics["data"].get("live_windows"):  # the trainer calibrated on live windows: re-derive on those
+        live = build_windows(train_corpus, calib_ids, bundle.template_index(), bundle.vocab,
+                             s.parser.unknown == "nearest", bundle.model_config.max_len, s.model.stride,
+                             s.session.idle_timeout_s)
+        calib_live = [w for sid in calib_ids for w in live[sid].windows]
+    run = bundle_run(bundle, s, data, history, report.metrics["training"]["seconds"], calib_live)
     log.info("raw protocol ready in %.1f s (bundle %s)", fit_seconds, bundle.version)
     return RawRun(data, bundle, run, report.metrics)
 

@@ -114,7 +114,9 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
     index = TemplateIndex(s.drain_params())
     vocab = mine_templates(corpus, train_ids, index)
     nearest = s.parser.unknown == "nearest"
-    windows = build_windows(corpus, order, index, vocab, nearest, s.model.max_len, s.model.stride)
+    live = s.train.live_windows and s.session.kind != "field_window"  # clock windows end at the clock, not in quiet
+    windows = build_windows(corpus, order, index, vocab, nearest, s.model.max_len, s.model.stride,
+                            s.session.idle_timeout_s if live else None)
     t_parse = time.perf_counter() - t0
 
     def flat(ids: Sequence[str]) -> list[list[int]]:
@@ -156,7 +158,7 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
                  "split": {"train": len(train_ids), "val": len(val_ids), "calib": len(calib_ids),
                            "rule": "normal sessions ordered by first timestamp; last "
                                    f"{s.train.calib_fraction} calibration, {s.train.val_fraction} before it validation"},
-                 "templates": vocab.size - 4, "train_windows": len(flat(train_ids)),
+                 "templates": vocab.size - 4, "train_windows": len(flat(train_ids)), "live_windows": live,
                  "train_session_len_p50_p99": [float(np.percentile(lengths, 50)), float(np.percentile(lengths, 99))]},
         "training": {"best_epoch": result.best_epoch, "history": result.history, "seconds": round(result.seconds, 1),
                      "parse_seconds": round(t_parse, 1), "device": device},

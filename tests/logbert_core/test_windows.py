@@ -5,7 +5,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logbert_core.windows import WindowCursor, WindowSpan, canonical_entries, member, member_key, session_windows
+from logbert_core.windows import (
+    WindowCursor,
+    WindowSpan,
+    canonical_entries,
+    live_windows,
+    member,
+    member_key,
+    session_windows,
+)
 
 
 @given(n=st.integers(1, 300), max_len=st.integers(2, 40), data=st.data())
@@ -55,3 +63,17 @@ def test_canonical_order_ignores_arrival_order_and_duplicates(entries, rnd):
 def test_member_round_trip():
     m = member(17, "some line")
     assert member_key(m) == 17 and len(m) == 6 + 1 + 16
+
+
+def test_live_windows_add_a_closing_window_wherever_the_log_went_quiet():
+    stamps = [0.0, 0.0, 1.0, 100.0, 101.0, 500.0]  # quiet (>= 30 s) after entries 3 and 5
+    spans = live_windows(stamps, max_len=64, stride=32, quiet_s=30)
+    # each close cuts from the cursor's start, as the Redis sweep does when a closed session reopens
+    assert [(s.lo, s.hi) for s in spans] == [(0, 3), (0, 5), (0, 6)]
+    assert live_windows(stamps, 64, 32, quiet_s=1000) == session_windows(6, 64, 32)  # never quiet: a replay
+    # with sliding full windows, a close covers only what no window covered
+    stamps = [float(i) for i in range(6)] + [100.0 + i for i in range(5)]
+    spans = live_windows(stamps, max_len=4, stride=2, quiet_s=30)
+    assert [(s.lo, s.hi) for s in spans] == [(0, 4), (2, 6), (4, 8), (6, 10), (8, 11)]
+    spans = live_windows(stamps[:7], max_len=4, stride=2, quiet_s=30)
+    assert [(s.lo, s.hi) for s in spans] == [(0, 4), (2, 6), (4, 7)]
