@@ -145,13 +145,17 @@ def split(config: str, inputs: tuple[str, ...], labels: str | None, test_fractio
 @click.option("--baseline-epochs", type=click.IntRange(1), default=10, show_default=True,
               help="Epoch cap of the learned baselines: DeepLog and LogAnomaly LSTMs, the BERT-AE encoder (early "
                    "stopping on validation loss).")
+@click.option("--live", is_flag=True,
+              help="Raw logs: LogBERT judges the windows a live stream cuts at the log's own pace (a session closes "
+                   "whenever it is quiet for session.idle_timeout_s and reopens with its next line), not those of "
+                   "a fast replay.")
 @click.option("--title", default=None, help="Report title.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Report directory to write.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @_runs_options
 def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_fraction: float,
              sequences_train: str | None, sequences_abnormal: str | None, sequences_normal: str | None,
-             normal_ids: str | None, methods: str, baseline_epochs: int, title: str | None, out_dir: str,
+             normal_ids: str | None, methods: str, baseline_epochs: int, live: bool, title: str | None, out_dir: str,
              no_progress: bool, runs_file: str, mlflow: bool | None) -> None:
     """LogBERT against the baselines on one split: results table (Markdown, JSON), plots, fingerprint, split.
 
@@ -172,7 +176,7 @@ def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_frac
     try:
         if inputs:
             ev = protocols.evaluate_raw(settings, inputs, labels, test_fraction, out_dir, chosen, not no_progress,
-                                        baseline)
+                                        baseline, live)
         else:
             assert sequences_train and sequences_abnormal and sequences_normal
             ev = protocols.evaluate_sequences(settings, sequences_train, sequences_abnormal, sequences_normal,
@@ -180,7 +184,7 @@ def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_frac
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     options = {"config": config, "inputs": list(inputs), "labels": labels, "test_fraction": test_fraction,
-               "sequences": list(seq), "normal_ids": normal_ids, "methods": chosen,
+               "sequences": list(seq), "normal_ids": normal_ids, "methods": chosen, "live": live,
                "baseline_epochs": baseline_epochs}
     params = {**_params(settings, **options)}
     name = title or f"{settings.log.family}: {ev.data.protocol} protocol"

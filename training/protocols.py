@@ -321,9 +321,11 @@ def _session_keys(sw: SessionWindows, max_len: int, stride: int) -> list[int]:
     return keys
 
 
-def _windows_of(bundle: Bundle, settings: Settings, corpus: Corpus) -> dict[str, SessionWindows]:
+def _windows_of(bundle: Bundle, settings: Settings, corpus: Corpus, quiet_s: float | None = None
+                ) -> dict[str, SessionWindows]:
     return build_windows(corpus, corpus.chronological(), bundle.template_index(), bundle.vocab,
-                         settings.parser.unknown == "nearest", bundle.model_config.max_len, settings.model.stride)
+                         settings.parser.unknown == "nearest", bundle.model_config.max_len, settings.model.stride,
+                         quiet_s)
 
 
 def parse_stats(inputs: Sequence[str | Path], settings: Settings) -> dict[str, Any]:
@@ -375,8 +377,12 @@ class RawRun:
 
 def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | Path | None,
                  test_fraction: float, bundle_dir: str | Path, progress: bool = False,
-                 line_feats: bool = False) -> RawRun:
+                 line_feats: bool = False, live: bool = False) -> RawRun:
     """Chronological split of raw log files; LogBERT trained by ``train_bundle`` on the earlier part.
+
+    ``live``: LogBERT judges the windows a live detector would cut at the log's own pace (a closing window wherever
+    a session went quiet for ``session.idle_timeout_s``, ``logbert_core.windows.live_windows``) instead of those
+    of a fast replay. Baselines always see whole sessions.
 
     ``line_feats`` also builds ``EvalData.lines`` (time gaps and parameter values of every session's lines, in the
     canonical order of its keys) for ``logbert_complete``.
@@ -413,7 +419,12 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
                        f"split; the normal sessions before it: last {s.train.calib_fraction} calibration, "
                        f"{s.train.val_fraction} before that validation, the rest fit; anomalies before the test "
                        "period: validation only")
-    windows = {**{k: v.windows for k, v in train_w.items()}, **{k: v.windows for k, v in test_w.items()}}
+    if live:  # LogBERT's windows as a live stream cuts them; sessions (for the baselines) stay whole
+        quiet = s.session.idle_timeout_s
+        lw = {**_windows_of(bundle, s, train_corpus, quiet), **_windows_of(bundle, s, test_corpus, quiet)}
+        windows = {k: v.windows for k, v in lw.items()}
+    else:
+        windows = {**{k: v.windows for k, v in train_w.items()}, **{k: v.windows for k, v in test_w.items()}}
     sessions = {k: _session_keys(v, bundle.model_config.max_len, s.model.stride)
                 for part in (train_w, test_w) for k, v in part.items()}
     lines = _session_lines(bundle, s, train_corpus, test_corpus, sessions) if line_feats else None
@@ -621,12 +632,14 @@ def complete_results(data: EvalData, cfg: CompleteConfig, target_fpr: float) -> 
 
 def evaluate_raw(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | Path | None,
                  test_fraction: float, out_dir: str | Path, methods: Sequence[str] = METHODS,
-                 progress: bool = False, baseline: Mapping[str, Any] | None = None) -> Evaluation:
-    """Protocol (a)/(c)/(d): raw lines -> sessions; LogBERT as ``logad-train`` ships it, baselines beside it."""
+                 progress: bool = False, baseline: Mapping[str, Any] | None = None, live: bool = False
+                 ) -> Evaluation:
+    """Protocol (a)/(c)/(d): raw lines -> sessions; LogBERT as ``logad-train`` ships it, baselines beside it.
+    ``live``: LogBERT judges live-stream windows (``raw_protocol``)."""
     use_logbert, baselines = _split_methods(methods)
     use_complete = LOGBERT_COMPLETE in methods
     raw = raw_protocol(settings, inputs, labels_csv, test_fraction, Path(out_dir) / "bundle", progress,
-                       line_feats=use_complete)
+                       line_feats=use_complete, live=live)
     results = logbert_results(raw.logbert, raw.data, settings.scoring) if use_logbert else []
     if use_complete:
         results += complete_results(raw.data, complete_config(settings, raw.bundle.vocab.size),
@@ -642,6 +655,10 @@ def evaluate_raw(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
         "(baselines, one score per session). The calibration split is normal sessions only, so its flag rate is the "
         "target FPR by construction; the validation and test FPRs are honest estimates.",
     ]
+    if live:
+        notes.append("Live windows: LogBERT judged the windows a live stream cuts at the log's own pace (a session "
+                     "closes whenever it is quiet for session.idle_timeout_s and reopens with its next line); the "
+                     "baselines judged whole sessions.")
     if not raw.data.labelled:
         notes.append("The input carries no labels: every session counts as normal, so the figures are flag rates "
                      "(false-alarm rates if the logs were indeed normal), not precision or recall.")

@@ -108,3 +108,14 @@ def test_train_appends_a_run_record(tmp_path: Path, slice_file: Path) -> None:
     assert record["command"] == "train" and record["params"]["model.n_embd"] == 32
     assert record["data"]["sha256"] and record["bundle_version"].startswith("hdfs-")
     assert set(record["metrics"]["in_period_eval"]) >= {"precision", "recall", "f1", "fpr"}
+
+
+def test_evaluate_live_judges_live_windows_and_says_so(tmp_path: Path, slice_file: Path) -> None:
+    out = tmp_path / "live"
+    invoke(["evaluate", "--config", str(CONFIG), "--input", str(slice_file), "--labels", str(LABELS),
+            "--out", str(out), "--no-progress", "--runs-file", "", "--no-mlflow", "--methods", "logbert,rare_key",
+            "--live"])
+    doc = json.loads((out / "results.json").read_text())
+    notes = " ".join(doc["notes"])
+    assert "Live windows" in notes and "identical" in notes  # thresholds re-derive on the trainer's live windows
+    assert doc["params"]["option.live"] is True
