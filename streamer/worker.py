@@ -70,6 +70,11 @@ def check_bundle_settings(settings: Settings, bundle: Bundle) -> None:
     if diffs:
         raise StartupError("settings disagree with the model bundle (" + bundle.version + "):\n" + "\n".join(diffs)
                            + "\nfix: run with the config the bundle was trained with, or retrain with logad-train")
+    rest = bundle.rest
+    if rest and settings.scoring.premature_end and float(rest["quiet_s"]) != settings.session.idle_timeout_s:
+        log.warning("session.idle_timeout_s is %g s, but bundle %s learned where sessions rest from pauses of %g s; "
+                    "premature_end keeps the bundle's measure (retrain to change it)", settings.session.idle_timeout_s,
+                    bundle.version, float(rest["quiet_s"]))
 
 
 def resolve_device(name: str) -> torch.device:
