@@ -263,6 +263,16 @@ def calibrate(scores: Iterable[WindowScore], target_fpr: float, use_distance: bo
     )
 
 
+def calibrate_rules(scores: Sequence[WindowScore], windows: Sequence[Sequence[int]], target_fpr: float, *,
+                    use_distance: bool, distance_margin: float, counts: KeyCounts | None, rest: RestStats | None,
+                    surprise_floor: float) -> Thresholds:
+    """``calibrate`` for the rules in use: the rarity of every calibration window (with ``counts``) and the surprise
+    of every closing one (with ``rest``) come from the windows themselves. ``scores`` are the windows' scores."""
+    rarity = [counts.rarity(w) for w in windows] if counts is not None else None
+    surprise = [rest.surprise(w) for w in windows if rest.closing(w)] if rest is not None else None
+    return calibrate(scores, target_fpr, use_distance, distance_margin, rarity, surprise, surprise_floor)
+
+
 @dataclass(frozen=True)
 class Calibrated:
     judge: WindowJudge
@@ -283,9 +293,9 @@ def calibrated_judge(scorer: WindowScorer, fit_windows: Sequence[Sequence[int]],
     windows. No labels go in. ``rest`` (timed sessions only) turns the premature-end rule on."""
     counts = KeyCounts.of(fit_windows)
     calib_scores = scorer.score(calib_windows)
-    rarity = [counts.rarity(w) for w in calib_windows] if rare_template else None
-    surprise = [rest.surprise(w) for w in calib_windows if rest.closing(w)] if rest is not None else None
-    th = calibrate(calib_scores, target_fpr, use_distance, distance_margin, rarity, surprise, surprise_floor)
+    th = calibrate_rules(calib_scores, calib_windows, target_fpr, use_distance=use_distance,
+                         distance_margin=distance_margin, counts=counts if rare_template else None, rest=rest,
+                         surprise_floor=surprise_floor)
     known = frozenset(frozenset(w) for w in [*fit_windows, *val_windows])
     judge = WindowJudge(scorer, th, known, novel_template, novel_template_set, use_distance, counts, rest)
     return Calibrated(judge, th, known, counts, calib_scores, rest)

@@ -34,7 +34,7 @@ import torch
 
 from logbert_core.bundle import Bundle, Thresholds, load_bundle
 from logbert_core.config import ScoringSection, Settings
-from logbert_core.judge import DISTANCE, KEY_MISSES, Verdict, WindowJudge, calibrate, calibrated_judge
+from logbert_core.judge import DISTANCE, KEY_MISSES, Verdict, WindowJudge, calibrate_rules, calibrated_judge
 from logbert_core.model import LogBERT, LogBERTConfig
 from logbert_core.parsing import LineFormatError
 from logbert_core.scoring import WindowScore, WindowScorer
@@ -172,6 +172,7 @@ class LogBERTRun:
     history: list[dict[str, float]]
     seconds: float
     notes: str = ""
+    calib_windows: list[list[int]] | None = None  # what the thresholds came from, where not the replay windows
 
 
 def logbert_results(run: LogBERTRun, data: EvalData, scoring: ScoringSection, include_test: bool = True
@@ -262,16 +263,14 @@ def bundle_run(bundle: Bundle, settings: Settings, data: EvalData, history: list
     calib = calib_windows if calib_windows is not None else data.flat_windows(data.split.calib)
     calib_scores = judge.scorer.score(calib)
     sc = settings.scoring
-    rarity = [judge.key_counts.rarity(w) for w in calib] if judge.key_counts is not None else None
-    rest = judge.rest
-    surprise = [rest.surprise(w) for w in calib if rest.closing(w)] if rest is not None else None
-    again = calibrate(calib_scores, sc.target_fpr, sc.use_distance, sc.distance_margin, rarity, surprise,
-                      sc.premature_min_surprise)
+    again = calibrate_rules(calib_scores, calib, sc.target_fpr, use_distance=sc.use_distance,
+                            distance_margin=sc.distance_margin, counts=judge.key_counts, rest=judge.rest,
+                            surprise_floor=sc.premature_min_surprise)
     th = bundle.thresholds
     same = ((again.miss_ratio, again.distance, again.rare, again.premature)
             == (th.miss_ratio, th.distance, th.rare, th.premature))
     note = "thresholds re-derived from the calibration split: " + ("identical" if same else "DIFFERENT")
-    return LogBERTRun(judge, calib_scores, history, seconds, note)
+    return LogBERTRun(judge, calib_scores, history, seconds, note, calib_windows)
 
 
 def recalibrated(run: LogBERTRun, settings: Settings, data: EvalData, top_g: int) -> LogBERTRun:
@@ -279,15 +278,17 @@ def recalibrated(run: LogBERTRun, settings: Settings, data: EvalData, top_g: int
     old = run.judge.scorer
     scorer = WindowScorer(old.model, old.center, top_g=top_g, mask_copies=old.mask_copies, device=old.device,
                           buckets=old.buckets, n_candidates=old.n_candidates)
-    calib = data.flat_windows(data.split.calib)
+    calib = run.calib_windows if run.calib_windows is not None else data.flat_windows(data.split.calib)
     calib_scores = scorer.score(calib)
     sc = settings.scoring
     j = run.judge
-    rarity = [j.key_counts.rarity(w) for w in calib] if j.key_counts is not None else None
-    th = calibrate(calib_scores, sc.target_fpr, sc.use_distance, sc.distance_margin, rarity)
-    judge = WindowJudge(scorer, th, j.known_sets, j.novel_template,
-                        j.novel_template_set, j.use_distance, j.key_counts)
-    return LogBERTRun(judge, calib_scores, run.history, run.seconds, f"recalibrated for top_g={top_g}")
+    th = calibrate_rules(calib_scores, calib, sc.target_fpr, use_distance=sc.use_distance,
+                         distance_margin=sc.distance_margin, counts=j.key_counts, rest=j.rest,
+                         surprise_floor=sc.premature_min_surprise)
+    judge = WindowJudge(scorer, th, j.known_sets, j.novel_template, j.novel_template_set, j.use_distance,
+                        j.key_counts, j.rest)
+    return LogBERTRun(judge, calib_scores, run.history, run.seconds, f"recalibrated for top_g={top_g}",
+                      run.calib_windows)
 
 
 # -- baselines ---------------------------------------------------------------------------------------------------
