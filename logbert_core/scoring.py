@@ -20,8 +20,9 @@ near-ties.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,21 @@ from logbert_core.vocab import FIRST_KEY, MASK, PAD, UNK
 MIN_GEMM_ROWS = 512  # rows every matrix product gets at least (see the module docstring)
 HEAD_ROWS = 4096  # masked positions per MLM-head product: bounds the (rows, vocab) logits in memory
 CPU_BATCH_ROWS = 256  # default rows (masked copies + plain) per encoder pass on CPU: small chunks stay in cache
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Torch's CPU thread count set to ``n`` for the block and restored afterwards; nothing is touched for ``None``
+    or when the count already is ``n`` (``score`` enters this on every call)."""
+    prev = torch.get_num_threads()
+    if n is None or n == prev:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,15 +198,8 @@ class WindowScorer:
             by_bucket.setdefault(bucket, []).append(i)
         out: list[WindowScore | None] = [None] * len(arrays)
         self.model.eval()
-        threads = torch.get_num_threads()
-        single = self.device.type == "cpu" and threads != 1  # batch invariance (module docstring)
-        if single:
-            torch.set_num_threads(1)
-        try:
+        with torch_threads(1 if self.device.type == "cpu" else None):  # batch invariance (module docstring)
             self._score_buckets(arrays, by_bucket, out)
-        finally:
-            if single:
-                torch.set_num_threads(threads)
         return out  # type: ignore[return-value]  # every slot is filled
 
     def _score_buckets(self, arrays: list[np.ndarray], by_bucket: dict[int, list[int]],

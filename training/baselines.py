@@ -27,12 +27,11 @@ Detectors:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from logbert_core.scoring import torch_threads
 from logbert_core.vocab import FIRST_KEY, PAD, UNK
 
 Session = Sequence[int]  # template keys of one session, in the canonical order
@@ -67,18 +67,6 @@ class BaselineConfig:
                                 "n_estimators"))
         if not 0 < self.pca_variance < 1:
             raise ValueError(f"BaselineConfig.pca_variance={self.pca_variance} must be in (0, 1)")
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Torch's CPU thread count set to ``n`` for the block (unchanged for ``None``), restored afterwards."""
-    prev = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 def require_positive(cfg: object, names: Sequence[str]) -> None:

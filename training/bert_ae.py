@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from logbert_core.model import LogBERT, LogBERTConfig
+from logbert_core.scoring import torch_threads
 from logbert_core.vocab import PAD, UNK
 from logbert_core.windows import session_windows
 from training.baselines import (
@@ -43,7 +44,6 @@ from training.baselines import (
     _check_sessions,
     _vocab_size,
     require_positive,
-    torch_threads,
 )
 from training.fit import TrainConfig
 from training.fit import fit as fit_logbert

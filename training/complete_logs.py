@@ -58,9 +58,10 @@ from torch.nn import functional as F
 
 from logbert_core.masking import IGNORE_INDEX, fixed_mask_copies, random_mask
 from logbert_core.model import Block, LogBERTConfig
+from logbert_core.scoring import torch_threads
 from logbert_core.vocab import FIRST_KEY, MASK, PAD, UNK
 from logbert_core.windows import session_windows
-from training.baselines import require_positive, torch_threads
+from training.baselines import require_positive
 from training.data import CanonicalLine
 
 # ids of the gap and parameter inputs: PAD and MASK as for keys (``logbert_core.vocab``), never predictions

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from logbert_core.masking import IGNORE_INDEX, random_mask
 from logbert_core.model import LogBERT, LogBERTConfig
-from logbert_core.scoring import compute_center
+from logbert_core.scoring import compute_center, torch_threads
 from logbert_core.vocab import FIRST_KEY, PAD, UNK
 
 _SORT_POOL = 32  # batches per pool sorted by length before batching, to cut padding
@@ -189,13 +189,10 @@ def fit(
     val_keys, val_len = _pack(val_windows, model_cfg, "val_windows")
     autocast, use_scaler = _precision(device, cfg.bf16)
     w_hyper = model_cfg.hypersphere_weight
-    prev_threads = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
     rng_devices = (
         [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
     )
-    try:
+    with torch_threads(cfg.num_threads):
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(cfg.seed)
             model = LogBERT(model_cfg).to(device)
@@ -261,8 +258,6 @@ def fit(
                 raise RuntimeError("validation loss was never finite; lower TrainConfig.lr or check the data")
             model.load_state_dict(best_state)
             center = compute_center(model, train_windows, device).cpu()
-    finally:
-        torch.set_num_threads(prev_threads)
     return FitResult(
         state_dict=best_state,
         center=center,
