@@ -11,6 +11,7 @@ is ``DIST`` and positions ``1..T`` are the caller's keys.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -130,6 +131,16 @@ class Block(nn.Module):
         return x  # (B, T, C)
 
 
+def _rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, min_rows: int) -> torch.Tensor:
+    """``fn`` over the rows of ``x`` (B, Q, C) as one (B*Q, C) matrix, with zero rows appended up to ``min_rows``."""
+    B, Q, C = x.shape
+    flat = x.reshape(B * Q, C)
+    if B * Q < min_rows:
+        flat = torch.cat([flat, flat.new_zeros(min_rows - B * Q, C)])
+    out = fn(flat)
+    return out[: B * Q].reshape(B, Q, out.size(-1))
+
+
 class LogBERT(nn.Module):
     """Encoder with an MLM head over keys and a DIST output for the hypersphere loss.
 
@@ -180,6 +191,51 @@ class LogBERT(nn.Module):
         for block in self.blocks:
             x = block(x, attn_mask)
         return self.ln_f(x)  # (B, T+1, C)
+
+    def encode_at(self, keys: torch.Tensor, pad_mask: torch.Tensor, at: torch.Tensor, min_rows: int = 0
+                  ) -> torch.Tensor:
+        """Final hidden states ``(B, Q, C)`` at positions ``at`` (B, Q) only (0 is DIST, ``1..T`` the keys).
+
+        The same numbers as ``encode(...)`` gathered at ``at``, for less work: the last block still needs keys and
+        values at every position, but its queries, attention output, MLP and the final LayerNorm run only where a
+        result is asked for. Scoring asks for the masked positions of each copy (a few of ``T + 1``), so the last
+        block shrinks to a fraction. ``min_rows``: the products over the ``B * Q`` selected rows get at least this
+        many rows (zero rows appended), so that BLAS takes the same path whatever the batch (``scoring``).
+        """
+        if self.training:
+            raise RuntimeError("encode_at is for inference: call model.eval() first (it applies no dropout)")
+        B, T = keys.shape
+        if at.dim() != 2 or at.size(0) != B or at.dtype != torch.long:
+            raise ValueError(f"at must be a (B, Q) long tensor with B={B}, got {at.dtype} {tuple(at.shape)}")
+        if T > self.config.max_len:
+            raise ValueError(f"window length {T} exceeds max_len={self.config.max_len}")
+        if pad_mask.shape != keys.shape or pad_mask.dtype != torch.bool:
+            raise ValueError(f"pad_mask must be a bool tensor shaped like keys {tuple(keys.shape)}")
+        dist = torch.full((B, 1), DIST, dtype=keys.dtype, device=keys.device)
+        idx = torch.cat([dist, keys], dim=1)  # (B, T+1)
+        real = torch.cat([torch.ones_like(dist, dtype=torch.bool), pad_mask], dim=1)  # (B, T+1)
+        x = self.drop(self.wte(idx) + self.wpe(torch.arange(T + 1, device=keys.device)))  # (B, T+1, C)
+        attn_mask = real[:, None, None, :]  # (B, 1, 1, T+1)
+        for block in self.blocks[:-1]:
+            x = block(x, attn_mask)
+        last = self.blocks[-1]
+        attn = last.attn
+        C, nh = self.config.n_embd, self.config.n_head
+        Q = at.size(1)
+        xn = last.ln_1(x)  # (B, T+1, C)
+        w, b = attn.c_attn.weight, attn.c_attn.bias  # (3C, C), (3C,): rows q, k, v
+        k, v = F.linear(xn, w[C:], b[C:]).split(C, dim=2)  # 2 x (B, T+1, C)
+        sel = at[:, :, None].expand(B, Q, C)  # (B, Q, C)
+        xs = x.gather(1, sel)  # (B, Q, C): residual stream at the asked positions
+        q = _rows(lambda t: F.linear(t, w[:C], b[:C]), xn.gather(1, sel), min_rows)  # (B, Q, C)
+        q = q.view(B, Q, nh, C // nh).transpose(1, 2)  # (B, nh, Q, hs)
+        k = k.view(B, T + 1, nh, C // nh).transpose(1, 2)  # (B, nh, T+1, hs)
+        v = v.view(B, T + 1, nh, C // nh).transpose(1, 2)  # (B, nh, T+1, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, nh, Q, hs)
+        y = y.transpose(1, 2).contiguous().view(B, Q, C)  # (B, Q, C)
+        xs = xs + _rows(attn.c_proj, y, min_rows)
+        xs = xs + _rows(lambda t: last.mlp(last.ln_2(t)), xs, min_rows)
+        return self.ln_f(xs)  # (B, Q, C)
 
     def forward(self, keys: torch.Tensor, pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``keys`` (B, T) without DIST, ``pad_mask`` (B, T) True where real -> (logits (B, T, V), dist (B, C))."""

@@ -90,6 +90,33 @@ def test_batch_rows_do_not_interact() -> None:
     torch.testing.assert_close(dist[:1], dist_a, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("n_layer", [1, 2, 3])
+def test_encode_at_gives_encode_at_those_positions(n_layer: int) -> None:
+    """The shortcut through the last block computes what the full pass computes, only where it is asked."""
+    cfg = LogBERTConfig(vocab_size=12, max_len=16, n_layer=n_layer, n_head=4, n_embd=32, dropout=0.0)
+    model = make_model(cfg=cfg)
+    g = torch.Generator().manual_seed(1)
+    keys = torch.randint(FIRST_KEY, 12, (5, 9), generator=g)
+    keys[3, 6:] = PAD
+    real = keys != PAD
+    at = torch.tensor([[0, 1, 9], [2, 2, 0], [5, 8, 3], [1, 6, 0], [9, 4, 7]])  # repeats and DIST allowed
+    with torch.no_grad():
+        full = model.encode(keys, real)  # (5, 10, C)
+        for min_rows in (0, 64):
+            got = model.encode_at(keys, real, at, min_rows=min_rows)  # (5, 3, C)
+            want = full.gather(1, at[:, :, None].expand(5, 3, cfg.n_embd))
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_encode_at_is_for_inference_and_checks_its_positions() -> None:
+    model = make_model()
+    keys = torch.tensor([[4, 5, 6]])
+    with pytest.raises(ValueError, match="at must be"):
+        model.encode_at(keys, keys != PAD, torch.tensor([0, 1]))
+    with pytest.raises(RuntimeError, match="eval"):
+        model.train().encode_at(keys, keys != PAD, torch.tensor([[0, 1]]))
+
+
 def test_init_is_deterministic_given_the_seed() -> None:
     sd0, sd1, sd2 = (make_model(s).state_dict() for s in (0, 0, 1))
     assert all(torch.equal(sd0[k], sd1[k]) for k in sd0)
