@@ -34,7 +34,15 @@ import torch
 
 from logbert_core.bundle import Bundle, Thresholds, load_bundle
 from logbert_core.config import ScoringSection, Settings
-from logbert_core.judge import DISTANCE, KEY_MISSES, Verdict, WindowJudge, calibrate_rules, calibrated_judge
+from logbert_core.judge import (
+    DISTANCE,
+    KEY_MISSES,
+    RestStats,
+    Verdict,
+    WindowJudge,
+    calibrate_rules,
+    calibrated_judge,
+)
 from logbert_core.model import LogBERT, LogBERTConfig
 from logbert_core.parsing import LineFormatError
 from logbert_core.scoring import WindowScore, WindowScorer
@@ -245,10 +253,17 @@ def fit_logbert(data: EvalData, settings: Settings, vocab_size: int, progress: b
                           device=device, n_candidates=s.scoring.n_candidates,
                           buckets=tuple(b for b in s.detector.buckets if b < s.model.max_len) + (s.model.max_len,))
     sc = s.scoring
+    rest = None
+    if data.protocol == "sequences" and sc.premature_end:
+        # Each sequence is a whole session and carries no timestamps: its end is where it rested, and it rested
+        # nowhere else (a live detector would also see pauses; with none known, the rule only gets stricter).
+        rest = RestStats.of(([(float(i), k) for i, k in enumerate(data.sessions[sid])] for sid in sp.fit),
+                            quiet_s=math.inf, max_len=s.model.max_len, stride=s.model.stride)
     cal = calibrated_judge(scorer, data.flat_windows(sp.fit), data.flat_windows(sp.val),
                            data.flat_windows(sp.calib), target_fpr=sc.target_fpr, novel_template=sc.novel_template,
                            novel_template_set=sc.novel_template_set, use_distance=sc.use_distance,
-                           distance_margin=sc.distance_margin, rare_template=sc.rare_template)
+                           distance_margin=sc.distance_margin, rare_template=sc.rare_template, rest=rest,
+                           surprise_floor=sc.premature_min_surprise)
     judge, calib_scores = cal.judge, cal.calib_scores
     return LogBERTRun(judge, calib_scores, result.history, time.perf_counter() - t0)
 

@@ -76,6 +76,11 @@ def test_evaluate_sequences_protocol(tmp_path: Path) -> None:
     assert {m["name"] for m in doc["methods"]} >= {"logbert", "deeplog", "loganomaly", "pca", "iforest"}
     assert "precision_at_paper_prevalence" in doc["methods"][0]["test"]
     assert doc["data"]["unseen_event_ids_in_test"] == ["3", "18"]
+    # "5 22" holds only known keys, in a set that is part of every normal lifecycle: only the end rule can tell
+    # that normal sessions never end there (whole sequences end where they rested)
+    logbert = doc["methods"][0]
+    assert logbert["threshold"]["premature"] >= 3.0
+    assert (logbert["test"]["tp"], logbert["test"]["fp"]) == (3, 0)
 
 
 def test_evaluate_needs_one_kind_of_input(tmp_path: Path) -> None:
