@@ -195,13 +195,20 @@ class WindowJudge:
                 self._covered.clear()
         return hit
 
-    def judge(self, windows: Sequence[Sequence[int]]) -> list[Verdict]:
+    def judge(self, windows: Sequence[Sequence[int]], quiet_seen: Sequence[bool] | None = None) -> list[Verdict]:
+        """One verdict per window. ``quiet_seen[i]`` says whether the quiet after window ``i`` was observed: the
+        log went on for at least the rest horizon (``RestStats.quiet_s``) after the window's last line with
+        nothing more for its session. Where it was not (the input itself stopped: the end of a replayed file, a
+        shipper outage), the session's silence is no evidence and ``premature_end`` abstains for that window; the
+        other rules still apply. ``None``: every closing window's quiet was seen (finished sessions)."""
+        if quiet_seen is not None and len(quiet_seen) != len(windows):
+            raise ValueError(f"quiet_seen has {len(quiet_seen)} flags for {len(windows)} windows")
         scores = self.scorer.score(windows)
         th = self.thresholds
         counts = self.key_counts if math.isfinite(th.rare) else None
         rest = self.rest if math.isfinite(th.premature) else None
         out = []
-        for keys, s in zip(windows, scores):
+        for i, (keys, s) in enumerate(zip(windows, scores)):
             reasons = []
             if self.novel_template and UNK in keys:
                 reasons.append(UNSEEN_TEMPLATE)
@@ -217,7 +224,7 @@ class WindowJudge:
             if self.use_distance and s.distance > th.distance:
                 reasons.append(DISTANCE)
             quiet = None
-            if rest is not None and rest.closing(keys):
+            if rest is not None and rest.closing(keys) and (quiet_seen is None or quiet_seen[i]):
                 quiet = rest.lookup(keys)
                 if rest.surprise(keys) > th.premature:
                     reasons.append(PREMATURE_END)

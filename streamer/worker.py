@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -345,6 +346,8 @@ class Worker:
         self.stats = {"consumed": 0, "rejected": 0, "windows": 0, "anomalies": 0, "reloads": 0}
         self.scoring = Scoring(lambda job: self.publish(job.engine, job.windows, job.messages), det.score_queue)
         self._appending: tuple[Engine, Parsed, PendingAppend] | None = None  # the batch whose append is in flight
+        # the latest log timestamp among the lines this worker has put in Redis: how far the log has gone on
+        self.watermark = -math.inf
         self._announce()
 
     @property
@@ -586,6 +589,8 @@ class Worker:
         appended = self.backoff.call("redis append", lambda: engine.store.append_finish(pending),
                                      (redis.RedisError,), m.REDIS_ERRORS)
         self._appending = None
+        if parsed.entries:
+            self.watermark = max(self.watermark, max(e.timestamp for e in parsed.entries))
         if appended.novel_templates:
             m.TEMPLATES_NEW.inc(appended.novel_templates)
         if appended.novel_capped:
@@ -639,7 +644,11 @@ class Worker:
         keys = [window_keys(w.members) for w in chunk]
         scorer = engine.judge.scorer
         hits = scorer.cache_hits
-        verdicts = engine.judge.judge(keys)
+        rest = engine.judge.rest
+        # premature_end judges a session's silence only where the log went on without it for the rest horizon;
+        # where the input itself stopped (a replayed file ran out, a shipper outage) the judge abstains
+        seen = None if rest is None else [self.watermark - w.last_ts >= rest.quiet_s for w in chunk]
+        verdicts = engine.judge.judge(keys, seen)
         m.SCORE_SECONDS.observe(time.perf_counter() - t0)
         m.SCORE_CACHE_HITS.inc(scorer.cache_hits - hits)
         m.SCORE_BATCH.observe(len(chunk))

@@ -132,14 +132,23 @@ class SessionWindows:
     n_lines: int
     unseen_lines: int = 0
     meta: dict[str, int] = field(default_factory=dict)
+    # whether the quiet after the last window was seen: the log went on for the rest horizon after the session's
+    # last line (False: the data ended first, and premature_end abstains on that window, as the detector does)
+    end_seen: bool = True
+
+    def quiet_seen(self) -> list[bool]:
+        """Per window, whether the quiet after it was seen (``WindowJudge.judge``): only the last can be unseen."""
+        return [True] * (len(self.windows) - 1) + [self.end_seen] if self.windows else []
 
 
 def build_windows(corpus: Corpus, sessions: Iterable[str], index: TemplateIndex, vocab: Vocabulary,
-                  nearest: bool, max_len: int, stride: int, quiet_s: float | None = None
-                  ) -> dict[str, SessionWindows]:
+                  nearest: bool, max_len: int, stride: int, quiet_s: float | None = None,
+                  rest_s: float | None = None) -> dict[str, SessionWindows]:
     """Each session's windows, exactly as the detector forms them from the same lines: as a replay cuts them, or
     with ``quiet_s`` as a live detector does, also closing a session wherever its log went quiet that long
-    (``logbert_core.windows.live_windows``)."""
+    (``logbert_core.windows.live_windows``). ``rest_s``: a session whose last line came less than this long before
+    the corpus's last line gets ``end_seen = False`` (the data ended before its quiet could be seen)."""
+    end = max((r.timestamp for r in corpus.records), default=0.0) if rest_s is not None else 0.0
     keys: dict[int, int] = {}
     out: dict[str, SessionWindows] = {}
     for sid in sessions:
@@ -161,6 +170,7 @@ def build_windows(corpus: Corpus, sessions: Iterable[str], index: TemplateIndex,
         out[sid] = SessionWindows(
             session_id=sid, windows=[ks[s.lo:s.hi] for s in spans], first_ts=canon[0][0], last_ts=canon[-1][0],
             n_lines=len(ks), unseen_lines=sum(1 for k in ks if k == UNK),
+            end_seen=rest_s is None or end - canon[-1][0] >= rest_s,
         )
     return out
 

@@ -32,8 +32,10 @@ def bundle_judge(bundle: Bundle, settings: Settings, device: str = "cpu") -> Win
 
 def offline_windows(bundle: Bundle, settings: Settings, inputs: Sequence[str | Path]) -> dict[str, SessionWindows]:
     corpus = read_corpus(inputs, settings.line_format())
+    rest = bundle.rest.get("quiet_s") if bundle.rest else None  # the pause length premature_end learned
     return build_windows(corpus, corpus.chronological(), bundle.template_index(), bundle.vocab,
-                         settings.parser.unknown == "nearest", bundle.model_config.max_len, settings.model.stride)
+                         settings.parser.unknown == "nearest", bundle.model_config.max_len, settings.model.stride,
+                         rest_s=float(rest) if rest is not None else None)
 
 
 def evaluate_bundle(bundle: Bundle, settings: Settings, inputs: Sequence[str | Path],

@@ -109,6 +109,9 @@ class EvalData:
     split: Split
     data: dict[str, Any] = field(default_factory=dict)  # inputs, fingerprints, parse statistics, notes
     lines: dict[str, SessionLines] | None = None  # raw protocol, on request: per-line gaps and parameters
+    # raw protocol: sessions whose last line came too close to the end of the data for their quiet to be seen
+    # (``SessionWindows.end_seen``); premature_end abstains on their last window, as the detector does
+    end_unseen: set[str] = field(default_factory=set)
 
     def seqs(self, ids: Iterable[str]) -> list[Session]:
         return [self.sessions[s] for s in ids]
@@ -198,7 +201,8 @@ def logbert_results(run: LogBERTRun, data: EvalData, scoring: ScoringSection, in
     cal_dist = np.array([s.distance for s in run.calib_scores]) * scoring.distance_margin
     test_ids = data.split.test if include_test else []
     ids = data.validation_ids + test_ids
-    sub = {sid: SessionWindows(sid, data.windows[sid], 0.0, 0.0, len(data.sessions[sid])) for sid in ids}
+    sub = {sid: SessionWindows(sid, data.windows[sid], 0.0, 0.0, len(data.sessions[sid]),
+                               end_seen=sid not in data.end_unseen) for sid in ids}
     t0 = time.perf_counter()
     verdicts = judge_sessions(run.judge, sub)
     seconds = run.seconds + time.perf_counter() - t0
@@ -341,7 +345,7 @@ def _windows_of(bundle: Bundle, settings: Settings, corpus: Corpus, quiet_s: flo
                 ) -> dict[str, SessionWindows]:
     return build_windows(corpus, corpus.chronological(), bundle.template_index(), bundle.vocab,
                          settings.parser.unknown == "nearest", bundle.model_config.max_len, settings.model.stride,
-                         quiet_s)
+                         quiet_s, rest_s=settings.session.idle_timeout_s)
 
 
 def parse_stats(inputs: Sequence[str | Path], settings: Settings) -> dict[str, Any]:
@@ -455,7 +459,7 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
               "session_length": {"p50": float(np.percentile(lengths, 50)), "p99": float(np.percentile(lengths, 99)),
                                  "max": int(lengths.max())},
               "unseen_template_sessions_test": sum(UNK in sessions[x] for x in test_ids)},
-        lines=lines)
+        lines=lines, end_unseen={k for part in (train_w, test_w) for k, v in part.items() if not v.end_seen})
     history = report.metrics["training"]["history"]
     calib_live = None
     if report.metrics["data"].get("live_windows"):  # the trainer calibrated on live windows: re-derive on those

@@ -74,7 +74,8 @@ def session_metrics(verdicts: Mapping[str, Sequence[Verdict]], labels: Mapping[s
 
 def judge_sessions(judge: WindowJudge, sessions: Mapping[str, SessionWindows]) -> dict[str, list[Verdict]]:
     flat = [(sid, w) for sid, sw in sessions.items() for w in sw.windows]
-    verdicts = judge.judge([w for _, w in flat]) if flat else []
+    seen = [q for sw in sessions.values() for q in sw.quiet_seen()]
+    verdicts = judge.judge([w for _, w in flat], seen) if flat else []
     out: dict[str, list[Verdict]] = {sid: [] for sid in sessions}
     for (sid, _), v in zip(flat, verdicts):
         out[sid].append(v)
@@ -116,7 +117,7 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
     nearest = s.parser.unknown == "nearest"
     live = s.train.live_windows and s.session.kind != "field_window"  # clock windows end at the clock, not in quiet
     windows = build_windows(corpus, order, index, vocab, nearest, s.model.max_len, s.model.stride,
-                            s.session.idle_timeout_s if live else None)
+                            s.session.idle_timeout_s if live else None, rest_s=s.session.idle_timeout_s)
     t_parse = time.perf_counter() - t0
 
     def flat(ids: Sequence[str]) -> list[list[int]]:

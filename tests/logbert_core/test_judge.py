@@ -122,6 +122,23 @@ def test_premature_end_flags_only_closing_windows_with_strong_evidence():
     assert off.judge([broken])[0].reasons == ()  # no premature threshold in the bundle: the rule is off
 
 
+def test_premature_end_abstains_where_the_quiet_was_not_seen():
+    """A session whose silence fell in a silence of the whole input (a replay that ran out, a shipper outage) is
+    not judged for stopping; its other rules still are."""
+    rest = RestStats.of([lifecycle(i * 10_000.0) for i in range(60)], quiet_s=30, max_len=8, stride=4)
+    broken, novel = [4, 5], [4, 5, 11]
+    windows = {tuple(w): ws() for w in (broken, novel)}
+    judge = WindowJudge(FixedScorer(windows), Thresholds(0.5, 5.0, "test", premature=3.0),
+                        frozenset({frozenset({4, 5, 8, 10})}), rest=rest)
+    seen, unseen = judge.judge([broken, broken], [True, False])
+    assert seen.reasons == (PREMATURE_END,) and seen.quiet == (60, 0)
+    assert unseen.reasons == () and unseen.quiet is None
+    (other,) = judge.judge([novel], [False])
+    assert other.reasons == (UNSEEN_SET,)  # the exact rules do not depend on the quiet
+    with pytest.raises(ValueError, match="2 flags for 1 windows"):
+        judge.judge([broken], [True, True])
+
+
 def test_premature_threshold_has_a_floor_above_weak_evidence():
     scores = [ws() for _ in range(100)]
     th = calibrate(scores, 0.01, use_distance=False, surprise=[0.0] * 99 + [0.31], surprise_floor=3.0)

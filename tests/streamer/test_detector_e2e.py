@@ -122,3 +122,33 @@ def test_kill_9_and_restart_resume_without_loss_or_new_ids(broker, redis_url, to
         code = second.wait(60)
     assert code == 0, (tmp_path / "w2.log").read_text()[-2000:]
     assert_same_anomalies(events_of(s), expected)
+
+
+def test_a_session_silent_only_because_the_input_ended_is_not_judged_for_stopping(broker, redis_url, topic_name,
+                                                                                  bundle):
+    """premature_end judges a silence only where the log went on without the session for the rest horizon the
+    bundle learned (300 s for HDFS). Block A stops after its allocation and one receive, ten minutes before the
+    input ends: flagged. Blocks B and C stop in the same kind of state within seconds of the end: the detector
+    cannot know whether they stopped or the input did, and abstains."""
+    assert bundle.rest and bundle.rest["quiet_s"] == 300
+
+    def start(blk: str, hhmmss: str) -> list[str]:
+        return [f"081110 {hhmmss} 31 INFO dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: "
+                f"/user/root/rand3/_temporary/_task_200811101024_0005_m_001918_0/part-01918. {blk}",
+                f"081110 {hhmmss} 15663 INFO dfs.DataNode$DataXceiver: Receiving block {blk} "
+                "src: /10.251.38.197:40316 dest: /10.251.38.197:50010"]
+
+    a, b, c = "blk_-2815656842321674713", "blk_1100000000000000001", "blk_1100000000000000002"
+    s = settings_for(broker.url, redis_url, topic_name, "g-quiet")
+    make_topics(s)
+    produce_lines(broker.url, topic_name, start(a, "215504") + start(b, "220454") + start(c, "220504"))
+    worker, thread = start_worker(s, bundle)
+    try:
+        wait_done(s)
+    finally:
+        worker.stop_event.set()
+        thread.join(30)
+    reasons = {e.session_id: set(e.explanation.reasons) for e in events_of(s)}
+    assert "premature_end" in reasons.get(a, set())
+    assert "premature_end" not in reasons.get(b, set()) | reasons.get(c, set())
+    assert worker.watermark == s.line_format().parse(start(c, "220504")[0]).timestamp  # the input's last line
