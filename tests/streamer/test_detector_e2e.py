@@ -36,16 +36,22 @@ def start_worker(settings, bundle) -> tuple[Worker, threading.Thread]:
     return worker, thread
 
 
+def run_until_done(settings, bundle) -> Worker:
+    """A worker in a thread until every offset is committed and Redis is empty; then stopped."""
+    worker, thread = start_worker(settings, bundle)
+    try:
+        wait_done(settings)
+    finally:
+        worker.stop_event.set()
+        thread.join(30)
+    return worker
+
+
 def test_lines_in_events_out_match_offline(broker, redis_url, topic_name, lines, bundle, expected):
     s = settings_for(broker.url, redis_url, topic_name, "g1")
     make_topics(s)
     produce_lines(broker.url, topic_name, lines)
-    worker, thread = start_worker(s, bundle)
-    try:
-        wait_done(s)
-    finally:
-        worker.stop_event.set()
-        thread.join(30)
+    run_until_done(s, bundle)
     events = events_of(s)
     assert by_session(events) == expected
     assert len(events) == len({e.event_id for e in events})  # an undisturbed run publishes each event once
@@ -63,12 +69,7 @@ def test_fluent_bit_json_and_poison_messages(broker, redis_url, topic_name, line
     poison = [b"", b"\xff\xfe", b'{"log": 5}', b'{"nolog": "x"}', "bidi \u202e".encode(), b"not an hdfs line",
               b"081109 203615 148 INFO dfs.DataNode: no block here"]
     produce_lines(broker.url, topic_name, poison)
-    worker, thread = start_worker(s, bundle)
-    try:
-        wait_done(s)
-    finally:
-        worker.stop_event.set()
-        thread.join(30)
+    run_until_done(s, bundle)
     assert by_session(events_of(s)) == expected
     dlq = read_all(broker.url, s.kafka.dlq, expected=len(poison), timeout_s=15)
     assert len(dlq) == len(poison)
@@ -142,12 +143,7 @@ def test_a_session_silent_only_because_the_input_ended_is_not_judged_for_stoppin
     s = settings_for(broker.url, redis_url, topic_name, "g-quiet")
     make_topics(s)
     produce_lines(broker.url, topic_name, start(a, "215504") + start(b, "220454") + start(c, "220504"))
-    worker, thread = start_worker(s, bundle)
-    try:
-        wait_done(s)
-    finally:
-        worker.stop_event.set()
-        thread.join(30)
+    worker = run_until_done(s, bundle)
     reasons = {e.session_id: set(e.explanation.reasons) for e in events_of(s)}
     assert "premature_end" in reasons.get(a, set())
     assert "premature_end" not in reasons.get(b, set()) | reasons.get(c, set())
