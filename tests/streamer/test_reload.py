@@ -41,7 +41,7 @@ def use(bundle_dir: Path, s) -> subprocess.CompletedProcess:
                                "LOGAD_REDIS__NAMESPACE": s.redis.namespace})
 
 
-def test_reload_mid_stream_loses_nothing_and_refuses_a_bad_bundle(broker, redis_url, topic_name, lines, tmp_path):
+def test_reload_and_rollback_mid_stream_lose_nothing_and_a_bad_bundle_is_refused(broker, redis_url, topic_name, lines, tmp_path):
     a = flag_everything(BUNDLE, tmp_path / "a", "hdfs-all-a")
     b = flag_everything(BUNDLE, tmp_path / "b", "hdfs-all-b")
     bad = tmp_path / "bad"
@@ -51,7 +51,7 @@ def test_reload_mid_stream_loses_nothing_and_refuses_a_bad_bundle(broker, redis_
     meta["version"] = "hdfs-bad"
     (bad / "bundle.json").write_text(json.dumps(meta))
 
-    s = settings_for(broker.url, redis_url, topic_name, "r1", session={"idle_timeout_s": 20.0},
+    s = settings_for(broker.url, redis_url, topic_name, "r1", session={"idle_timeout_s": 30.0},
                      detector={"reload_interval_s": 0.5})
     make_topics(s)
     worker = Worker(s, load_bundle(a), bundle_dir=a)
@@ -72,12 +72,24 @@ def test_reload_mid_stream_loses_nothing_and_refuses_a_bad_bundle(broker, redis_
         while worker.bundle.version != "hdfs-all-b" and time.monotonic() < deadline:
             time.sleep(0.2)
         assert worker.bundle.version == "hdfs-all-b"
-        produce_lines(broker.url, topic_name, lines[2000:])
+        produce_lines(broker.url, topic_name, lines[2000:3000])
+        deadline = time.monotonic() + 60
+        while worker.stats["consumed"] < 3000 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # roll back while the first bundle still drains its open sessions: it becomes the active one again
+        assert [e.bundle.version for e in worker.draining] == ["hdfs-all-a"]
+        assert use(a, s).returncode == 0
+        deadline = time.monotonic() + 30
+        while worker.bundle.version != "hdfs-all-a" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert worker.bundle.version == "hdfs-all-a"
+        assert [e.bundle.version for e in worker.draining] == ["hdfs-all-b"]
+        produce_lines(broker.url, topic_name, lines[3000:])
         wait_done(s, timeout=120)  # every session of both bundles closed and scored, nothing pending
     finally:
         worker.stop_event.set()
         thread.join(30)
-    assert worker.stats["reloads"] == 1 and not worker.draining
+    assert worker.stats["reloads"] == 2 and not worker.draining
 
     events = events_of(s)
     assert {e.model_version for e in events} == {"hdfs-all-a", "hdfs-all-b"}
