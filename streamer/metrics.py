@@ -36,6 +36,11 @@ SCORE_SECONDS = Histogram("logad_score_seconds", "Time to score one batch of win
 SCORE_CACHE_HITS = Counter("logad_score_cache_hits_total",
                            "Windows whose score came from the scorer's cache of recent distinct windows")
 ANOMALIES = Counter("logad_anomalies_published_total", "Anomaly events published to the output topic")
+WATERMARK = Gauge("logad_watermark_timestamp_seconds",
+                  "Latest log timestamp (Unix seconds) among the lines this worker has stored")
+PREMATURE_ABSTAINED = Counter("logad_premature_abstained_total",
+                              "Closing windows not judged for stopping: the log had not gone on past them for the "
+                              "pause length the model learned (the input itself was quiet)")
 CONSUMER_LAG = Gauge("logad_consumer_lag", "Records behind the end of the input topic", ["partition"])
 REDIS_ERRORS = Counter("logad_redis_errors_total", "Failed Redis round trips (retried with back-off)")
 BROKER_ERRORS = Counter("logad_broker_errors_total", "Failed broker operations (retried with back-off)")

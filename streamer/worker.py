@@ -591,6 +591,7 @@ class Worker:
         self._appending = None
         if parsed.entries:
             self.watermark = max(self.watermark, max(e.timestamp for e in parsed.entries))
+            m.WATERMARK.set(self.watermark)
         if appended.novel_templates:
             m.TEMPLATES_NEW.inc(appended.novel_templates)
         if appended.novel_capped:
@@ -649,6 +650,8 @@ class Worker:
         # where the input itself stopped (a replayed file ran out, a shipper outage) the judge abstains
         seen = None if rest is None else [self.watermark - w.last_ts >= rest.quiet_s for w in chunk]
         verdicts = engine.judge.judge(keys, seen)
+        if seen is not None:
+            m.PREMATURE_ABSTAINED.inc(sum(not q and rest.closing(k) for q, k in zip(seen, keys)))
         m.SCORE_SECONDS.observe(time.perf_counter() - t0)
         m.SCORE_CACHE_HITS.inc(scorer.cache_hits - hits)
         m.SCORE_BATCH.observe(len(chunk))

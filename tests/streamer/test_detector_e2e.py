@@ -22,6 +22,7 @@ from e2e_harness import (
     spawn,
     wait_done,
 )
+from prometheus_client import REGISTRY
 
 from streamer.kafka_io import produce_lines, read_all
 from streamer.worker import Worker
@@ -143,8 +144,11 @@ def test_a_session_silent_only_because_the_input_ended_is_not_judged_for_stoppin
     s = settings_for(broker.url, redis_url, topic_name, "g-quiet")
     make_topics(s)
     produce_lines(broker.url, topic_name, start(a, "215504") + start(b, "220454") + start(c, "220504"))
+    abstained = REGISTRY.get_sample_value("logad_premature_abstained_total")
     worker = run_until_done(s, bundle)
     reasons = {e.session_id: set(e.explanation.reasons) for e in events_of(s)}
+    assert REGISTRY.get_sample_value("logad_premature_abstained_total") - abstained == 2  # B and C
+    assert REGISTRY.get_sample_value("logad_watermark_timestamp_seconds") == worker.watermark
     assert "premature_end" in reasons.get(a, set())
     assert "premature_end" not in reasons.get(b, set()) | reasons.get(c, set())
     assert worker.watermark == s.line_format().parse(start(c, "220504")[0]).timestamp  # the input's last line
