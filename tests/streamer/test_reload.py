@@ -41,7 +41,8 @@ def use(bundle_dir: Path, s) -> subprocess.CompletedProcess:
                                "LOGAD_REDIS__NAMESPACE": s.redis.namespace})
 
 
-def test_reload_and_rollback_mid_stream_lose_nothing_and_a_bad_bundle_is_refused(broker, redis_url, topic_name, lines, tmp_path):
+def test_reload_and_rollback_mid_stream_lose_nothing_and_a_bad_bundle_is_refused(broker, redis_url, topic_name, lines,
+                                                                                  tmp_path):
     a = flag_everything(BUNDLE, tmp_path / "a", "hdfs-all-a")
     b = flag_everything(BUNDLE, tmp_path / "b", "hdfs-all-b")
     bad = tmp_path / "bad"
