@@ -679,6 +679,11 @@ def evaluate_raw(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
         notes.append("Live windows: LogBERT judged the windows a live stream cuts at the log's own pace (a session "
                      "closes whenever it is quiet for session.idle_timeout_s and reopens with its next line); the "
                      "baselines judged whole sessions.")
+    unseen_end = sum(sid in raw.data.end_unseen for sid in raw.data.split.test)
+    if unseen_end:
+        notes.append(f"{unseen_end} test session(s) end less than {settings.session.idle_timeout_s:g} s before the "
+                     "data does: nobody can tell whether they stopped, so premature_end abstains on their last window "
+                     "(as the detector does when its input goes quiet); the other rules judge them.")
     if not raw.data.labelled:
         notes.append("The input carries no labels: every session counts as normal, so the figures are flag rates "
                      "(false-alarm rates if the logs were indeed normal), not precision or recall.")
