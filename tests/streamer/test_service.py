@@ -83,7 +83,8 @@ def holdout(tmp_path_factory) -> tuple[list[str], dict[str, bool]]:
         lines = [next(fh).rstrip("\n") for _ in range(N_LINES)]
     path = tmp_path_factory.mktemp("holdout") / "slice.log"
     path.write_text("\n".join(lines) + "\n")
-    verdicts, _ = evaluate_bundle(load_bundle(BUNDLE), load_settings(CONFIG), [path], None)
+    # /detect takes each session as finished, so the reference does too (no session is cut off by the slice's end)
+    verdicts, _ = evaluate_bundle(load_bundle(BUNDLE), load_settings(CONFIG), [path], None, finished=True)
     return lines, {sid: any(v.anomalous for v in vs) for sid, vs in verdicts.items()}
 
 
