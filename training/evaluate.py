@@ -30,16 +30,20 @@ def bundle_judge(bundle: Bundle, settings: Settings, device: str = "cpu") -> Win
     return WindowJudge.from_bundle(scorer, bundle, sc)
 
 
+def learned_pause(bundle: Bundle) -> float | None:
+    """The pause length ``premature_end`` learned (``RestStats.quiet_s``), or None when the bundle learned none."""
+    return float(bundle.rest["quiet_s"]) if bundle.rest else None
+
+
 def offline_windows(bundle: Bundle, settings: Settings, inputs: Sequence[str | Path], finished: bool = False
                     ) -> dict[str, SessionWindows]:
     """The detector's windows of these files. A session whose last line came less than the pause length the bundle
     learned before the data's end is marked as not seen to stop (``end_seen``), as the streaming detector treats
     the end of its input; ``finished``: every session is complete (as ``POST /detect`` takes its sessions)."""
     corpus = read_corpus(inputs, settings.line_format())
-    rest = bundle.rest.get("quiet_s") if bundle.rest and not finished else None  # the pause premature_end learned
     return build_windows(corpus, corpus.chronological(), bundle.template_index(), bundle.vocab,
                          settings.parser.unknown == "nearest", bundle.model_config.max_len, settings.model.stride,
-                         rest_s=float(rest) if rest is not None else None)
+                         rest_s=None if finished else learned_pause(bundle))
 
 
 def evaluate_bundle(bundle: Bundle, settings: Settings, inputs: Sequence[str | Path],

@@ -62,7 +62,7 @@ from training.data import (
     read_corpus,
     split_chronological,
 )
-from training.evaluate import bundle_judge
+from training.evaluate import bundle_judge, learned_pause
 from training.fit import TrainConfig, fit
 from training.split import split_files
 from training.train import judge_sessions, resolve_device, train_bundle
@@ -345,7 +345,7 @@ def _windows_of(bundle: Bundle, settings: Settings, corpus: Corpus, quiet_s: flo
                 ) -> dict[str, SessionWindows]:
     return build_windows(corpus, corpus.chronological(), bundle.template_index(), bundle.vocab,
                          settings.parser.unknown == "nearest", bundle.model_config.max_len, settings.model.stride,
-                         quiet_s, rest_s=settings.session.idle_timeout_s)
+                         quiet_s, rest_s=learned_pause(bundle))
 
 
 def parse_stats(inputs: Sequence[str | Path], settings: Settings) -> dict[str, Any]:
