@@ -9,7 +9,9 @@ What each figure is (all on the same re-keyed real HDFS lines as ``benchmarks.so
 * ``drain3``: plain ``drain3.TemplateMiner.add_log_message`` per raw line, with the masking and Drain parameters of
   the config (no persistence, no profiling), in this process.
 * ``scorer``: ``WindowScorer`` alone on CPU with the bundle's model, synthetic windows of 16/32/64 keys, windows/s by
-  batch size (the worker's settings: ``mask_copies``, ``top_g``, buckets).
+  batch size and scoring threads (the worker's settings: ``mask_copies``, ``top_g``, buckets).
+* ``scorer_real``: the same scorer on the bundled HDFS lines' own windows: the distinct ones without the cache, and
+  the whole stream in log order through the worker's default cache (hit rate included).
 * ``e2e``: the broker (``start_broker``), ``redis-server`` (``start_redis``) and ``logad run`` worker process(es). The
   lines are produced first (a backlog); the worker(s) then consume them. The clock starts at the first commit once
   every worker holds partitions (so the group join is excluded) and stops when every input offset is committed
@@ -107,38 +109,77 @@ def bench_drain3(lines: list[str]) -> dict[str, Any]:
 
 # -- the scorer alone ----------------------------------------------------------------------------------------------
 
-def bench_scorer(lengths: tuple[int, ...], batches: tuple[int, ...], threads: int | None, min_s: float,
-                 autocast: bool = False) -> list[dict[str, Any]]:
-    import torch
-
+def _scorer(threads: int, autocast: bool, cache_size: int = 0) -> tuple[Any, Any]:
     from logbert_core.bundle import load_bundle
     from logbert_core.config import load_settings
     from logbert_core.scoring import WindowScorer
-    from logbert_core.vocab import FIRST_KEY
 
-    if threads:
-        torch.set_num_threads(threads)
     s, bundle = load_settings(CONFIG), load_bundle(MODEL)
     sc, cfg = s.scoring, bundle.model_config
     buckets = tuple(b for b in s.detector.buckets if b < cfg.max_len) + (cfg.max_len,)
     scorer = WindowScorer(bundle.build_model("cpu"), bundle.center, top_g=sc.top_g, mask_copies=sc.mask_copies,
-                          buckets=buckets, n_candidates=sc.n_candidates,
-                          **({"bf16": True} if autocast else {}))  # runs against older scorers too
-    rng = np.random.default_rng(0)
+                          buckets=buckets, n_candidates=sc.n_candidates, bf16=autocast, threads=threads,
+                          cache_size=cache_size)
+    return scorer, bundle
+
+
+def _rate(score: Any, windows: list[list[int]], min_s: float) -> float:
+    score(windows)  # warm-up (and the scoring threads started)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        score(windows)
+        n += len(windows)
+        dt = time.perf_counter() - t0
+        if dt >= min_s:
+            return round(n / dt, 1)
+
+
+def bench_scorer(lengths: tuple[int, ...], batches: tuple[int, ...], threads: tuple[int, ...], min_s: float,
+                 autocast: bool = False) -> list[dict[str, Any]]:
+    """Synthetic windows (keys drawn uniformly, so they miss often: the slow case for the miss records)."""
+    from logbert_core.vocab import FIRST_KEY
+
     out = []
-    for length in lengths:
-        for batch in batches:
-            windows = rng.integers(FIRST_KEY, cfg.vocab_size, size=(batch, length)).tolist()
-            scorer.score(windows)  # warm-up
-            n, t0 = 0, time.perf_counter()
-            while True:
-                scorer.score(windows)
-                n += batch
-                dt = time.perf_counter() - t0
-                if dt >= min_s:
-                    break
-            out.append({"length": length, "batch": batch, "windows_per_s": round(n / dt, 1),
-                        "threads": 1, "bf16_autocast": autocast, "load": load()})  # score() runs on one
+    for t in threads:
+        scorer, bundle = _scorer(t, autocast)
+        rng = np.random.default_rng(0)
+        for length in lengths:
+            for batch in batches:
+                windows = rng.integers(FIRST_KEY, bundle.model_config.vocab_size, size=(batch, length)).tolist()
+                out.append({"length": length, "batch": batch, "windows_per_s": _rate(scorer.score, windows, min_s),
+                            "threads": t, "bf16_autocast": autocast, "load": load()})
+    return out
+
+
+def bench_scorer_real(threads: tuple[int, ...], min_s: float, autocast: bool = False) -> dict[str, Any]:
+    """The bundled HDFS lines' own windows (as the detector cuts them): the distinct ones scored without the cache,
+    in batches of 256 (what the model costs on real lengths), and all of them in log order through a fresh cache
+    of the worker's default size (what a worker's scorer spends on a stream that repeats its lifecycles)."""
+    from logbert_core.config import load_settings
+    from training.evaluate import offline_windows
+
+    s = load_settings(CONFIG)
+    scorer, bundle = _scorer(1, autocast)
+    sessions = offline_windows(bundle, s, SOURCES, finished=True)
+    stream = [w for sw in sessions.values() for w in sw.windows]
+    distinct = [list(w) for w in dict.fromkeys(tuple(w) for w in stream)]
+    lengths = np.array([len(w) for w in stream])
+    out: dict[str, Any] = {"windows": len(stream), "distinct": len(distinct),
+                           "length_p50_p99_max": [int(np.percentile(lengths, 50)), int(np.percentile(lengths, 99)),
+                                                  int(lengths.max())], "bf16_autocast": autocast, "by_threads": []}
+    for t in threads:
+        scorer, _ = _scorer(t, autocast)
+        uncached = _rate(lambda ws, sc=scorer: [sc.score(ws[i:i + 256]) for i in range(0, len(ws), 256)], distinct, min_s)
+        cached, _ = _scorer(t, autocast, cache_size=s.detector.score_cache)
+        t0 = time.perf_counter()
+        for i in range(0, len(stream), 256):
+            cached.score(stream[i:i + 256])
+        dt = time.perf_counter() - t0
+        out["by_threads"].append({
+            "threads": t, "distinct_uncached_windows_per_s": uncached,
+            "stream_cached_windows_per_s": round(len(stream) / dt, 1),
+            "cache_hit_rate": round(cached.cache_hits / (cached.cache_hits + cached.cache_misses), 3),
+            "load": load()})
     return out
 
 
@@ -391,14 +432,14 @@ def device() -> dict[str, Any]:
 @click.option("--latency-seconds", type=float, default=60.0, show_default=True)
 @click.option("--latency-idle-timeout", "lat_idle_s", type=float, default=10.0, show_default=True,
               help="session.idle_timeout_s of the latency run (sessions close all along a run 6x as long).")
-@click.option("--scorer-threads", type=int, default=None,
-              help="torch threads around the scorer benchmark (the scorer itself scores on one; see scoring.py).")
+@click.option("--scorer-threads", type=int, multiple=True,
+              help="Scoring threads to measure the scorer with (repeatable; default: 1 and every core).")
 @click.option("--scorer-seconds", type=float, default=1.0, show_default=True, help="Time per scorer figure.")
 @click.option("--bf16", is_flag=True, help="Scorer benchmark also with bf16 autocast (CPU).")
 @click.option("--env", "envs", multiple=True, metavar="NAME=VALUE", help="Extra LOGAD_ setting for the workers.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
 def main(n: int, partitions: int, idle_s: float, only: tuple[str, ...], rate: float | None, latency_seconds: float,
-         lat_idle_s: float, scorer_threads: int | None, scorer_seconds: float, bf16: bool, envs: tuple[str, ...],
+         lat_idle_s: float, scorer_threads: tuple[int, ...], scorer_seconds: float, bf16: bool, envs: tuple[str, ...],
          out: str | None) -> None:
     """Measure the pipeline against its limits; prints one JSON object."""
     parts = set(only or ("drain3", "scorer", "e2e", "live", "scaleout", "latency"))
@@ -408,10 +449,13 @@ def main(n: int, partitions: int, idle_s: float, only: tuple[str, ...], rate: fl
     if "drain3" in parts:
         result["drain3"] = bench_drain3(lines)
     if "scorer" in parts:
-        result["scorer"] = bench_scorer((16, 32, 64), (1, 16, 64, 256, 1024), scorer_threads, scorer_seconds)
+        threads = scorer_threads or tuple(sorted({1, os.cpu_count() or 1}))
+        result["scorer"] = bench_scorer((16, 32, 64), (1, 16, 64, 256, 1024), threads, scorer_seconds)
+        result["scorer_real"] = bench_scorer_real(threads, scorer_seconds)
         if bf16:
-            result["scorer_bf16"] = bench_scorer((16, 32, 64), (64, 256, 1024), scorer_threads, scorer_seconds,
+            result["scorer_bf16"] = bench_scorer((16, 32, 64), (64, 256, 1024), threads, scorer_seconds,
                                                  autocast=True)
+            result["scorer_real_bf16"] = bench_scorer_real(threads, scorer_seconds, autocast=True)
     if parts & {"e2e", "live", "scaleout", "latency"}:
         stack = Stack()
         try:

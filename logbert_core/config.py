@@ -11,6 +11,7 @@ Nothing reads the environment at import time: ``load_settings`` does, when calle
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,6 +96,13 @@ class TrainSection(_Section):
     # wherever a session's log went quiet for session.idle_timeout_s (it reopens with its next line). Without them
     # a live HDFS stream, whose blocks rest for hours between write and delete, meets windows training never saw.
     live_windows: bool = True
+    # threads that score calibration and evaluation windows side by side (CPU; scores do not depend on it);
+    # None: every core, as an offline job has the machine to itself
+    score_threads: int | None = Field(default=None, gt=0)
+
+    @property
+    def scoring_threads(self) -> int:
+        return self.score_threads or os.cpu_count() or 1
 
 
 class ScoringSection(_Section):
@@ -131,6 +139,10 @@ class DetectorSection(_Section):
     bf16: bool = False  # bfloat16 autocast for scoring (AVX512-BF16/AMX CPUs, CUDA); see docs/performance.md
     score_queue: int = Field(default=16, ge=0)  # jobs waiting for the scorer thread; 0: score in the consume loop
     score_cache: int = Field(default=16_384, ge=0)  # scores of recent distinct windows kept (exact); 0: off
+    # Threads that score a batch's windows side by side (CPU; each on one intra-op thread, so scores do not depend
+    # on it). 1 keeps the other cores for the consume loop, Redis and the broker; raise it on a worker with cores
+    # to spare (measured: 1.8-2x on 2 idle cores, docs/performance.md).
+    score_threads: int = Field(default=1, gt=0)
 
 
 class KafkaSection(_Section):

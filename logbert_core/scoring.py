@@ -21,8 +21,10 @@ near-ties.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +52,13 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(prev)
+
+
+@functools.cache
+def scoring_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's scoring threads for this count, started once, each on one torch intra-op thread."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="logad-score", initializer=torch.set_num_threads,
+                              initargs=(1,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +118,13 @@ class WindowScorer:
     score depends on its keys alone and is bit-identical whatever batch it is scored in, so a cached score is the
     score; logs repeat a few lifecycles (2,070 held-out HDFS windows hold 179 distinct ones), and the model then runs
     only for what it has not seen lately. ``cache_hits`` and ``cache_misses`` count lookups.
+
+    ``threads`` (CPU only): encoder passes of one ``score`` call run on that many threads at once, each pass on one
+    intra-op thread, so a chunk's arithmetic (and its score) is the same whatever the thread count; chunks are
+    independent, so this scales where intra-op threads do not (a 64-wide model's products are too small to split
+    well). The threads belong to the process, one pool per thread count shared by all scorers
+    (``scoring_pool``); each sets torch's intra-op thread count to 1 for itself when it starts (which also becomes
+    the default of threads started later).
     """
 
     def __init__(
@@ -123,6 +139,7 @@ class WindowScorer:
         max_batch_rows: int | None = None,
         bf16: bool = False,
         cache_size: int = 0,
+        threads: int = 1,
     ) -> None:
         cfg = model.config
         self.device = torch.device(device)
@@ -147,6 +164,8 @@ class WindowScorer:
             )
         if cache_size < 0:
             raise ValueError(f"cache_size={cache_size} must be >= 0 (0: no cache)")
+        if threads < 1:
+            raise ValueError(f"threads={threads} must be >= 1")
         if cfg.vocab_size > 2**24:
             raise ValueError(f"vocab_size={cfg.vocab_size} exceeds 2**24: keys would not survive the float32 copy")
         if tuple(center.shape) != (cfg.n_embd,):
@@ -163,6 +182,7 @@ class WindowScorer:
         self._cache: OrderedDict[tuple[int, ...], WindowScore] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
+        self.threads = threads if self.device.type == "cpu" else 1
 
     def score(self, windows: Sequence[Sequence[int]]) -> list[WindowScore]:
         """One ``WindowScore`` per window, in input order."""
@@ -206,19 +226,32 @@ class WindowScorer:
 
     def _score_buckets(self, arrays: list[np.ndarray], by_bucket: dict[int, list[int]],
                        out: list[WindowScore | None]) -> None:
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            for bucket, members in sorted(by_bucket.items()):
-                chunk: list[int] = []
-                rows = 0
-                for i in members:
-                    n = min(self.mask_copies, arrays[i].size) + 1
-                    if chunk and rows + n > self.max_batch_rows:
-                        self._score_chunk(bucket, [arrays[j] for j in chunk], chunk, out)
-                        chunk, rows = [], 0
-                    chunk.append(i)
-                    rows += n
-                if chunk:
-                    self._score_chunk(bucket, [arrays[j] for j in chunk], chunk, out)
+        chunks: list[tuple[int, list[int]]] = []  # (bucket, window indices): one encoder pass each
+        for bucket, members in sorted(by_bucket.items()):
+            chunk: list[int] = []
+            rows = 0
+            for i in members:
+                n = min(self.mask_copies, arrays[i].size) + 1
+                if chunk and rows + n > self.max_batch_rows:
+                    chunks.append((bucket, chunk))
+                    chunk, rows = [], 0
+                chunk.append(i)
+                rows += n
+            if chunk:
+                chunks.append((bucket, chunk))
+
+        def run(job: tuple[int, list[int]]) -> None:
+            bucket, chunk = job
+            # inference and autocast modes are per thread: every pass enters them itself
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                self._score_chunk(bucket, [arrays[j] for j in chunk], chunk, out)
+
+        if self.threads == 1 or len(chunks) == 1:
+            for job in chunks:
+                run(job)
+            return
+        for _ in scoring_pool(self.threads).map(run, chunks):  # disjoint slots of ``out``; map re-raises errors
+            pass
 
     def _score_chunk(
         self, bucket: int, arrays: list[np.ndarray], index: list[int], out: list[WindowScore | None]

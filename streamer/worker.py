@@ -289,7 +289,8 @@ class Engine:
         buckets = tuple(b for b in det.buckets if b < max_len) + (max_len,)
         scorer = WindowScorer(bundle.build_model(device), bundle.center.to(device), top_g=sc.top_g,
                               mask_copies=sc.mask_copies, device=device, buckets=buckets,
-                              n_candidates=sc.n_candidates, bf16=det.bf16, cache_size=det.score_cache)
+                              n_candidates=sc.n_candidates, bf16=det.bf16, cache_size=det.score_cache,
+                              threads=det.score_threads)
         judge = WindowJudge.from_bundle(scorer, bundle, sc)
         pipeline = LinePipeline(settings.line_format(), ValueDecoder(settings.log.json_fields,
                                                                      settings.log.max_line_bytes),

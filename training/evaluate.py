@@ -26,7 +26,7 @@ def bundle_judge(bundle: Bundle, settings: Settings, device: str = "cpu") -> Win
     buckets = tuple(b for b in settings.detector.buckets if b < max_len) + (max_len,)
     scorer = WindowScorer(bundle.build_model(device), bundle.center.to(device), top_g=sc.top_g,
                           mask_copies=sc.mask_copies, device=torch.device(device), buckets=buckets,
-                          n_candidates=sc.n_candidates)
+                          n_candidates=sc.n_candidates, threads=settings.train.scoring_threads)
     return WindowJudge.from_bundle(scorer, bundle, sc)
 
 

@@ -254,7 +254,7 @@ def fit_logbert(data: EvalData, settings: Settings, vocab_size: int, progress: b
     model = LogBERT(model_cfg)
     model.load_state_dict(result.state_dict)
     scorer = WindowScorer(model, result.center.to(device), top_g=s.scoring.top_g, mask_copies=s.scoring.mask_copies,
-                          device=device, n_candidates=s.scoring.n_candidates,
+                          device=device, n_candidates=s.scoring.n_candidates, threads=s.train.scoring_threads,
                           buckets=tuple(b for b in s.detector.buckets if b < s.model.max_len) + (s.model.max_len,))
     sc = s.scoring
     rest = None
@@ -296,7 +296,7 @@ def recalibrated(run: LogBERTRun, settings: Settings, data: EvalData, top_g: int
     """The same model with another ``top_g``: calibration windows re-scored, thresholds re-derived (no labels)."""
     old = run.judge.scorer
     scorer = WindowScorer(old.model, old.center, top_g=top_g, mask_copies=old.mask_copies, device=old.device,
-                          buckets=old.buckets, n_candidates=old.n_candidates)
+                          buckets=old.buckets, n_candidates=old.n_candidates, threads=old.threads)
     calib = run.calib_windows if run.calib_windows is not None else data.flat_windows(data.split.calib)
     calib_scores = scorer.score(calib)
     sc = settings.scoring

@@ -136,7 +136,7 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
     model.load_state_dict(result.state_dict)
     model.to(device).eval()
     scorer = WindowScorer(model, result.center.to(device), top_g=s.scoring.top_g, mask_copies=s.scoring.mask_copies,
-                          device=device, n_candidates=s.scoring.n_candidates,
+                          device=device, n_candidates=s.scoring.n_candidates, threads=s.train.scoring_threads,
                           buckets=tuple(b for b in s.detector.buckets if b < s.model.max_len) + (s.model.max_len,))
     sc = s.scoring
     rest = rest_stats(s, corpus, train_ids, index, vocab)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import random
+import threading
 
 import pytest
 import torch
@@ -124,6 +125,32 @@ def test_batch_invariance_with_a_wider_model() -> None:
     batch = sc.score(windows)
     for i in range(0, 40, 3):
         assert sc.score([windows[i]]) == [batch[i]]
+    threaded = WindowScorer(model, center, top_g=5, mask_copies=2, buckets=(16, 32), max_batch_rows=24, threads=2)
+    assert threaded.score(windows) == batch
+
+
+def test_scoring_threads_give_the_scores_of_one_thread() -> None:
+    """Passes run side by side on several threads (one intra-op thread each) and still give every window the
+    score it gets alone; the calling thread's torch thread count is left as it was."""
+    windows = random_windows(5, 60)
+    one = scorer(max_batch_rows=20).score(windows)  # many chunks: the threads really share the work
+    before = torch.get_num_threads()
+    sc = scorer(max_batch_rows=20, threads=3)
+    names: set[str] = set()
+    real_chunk = sc._score_chunk
+
+    def chunk_on_a_thread(*args: object) -> None:
+        names.add(threading.current_thread().name)
+        real_chunk(*args)  # type: ignore[arg-type]
+
+    sc._score_chunk = chunk_on_a_thread  # type: ignore[method-assign]
+    assert sc.score(windows) == one
+    assert len(names) > 1 and all(n.startswith("logad-score") for n in names)  # the work did go to the threads
+    assert sc.score(windows[::-1])[::-1] == one
+    with pytest.raises(ValueError, match="window 1 is empty"):
+        sc.score([[4], []])
+    assert sc.score(windows[:7]) == one[:7]
+    assert torch.get_num_threads() == before
 
 
 def test_empty_and_bad_inputs() -> None:
@@ -146,6 +173,7 @@ def test_empty_and_bad_inputs() -> None:
         ({"buckets": (16, 64)}, "max_len"),
         ({"max_batch_rows": 3}, "max_batch_rows"),
         ({"n_candidates": -1}, "n_candidates"),
+        ({"threads": 0}, "threads"),
     ],
 )
 def test_scorer_rejects_bad_settings(kwargs: dict, message: str) -> None:
