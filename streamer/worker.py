@@ -57,6 +57,7 @@ from streamer import metrics as m
 from streamer.decode import Rejected, ValueDecoder
 from streamer.errors import OutageError, StartupError
 from streamer.events import build_event
+from streamer.rdkafka import ConfluentConsumer, rdkafka_config
 from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore
 
 log = logging.getLogger(__name__)
@@ -413,9 +414,14 @@ class Worker:
 
     # -- clients -------------------------------------------------------------------------------------------------
     @property
-    def consumer(self) -> KafkaConsumer:
+    def consumer(self) -> KafkaConsumer | ConfluentConsumer:
         if self._consumer is None:
             k = self.s.kafka
+            if k.client == "confluent-kafka":
+                config = rdkafka_config(k.bootstrap_servers, k.group_id, session_timeout_ms=k.session_timeout_ms,
+                                        client_id=f"logad-{k.group_id}", client_kwargs=self.kafka_kwargs)
+                self._consumer = ConfluentConsumer(config, k.input_topic, _Rebalance(self))
+                return self._consumer
             self._consumer = KafkaConsumer(
                 bootstrap_servers=k.bootstrap_servers, group_id=k.group_id, enable_auto_commit=False,
                 bootstrap_timeout_ms=5000,  # fail fast; run() retries with back-off within the outage budget
@@ -545,6 +551,7 @@ class Worker:
         tps = list(self.assigned)
         try:
             listed = consumer.end_offsets(tps, timeout_ms=2000)
+            positions = {tp: consumer.position(tp) for tp in tps}
         except KafkaError as exc:
             m.BROKER_ERRORS.inc()
             if self.broker_ok:
@@ -556,11 +563,17 @@ class Worker:
         at_end, at_prev_end = True, prev is not None and now - prev[0] <= 2 * self.s.detector.sweep_interval_s + 1
         ends = {}
         for tp in tps:
-            # tansu's ListOffsets can trail the log end; a fetch's high watermark is exact: take the larger
-            end = ends[tp] = max(listed.get(tp) or 0, consumer.highwater(tp) or 0)
-            position = consumer.position(tp)
+            # tansu's ListOffsets can trail the log end; a fetch response's high watermark is exact: take the larger,
+            # and count a partition as read to its end only once a fetch response since its assignment gave one
+            highwater = consumer.highwater(tp)
+            end = max(listed.get(tp) or 0, highwater or 0)
+            position = positions[tp]
             lag = max(0, end - position)
             m.CONSUMER_LAG.labels(str(tp.partition)).set(lag)
+            if highwater is None:
+                at_end = at_prev_end = False
+                continue
+            ends[tp] = end
             at_end = at_end and lag == 0
             at_prev_end = at_prev_end and prev is not None and tp in prev[1] and position >= prev[1][tp]
         self._ends_seen = (now, ends)

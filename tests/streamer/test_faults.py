@@ -30,6 +30,14 @@ from streamer.worker import Worker
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(autouse=True, params=["confluent-kafka", "kafka-python"])
+def kafka_client(request, monkeypatch) -> str:
+    """Every scenario with each consumer the detector can use (``kafka.client``); workers read it from the
+    environment, in-process and spawned alike."""
+    monkeypatch.setenv("LOGAD_KAFKA__CLIENT", request.param)
+    return request.param
+
+
 class Feeder(threading.Thread):
     """Produces the lines in chunks at a steady pace, so a fault lands mid-stream."""
 
@@ -176,6 +184,15 @@ def test_outage_past_budget_exits_3_without_committing(broker, topic_name, lines
     assert "unavailable" in log and "outage_budget_s" in log and "Traceback" not in log
     assert committed_total(s) == 1000  # the batch that could not be stored was not committed
     rds.stop()
+
+
+def test_no_broker_at_start_up_exits_3_past_the_budget(redis_url, tmp_path):
+    s = settings_for(f"127.0.0.1:{free_port()}", redis_url, "t.nobroker", "f7")
+    w = spawn(env_for(s, LOGAD_DETECTOR__OUTAGE_BUDGET_S="4"), tmp_path / "w.log")
+    code = w.wait(90)
+    log = (tmp_path / "w.log").read_text()
+    assert code == 3, log[-2000:]
+    assert "broker connect" in log and "outage_budget_s" in log and "Traceback" not in log
 
 
 HOSTILE_KINDS = {

@@ -64,6 +64,7 @@ class FakeConsumer:
         self.end = {}
         self.pos = {}
         self.down = False
+        self.fetched = True  # a fetch response since the assignment gave the partition's high watermark
 
     def end_offsets(self, tps, timeout_ms):
         from kafka.errors import KafkaTimeoutError
@@ -73,7 +74,7 @@ class FakeConsumer:
         return {tp: self.end[tp] for tp in tps}
 
     def highwater(self, tp):
-        return None
+        return self.end[tp] if self.fetched else None
 
     def position(self, tp):
         return self.pos[tp]
@@ -109,3 +110,10 @@ def test_caught_up_under_a_steady_stream_but_not_with_a_backlog_or_a_broker_outa
     w._ends_seen = (w._ends_seen[0] - 10, w._ends_seen[1])  # a check long ago says nothing about now
     consumer.end[tp], consumer.pos[tp] = 6100, 6050
     assert not check()
+    consumer.end[tp], consumer.pos[tp] = 6100, 6100
+    assert check()
+    consumer.fetched = False  # reassigned, no fetch response yet: ListOffsets alone can trail the end (tansu)
+    assert not check()
+    assert not check()  # and what it listed is not remembered as an end that was seen
+    consumer.fetched = True
+    assert check()

@@ -1,0 +1,257 @@
+"""The detector's group consumer on librdkafka (confluent-kafka), behind the part of kafka-python's API it uses.
+
+kafka-python decodes every record in Python: about 10 us of CPU per record here, half of what a worker spends on a
+line. librdkafka decodes in C on its own threads (about 1.6 us per record, measured on the same broker and lines;
+docs/performance.md). ``kafka.client = "confluent-kafka"`` selects this consumer; the producer stays kafka-python
+(it only sends events and dead letters).
+
+What the worker relies on, and how it maps:
+
+* ``poll(timeout_ms, max_records)`` -> ``{TopicPartition: [record]}``, records with kafka-python's attribute names
+  (``topic``, ``partition``, ``offset``, ``key``, ``value``, ``timestamp``). Transport errors come back as error
+  events, not exceptions: they are counted and logged (once per kind until a record arrives again) and librdkafka
+  reconnects on its own. A fatal error raises ``KafkaError``.
+* ``commit(offsets)``: synchronous. A commit refused because the group moved on raises ``CommitFailedError`` (the
+  worker logs it; the new owner replays), any other failure a retriable ``KafkaError`` (the worker backs off).
+* ``end_offsets`` (ListOffsets), ``highwater`` (the last fetch response's), ``position``: as kafka-python's.
+* Rebalances call the same ``ConsumerRebalanceListener``. librdkafka runs the callbacks inside ``poll``, on the
+  consume thread, which is where kafka-python 3 runs them too as far as the worker can tell.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+log = logging.getLogger(__name__)
+
+# kafka-python keyword (as KafkaSection.client_kwargs() gives them) -> librdkafka property
+_SECURITY = {"security_protocol": "security.protocol", "sasl_mechanism": "sasl.mechanism",
+             "sasl_plain_username": "sasl.username", "sasl_plain_password": "sasl.password",
+             "ssl_cafile": "ssl.ca.location", "ssl_certfile": "ssl.certificate.location",
+             "ssl_keyfile": "ssl.key.location"}
+
+
+_ADMIN_KEYS = {"bootstrap.servers", "client.id", *_SECURITY.values()}
+
+
+class Record:
+    """A consumed record, with the attribute names of kafka-python's ``ConsumerRecord`` that the worker reads."""
+
+    __slots__ = ("topic", "partition", "offset", "key", "value", "timestamp")
+
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                 timestamp: int) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.key, self.value, self.timestamp = key, value, timestamp
+
+
+def rdkafka_config(bootstrap: str, group_id: str, *, session_timeout_ms: int, client_id: str,
+                   client_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """librdkafka settings equal to the worker's kafka-python consumer: manual commits, earliest, the security
+    settings translated. Raises ``ValueError`` for a security keyword it does not know."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap, "group.id": group_id, "client.id": client_id,
+        "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+        "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(100, min(3000, session_timeout_ms // 3)),
+        # prefetch at most this much per worker (librdkafka's default is 64 MiB): memory stays flat and small
+        "queued.max.messages.kbytes": 16_384,
+        # an event when a fetch response shows the end of a partition: proof that its high watermark is fresh
+        "enable.partition.eof": True,
+    }
+    for name, value in client_kwargs.items():
+        if name not in _SECURITY:
+            raise ValueError(f"kafka setting {name!r} has no librdkafka equivalent here")
+        if value is not None:
+            config[_SECURITY[name]] = value
+    return config
+
+
+class ConfluentConsumer:
+    """A group member subscribed to one topic; see the module docstring for the API it keeps."""
+
+    def __init__(self, config: Mapping[str, Any], topic: str,
+                 listener: ConsumerRebalanceListener | None = None, connect_timeout_s: float = 5.0) -> None:
+        """Raises ``KafkaConnectionError`` when no broker answers within ``connect_timeout_s`` (as kafka-python's
+        consumer does at creation), so the worker's start-up back-off and outage budget apply to both clients."""
+        import confluent_kafka
+        from confluent_kafka import Consumer, KafkaException
+
+        self._KafkaException = KafkaException
+        self._PARTITION_EOF = confluent_kafka.KafkaError._PARTITION_EOF
+        self._listener = listener
+        self._errors_logged: set[str] = set()
+        self._start: dict[TopicPartition, int] = {}  # where reading began, per assigned partition (position())
+        # partitions with a fetch response since they were assigned (a record or an end-of-partition event): only
+        # their cached high watermark is this assignment's (highwater())
+        self._fetched: set[TopicPartition] = set()
+        # an admin client (own connections) for ListOffsets, started on first use, with the consumer's settings
+        self._admin_config = {k: v for k, v in config.items() if k in _ADMIN_KEYS}
+        self._admin: Any = None
+        log.info("consumer: confluent-kafka %s, librdkafka %s", confluent_kafka.version()[0],
+                 confluent_kafka.libversion()[0])
+        try:
+            # librdkafka's own log lines go through Python logging (served inside poll), not straight to stderr
+            self._c = Consumer({**config, "error_cb": self._on_error, "logger": logging.getLogger("librdkafka")})
+        except KafkaException as exc:
+            raise _to_kafka_error(exc) from exc
+        try:
+            self._c.list_topics(topic, timeout=connect_timeout_s)  # a metadata answer: some broker is there
+            self._c.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                              on_lost=self._on_revoke)
+        except KafkaException as exc:
+            self._c.close()
+            raise _to_kafka_error(exc) from exc
+
+    # -- callbacks (run inside poll, on the calling thread) ------------------------------------------------------
+    def _on_error(self, err: Any) -> None:
+        self._log_error(err)
+
+    def _log_error(self, err: Any) -> None:
+        if err.fatal():
+            log.error("kafka consumer fatal error: %s", err.str())
+            return
+        name = err.name()
+        if name not in self._errors_logged:  # once per kind until the broker answers again
+            self._errors_logged.add(name)
+            log.warning("kafka consumer: %s (librdkafka retries)", err.str())
+
+    def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
+        self._start.clear()
+        self._fetched.clear()
+        if self._listener is not None:
+            self._listener.on_partitions_assigned({TopicPartition(p.topic, p.partition) for p in partitions})
+
+    def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
+        self._start.clear()
+        self._fetched.clear()
+        if self._listener is not None:
+            self._listener.on_partitions_revoked({TopicPartition(p.topic, p.partition) for p in partitions})
+
+    # -- the consumer API ----------------------------------------------------------------------------------------
+    def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
+        try:
+            messages = self._c.consume(num_messages=max_records, timeout=timeout_ms / 1000)
+        except self._KafkaException as exc:
+            raise _to_kafka_error(exc) from exc
+        out: dict[TopicPartition, list[Record]] = {}
+        tps: dict[tuple[str, int], TopicPartition] = {}
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() == self._PARTITION_EOF:
+                    self._fetched.add(TopicPartition(msg.topic(), msg.partition()))
+                    continue
+                self._log_error(err)
+                if err.fatal():
+                    raise KafkaError(f"fatal consumer error: {err.str()}")
+                continue
+            topic, partition = msg.topic(), msg.partition()
+            tp = tps.get((topic, partition))
+            if tp is None:
+                tp = tps[topic, partition] = TopicPartition(topic, partition)
+                out[tp] = []
+            out[tp].append(Record(topic, partition, msg.offset(), msg.key(), msg.value(), msg.timestamp()[1]))
+        if out:
+            self._errors_logged.clear()
+            self._fetched.update(out)
+        return out
+
+    def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
+        from confluent_kafka import KafkaError as RdError
+        from confluent_kafka import TopicPartition as RdTopicPartition
+
+        parts = [RdTopicPartition(tp.topic, tp.partition, om.offset) for tp, om in offsets.items()]
+        try:
+            result = self._c.commit(offsets=parts, asynchronous=False)
+        except self._KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if err is not None and err.code() in (RdError.REBALANCE_IN_PROGRESS, RdError.ILLEGAL_GENERATION,
+                                                  RdError.UNKNOWN_MEMBER_ID, RdError._ASSIGNMENT_LOST):
+                raise CommitFailedError(f"commit refused: {err.str()}") from exc
+            raise _to_kafka_error(exc) from exc
+        failed = [p for p in result or [] if p.error is not None]
+        if failed:
+            raise KafkaConnectionError(f"commit failed for {len(failed)} partition(s): {failed[0].error.str()}")
+
+    def end_offsets(self, partitions: Iterable[TopicPartition], timeout_ms: int = 2000) -> dict[TopicPartition, int]:
+        """ListOffsets(latest) in one request per broker, on an admin client's own connection: on the consumer's
+        connection the request would queue behind the long-polling fetch (about 0.5 s per partition, measured)."""
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        from confluent_kafka import TopicPartition as RdTopicPartition
+        from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        tps = list(partitions)
+        if not tps:
+            return {}
+        if self._admin is None:
+            self._admin = AdminClient(self._admin_config)
+        timeout_s = timeout_ms / 1000
+        try:
+            futures = self._admin.list_offsets({RdTopicPartition(tp.topic, tp.partition): OffsetSpec.latest()
+                                                for tp in tps}, request_timeout=timeout_s)
+            by_key = {(k.topic, k.partition): f for k, f in futures.items()}
+            return {tp: by_key[tp.topic, tp.partition].result(timeout=timeout_s + 1).offset for tp in tps}
+        except self._KafkaException as exc:
+            raise _to_kafka_error(exc) from exc
+        except FutureTimeout as exc:
+            raise KafkaConnectionError(f"ListOffsets did not answer within {timeout_s} s") from exc
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The high watermark of the latest fetch response, or None before this assignment's first one (the value
+        librdkafka keeps from an earlier assignment of the partition may be stale)."""
+        from confluent_kafka import TopicPartition as RdTopicPartition
+
+        if tp not in self._fetched:
+            return None
+        try:
+            _low, high = self._c.get_watermark_offsets(RdTopicPartition(tp.topic, tp.partition), cached=True)
+        except self._KafkaException:
+            return None
+        return high if high >= 0 else None
+
+    def position(self, tp: TopicPartition) -> int:
+        """The next offset this consumer reads: the fetch position once a record came from the partition, else
+        where reading began (the committed offset, else the start of the log; asked once per assignment)."""
+        from confluent_kafka import TopicPartition as RdTopicPartition
+
+        rtp = RdTopicPartition(tp.topic, tp.partition)
+        try:
+            (pos,) = self._c.position([rtp])
+            if pos.offset >= 0:
+                return pos.offset
+            start = self._start.get(tp)
+            if start is None:
+                (committed,) = self._c.committed([rtp], timeout=2)
+                start = committed.offset
+                if start < 0:
+                    start, _high = self._c.get_watermark_offsets(rtp, timeout=2, cached=False)
+                self._start[tp] = start
+        except self._KafkaException as exc:
+            raise _to_kafka_error(exc) from exc
+        return start
+
+    def close(self, autocommit: bool = False) -> None:
+        if autocommit:
+            raise ValueError("this consumer never commits on close")
+        self._admin = None  # an AdminClient has no close(); dropping it stops its threads
+        try:
+            self._c.close()
+        except (self._KafkaException, RuntimeError) as exc:
+            raise _to_kafka_error(exc) from exc
+
+
+def _to_kafka_error(exc: BaseException) -> KafkaError:
+    """kafka-python's error type for a librdkafka failure, so the worker's back-off treats both clients alike."""
+    err = exc.args[0] if exc.args else None
+    text = err.str() if hasattr(err, "str") else str(exc)
+    if hasattr(err, "fatal") and err.fatal():
+        return KafkaError(f"librdkafka: {text}")
+    return KafkaConnectionError(f"librdkafka: {text}")

@@ -1,0 +1,54 @@
+"""The librdkafka consumer's settings: the worker's kafka-python settings, translated, and nothing dropped."""
+
+from __future__ import annotations
+
+import pytest
+
+from logbert_core.config import KafkaSection
+from streamer.rdkafka import rdkafka_config
+
+
+def test_settings_match_the_kafka_python_consumer() -> None:
+    config = rdkafka_config("b:9092", "g", session_timeout_ms=6000, client_id="logad-g", client_kwargs={})
+    assert config["bootstrap.servers"] == "b:9092" and config["group.id"] == "g"
+    assert config["enable.auto.commit"] is False and config["enable.auto.offset.store"] is False
+    assert config["auto.offset.reset"] == "earliest"
+    assert config["session.timeout.ms"] == 6000 and config["heartbeat.interval.ms"] == 2000
+
+
+def test_every_security_setting_is_translated() -> None:
+    k = KafkaSection(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_plain_username="u",
+                     sasl_plain_password="p", ssl_cafile="/ca.pem", ssl_certfile="/c.pem", ssl_keyfile="/k.pem")
+    config = rdkafka_config("b:9093", "g", session_timeout_ms=10_000, client_id="c", client_kwargs=k.client_kwargs())
+    assert {key: config[key] for key in ("security.protocol", "sasl.mechanism", "sasl.username", "sasl.password",
+                                         "ssl.ca.location", "ssl.certificate.location", "ssl.key.location")} == {
+        "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "u",
+        "sasl.password": "p", "ssl.ca.location": "/ca.pem", "ssl.certificate.location": "/c.pem",
+        "ssl.key.location": "/k.pem"}
+    # librdkafka accepts the names and values (it checks them when a client is created; the files do not exist
+    # here, so the ssl paths are left out of this check)
+    from confluent_kafka import Consumer
+
+    Consumer({key: value for key, value in config.items() if not key.startswith("ssl.")}).close()
+
+
+def test_an_unknown_client_setting_is_refused() -> None:
+    with pytest.raises(ValueError, match="no librdkafka equivalent"):
+        rdkafka_config("b:9092", "g", session_timeout_ms=6000, client_id="c", client_kwargs={"api_version": (3,)})
+
+
+def test_no_broker_at_creation_is_a_kafka_error_for_the_start_up_back_off() -> None:
+    """The worker retries its consumer's creation with back-off, then exits 3 past the outage budget: that needs
+    the creation to fail, as kafka-python's does, when no broker answers."""
+    import time
+
+    from kafka.errors import KafkaError
+
+    from streamer.embedded import free_port
+    from streamer.rdkafka import ConfluentConsumer
+
+    config = rdkafka_config(f"127.0.0.1:{free_port()}", "g", session_timeout_ms=6000, client_id="c", client_kwargs={})
+    t0 = time.monotonic()
+    with pytest.raises(KafkaError, match="librdkafka"):
+        ConfluentConsumer(config, "t", connect_timeout_s=1.0)
+    assert time.monotonic() - t0 < 10
