@@ -10,6 +10,8 @@ What each figure is (all on the same re-keyed real HDFS lines as ``benchmarks.so
   the config (no persistence, no profiling), in this process.
 * ``scorer``: ``WindowScorer`` alone on CPU with the bundle's model, synthetic windows of 16/32/64 keys, windows/s by
   batch size and scoring threads (the worker's settings: ``mask_copies``, ``top_g``, buckets).
+* ``consume``: each consumer the detector can use (``kafka.client``) alone in this process on a backlog of the
+  lines: records/s and CPU per record (librdkafka's threads included).
 * ``scorer_real``: the same scorer on the bundled HDFS lines' own windows: the distinct ones without the cache, and
   the whole stream in log order through the worker's default cache (hit rate included).
 * ``e2e``: the broker (``start_broker``), ``redis-server`` (``start_redis``) and ``logad run`` worker process(es). The
@@ -180,6 +182,46 @@ def bench_scorer_real(threads: tuple[int, ...], min_s: float, autocast: bool = F
             "stream_cached_windows_per_s": round(len(stream) / dt, 1),
             "cache_hit_rate": round(cached.cache_hits / (cached.cache_hits + cached.cache_misses), 3),
             "load": load()})
+    return out
+
+
+# -- the consumer alone ----------------------------------------------------------------------------------------------
+
+def bench_consume(stack: Stack, lines: list[str], partitions: int) -> list[dict[str, Any]]:
+    """Each consumer the detector can use (``kafka.client``), alone in this process, reading the same backlog in
+    batches of 1,000; CPU of this process, librdkafka's threads included."""
+    import resource
+
+    from streamer.kafka_io import make_consumer
+    from streamer.rdkafka import ConfluentConsumer, rdkafka_config
+
+    topic, group = stack.names("consume", partitions)
+    produce_lines(stack.broker.url, topic, lines)
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    out = []
+    for client in ("kafka-python", "confluent-kafka"):
+        if client == "kafka-python":
+            consumer: Any = make_consumer(stack.broker.url, topic, f"{group}kp", session_timeout_ms=6000,
+                                          max_poll_records=1000)
+        else:
+            consumer = ConfluentConsumer(rdkafka_config(stack.broker.url, f"{group}ck", session_timeout_ms=6000,
+                                                        client_id="bench", client_kwargs={}), topic)
+        n, t0, c0 = 0, None, 0.0
+        deadline = time.monotonic() + 120
+        while n < len(lines) and time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=1000, max_records=1000)
+            got = [r.value for recs in batch.values() for r in recs]
+            if got and t0 is None:  # the clock starts at the first records: the group join is left out
+                t0, c0 = time.perf_counter(), cpu()
+            n += len(got)
+        dt, used = time.perf_counter() - (t0 or time.perf_counter()), cpu() - c0
+        consumer.close()
+        out.append({"client": client, "records": n, "records_per_s": round(n / dt) if dt else None,
+                    "cpu_us_per_record": round(used / max(n, 1) * 1e6, 2), "load": load()})
     return out
 
 
@@ -426,7 +468,8 @@ def device() -> dict[str, Any]:
 @click.option("--partitions", type=int, default=4, show_default=True)
 @click.option("--idle-timeout", "idle_s", type=float, default=2.0, show_default=True,
               help="session.idle_timeout_s of the workers (s).")
-@click.option("--only", type=click.Choice(["drain3", "scorer", "e2e", "live", "scaleout", "latency"]), multiple=True,
+@click.option("--only", type=click.Choice(["drain3", "scorer", "consume", "e2e", "live", "scaleout", "latency"]),
+              multiple=True,
               help="Run only these parts (repeatable); default: all.")
 @click.option("--rate", type=float, default=None, help="Latency run: lines/s (default: half the e2e rate).")
 @click.option("--latency-seconds", type=float, default=60.0, show_default=True)
@@ -442,10 +485,10 @@ def main(n: int, partitions: int, idle_s: float, only: tuple[str, ...], rate: fl
          lat_idle_s: float, scorer_threads: tuple[int, ...], scorer_seconds: float, bf16: bool, envs: tuple[str, ...],
          out: str | None) -> None:
     """Measure the pipeline against its limits; prints one JSON object."""
-    parts = set(only or ("drain3", "scorer", "e2e", "live", "scaleout", "latency"))
+    parts = set(only or ("drain3", "scorer", "consume", "e2e", "live", "scaleout", "latency"))
     extra = dict(e.split("=", 1) for e in envs)
     result: dict[str, Any] = {"device": device(), "load_at_start": load(), "lines": n}
-    lines = real_lines(n) if parts & {"drain3", "e2e", "live", "scaleout", "latency"} else []
+    lines = real_lines(n) if parts & {"drain3", "consume", "e2e", "live", "scaleout", "latency"} else []
     if "drain3" in parts:
         result["drain3"] = bench_drain3(lines)
     if "scorer" in parts:
@@ -456,9 +499,11 @@ def main(n: int, partitions: int, idle_s: float, only: tuple[str, ...], rate: fl
             result["scorer_bf16"] = bench_scorer((16, 32, 64), (64, 256, 1024), threads, scorer_seconds,
                                                  autocast=True)
             result["scorer_real_bf16"] = bench_scorer_real(threads, scorer_seconds, autocast=True)
-    if parts & {"e2e", "live", "scaleout", "latency"}:
+    if parts & {"consume", "e2e", "live", "scaleout", "latency"}:
         stack = Stack()
         try:
+            if "consume" in parts:
+                result["consume"] = bench_consume(stack, lines, partitions)
             if parts & {"e2e", "scaleout"} or rate is None:
                 result["e2e"] = bench_e2e(stack, lines, 1, partitions, idle_s, extra)
             if "live" in parts:
