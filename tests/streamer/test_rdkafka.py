@@ -14,6 +14,7 @@ def test_settings_match_the_kafka_python_consumer() -> None:
     assert config["enable.auto.commit"] is False and config["enable.auto.offset.store"] is False
     assert config["auto.offset.reset"] == "earliest"
     assert config["session.timeout.ms"] == 6000 and config["heartbeat.interval.ms"] == 2000
+    assert config["fetch.wait.max.ms"] <= 100  # idle fetches do not hold a slow stream's lines back
 
 
 def test_every_security_setting_is_translated() -> None:
@@ -52,3 +53,36 @@ def test_no_broker_at_creation_is_a_kafka_error_for_the_start_up_back_off() -> N
     with pytest.raises(KafkaError, match="librdkafka"):
         ConfluentConsumer(config, "t", connect_timeout_s=1.0)
     assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.integration
+def test_a_slow_stream_is_not_held_back_by_batching(broker) -> None:
+    """A poll returns what has arrived at once: librdkafka's batch consume alone would wait for a full batch or the
+    whole timeout, and an idle fetch for its whole wait on some brokers."""
+    import time
+
+    from streamer.kafka_io import ensure_topics, make_producer
+    from streamer.rdkafka import ConfluentConsumer
+
+    ensure_topics(broker.url, {"t.slow": 1})
+    consumer = ConfluentConsumer(rdkafka_config(broker.url, "slow", session_timeout_ms=6000, client_id="c",
+                                                client_kwargs={}), "t.slow")
+    producer = make_producer(broker.url)
+    try:
+        deadline = time.monotonic() + 30
+        while not consumer._fetched and time.monotonic() < deadline:  # joined, and fetching the empty partition
+            consumer.poll(200, 1000)
+        waits = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            producer.send("t.slow", b"x").get(10)
+            got: dict = {}
+            while not got and time.monotonic() - t0 < 5:
+                got = consumer.poll(1000, 1000)
+            assert sum(len(v) for v in got.values()) == 1
+            waits.append(time.monotonic() - t0)
+            time.sleep(0.05)
+        assert sorted(waits)[2] < 0.3, waits  # median; librdkafka's defaults gave 0.5-1 s here
+    finally:
+        producer.close()
+        consumer.close()
