@@ -22,8 +22,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+import confluent_kafka
+from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import KafkaError as RdError
+from confluent_kafka import TopicPartition as RdTopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 from kafka.structs import OffsetAndMetadata
@@ -83,11 +89,6 @@ class ConfluentConsumer:
                  listener: ConsumerRebalanceListener | None = None, connect_timeout_s: float = 5.0) -> None:
         """Raises ``KafkaConnectionError`` when no broker answers within ``connect_timeout_s`` (as kafka-python's
         consumer does at creation), so the worker's start-up back-off and outage budget apply to both clients."""
-        import confluent_kafka
-        from confluent_kafka import Consumer, KafkaException
-
-        self._KafkaException = KafkaException
-        self._PARTITION_EOF = confluent_kafka.KafkaError._PARTITION_EOF
         self._listener = listener
         self._errors_logged: set[str] = set()
         self._start: dict[TopicPartition, int] = {}  # where reading began, per assigned partition (position())
@@ -149,14 +150,14 @@ class ConfluentConsumer:
                 messages = consume(num_messages=1, timeout=timeout_ms / 1000)
                 if messages and max_records > 1:
                     messages += consume(num_messages=max_records - 1, timeout=0)
-        except self._KafkaException as exc:
+        except KafkaException as exc:
             raise _to_kafka_error(exc) from exc
         out: dict[TopicPartition, list[Record]] = {}
         tps: dict[tuple[str, int], TopicPartition] = {}
         for msg in messages:
             err = msg.error()
             if err is not None:
-                if err.code() == self._PARTITION_EOF:
+                if err.code() == RdError._PARTITION_EOF:
                     self._fetched.add(TopicPartition(msg.topic(), msg.partition()))
                     continue
                 self._log_error(err)
@@ -175,13 +176,10 @@ class ConfluentConsumer:
         return out
 
     def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
-        from confluent_kafka import KafkaError as RdError
-        from confluent_kafka import TopicPartition as RdTopicPartition
-
         parts = [RdTopicPartition(tp.topic, tp.partition, om.offset) for tp, om in offsets.items()]
         try:
             result = self._c.commit(offsets=parts, asynchronous=False)
-        except self._KafkaException as exc:
+        except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if err is not None and err.code() in (RdError.REBALANCE_IN_PROGRESS, RdError.ILLEGAL_GENERATION,
                                                   RdError.UNKNOWN_MEMBER_ID, RdError._ASSIGNMENT_LOST):
@@ -194,11 +192,6 @@ class ConfluentConsumer:
     def end_offsets(self, partitions: Iterable[TopicPartition], timeout_ms: int = 2000) -> dict[TopicPartition, int]:
         """ListOffsets(latest) in one request per broker, on an admin client's own connection: on the consumer's
         connection the request would queue behind the long-polling fetch (about 0.5 s per partition, measured)."""
-        from concurrent.futures import TimeoutError as FutureTimeout
-
-        from confluent_kafka import TopicPartition as RdTopicPartition
-        from confluent_kafka.admin import AdminClient, OffsetSpec
-
         tps = list(partitions)
         if not tps:
             return {}
@@ -210,7 +203,7 @@ class ConfluentConsumer:
                                                 for tp in tps}, request_timeout=timeout_s)
             by_key = {(k.topic, k.partition): f for k, f in futures.items()}
             return {tp: by_key[tp.topic, tp.partition].result(timeout=timeout_s + 1).offset for tp in tps}
-        except self._KafkaException as exc:
+        except KafkaException as exc:
             raise _to_kafka_error(exc) from exc
         except FutureTimeout as exc:
             raise KafkaConnectionError(f"ListOffsets did not answer within {timeout_s} s") from exc
@@ -218,21 +211,17 @@ class ConfluentConsumer:
     def highwater(self, tp: TopicPartition) -> int | None:
         """The high watermark of the latest fetch response, or None before this assignment's first one (the value
         librdkafka keeps from an earlier assignment of the partition may be stale)."""
-        from confluent_kafka import TopicPartition as RdTopicPartition
-
         if tp not in self._fetched:
             return None
         try:
             _low, high = self._c.get_watermark_offsets(RdTopicPartition(tp.topic, tp.partition), cached=True)
-        except self._KafkaException:
+        except KafkaException:
             return None
         return high if high >= 0 else None
 
     def position(self, tp: TopicPartition) -> int:
         """The next offset this consumer reads: the fetch position once a record came from the partition, else
         where reading began (the committed offset, else the start of the log; asked once per assignment)."""
-        from confluent_kafka import TopicPartition as RdTopicPartition
-
         rtp = RdTopicPartition(tp.topic, tp.partition)
         try:
             (pos,) = self._c.position([rtp])
@@ -245,7 +234,7 @@ class ConfluentConsumer:
                 if start < 0:
                     start, _high = self._c.get_watermark_offsets(rtp, timeout=2, cached=False)
                 self._start[tp] = start
-        except self._KafkaException as exc:
+        except KafkaException as exc:
             raise _to_kafka_error(exc) from exc
         return start
 
@@ -255,7 +244,7 @@ class ConfluentConsumer:
         self._admin = None  # an AdminClient has no close(); dropping it stops its threads
         try:
             self._c.close()
-        except (self._KafkaException, RuntimeError) as exc:
+        except (KafkaException, RuntimeError) as exc:
             raise _to_kafka_error(exc) from exc
 
 

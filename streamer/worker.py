@@ -184,8 +184,9 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         # The batches in flight finish (events published, windows acked) but are not committed: kafka-python 3 runs
-        # this callback on the consumer's network loop, where a commit cannot be made. The next owner replays them,
-        # which adds nothing (appends are idempotent, their windows are acked). A failure is raised by the loop.
+        # this callback on the consumer's network loop, where a commit cannot be made (librdkafka runs it inside
+        # poll; the same rule keeps both clients alike). The next owner replays them, which adds nothing (appends
+        # are idempotent, their windows are acked). A failure is raised by the loop.
         log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
         try:
             self.worker.finish_append()
