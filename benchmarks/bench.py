@@ -157,12 +157,12 @@ def bench_scorer_real(threads: tuple[int, ...], min_s: float, autocast: bool = F
     """The bundled HDFS lines' own windows (as the detector cuts them): the distinct ones scored without the cache,
     in batches of 256 (what the model costs on real lengths), and all of them in log order through a fresh cache
     of the worker's default size (what a worker's scorer spends on a stream that repeats its lifecycles)."""
+    from logbert_core.bundle import load_bundle
     from logbert_core.config import load_settings
     from training.evaluate import offline_windows
 
     s = load_settings(CONFIG)
-    scorer, bundle = _scorer(1, autocast)
-    sessions = offline_windows(bundle, s, SOURCES, finished=True)
+    sessions = offline_windows(load_bundle(MODEL), s, SOURCES, finished=True)
     stream = [w for sw in sessions.values() for w in sw.windows]
     distinct = [list(w) for w in dict.fromkeys(tuple(w) for w in stream)]
     lengths = np.array([len(w) for w in stream])

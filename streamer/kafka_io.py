@@ -99,6 +99,11 @@ def ensure_topics(bootstrap: str, topics: Mapping[str, int], timeout_s: float = 
     return created
 
 
+def heartbeat_interval_ms(session_timeout_ms: int) -> int:
+    """A group member's heartbeat for this session timeout: a third of it, within 0.1-3 s (any client)."""
+    return max(100, min(3000, session_timeout_ms // 3))
+
+
 # -- clients -------------------------------------------------------------------------------------------------------
 
 def make_consumer(bootstrap: str, topic: str, group_id: str, *, session_timeout_ms: int = 10_000,
@@ -110,7 +115,7 @@ def make_consumer(bootstrap: str, topic: str, group_id: str, *, session_timeout_
     """
     config: dict[str, Any] = dict(
         bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-        session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=max(100, min(3000, session_timeout_ms // 3)),
+        session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms(session_timeout_ms),
         max_poll_records=max_poll_records)
     config.update(kwargs)
     try:

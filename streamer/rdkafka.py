@@ -34,6 +34,8 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from streamer.kafka_io import heartbeat_interval_ms
+
 log = logging.getLogger(__name__)
 
 # kafka-python keyword (as KafkaSection.client_kwargs() gives them) -> librdkafka property
@@ -65,7 +67,7 @@ def rdkafka_config(bootstrap: str, group_id: str, *, session_timeout_ms: int, cl
         "bootstrap.servers": bootstrap, "group.id": group_id, "client.id": client_id,
         "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
         "session.timeout.ms": session_timeout_ms,
-        "heartbeat.interval.ms": max(100, min(3000, session_timeout_ms // 3)),
+        "heartbeat.interval.ms": heartbeat_interval_ms(session_timeout_ms),
         # prefetch at most this much per worker (librdkafka's default is 64 MiB): memory stays flat and small
         "queued.max.messages.kbytes": 16_384,
         # an event when a fetch response shows the end of a partition: proof that its high watermark is fresh
@@ -102,7 +104,7 @@ class ConfluentConsumer:
                  confluent_kafka.libversion()[0])
         try:
             # librdkafka's own log lines go through Python logging (served inside poll), not straight to stderr
-            self._c = Consumer({**config, "error_cb": self._on_error, "logger": logging.getLogger("librdkafka")})
+            self._c = Consumer({**config, "error_cb": self._log_error, "logger": logging.getLogger("librdkafka")})
         except KafkaException as exc:
             raise _to_kafka_error(exc) from exc
         try:
@@ -114,9 +116,6 @@ class ConfluentConsumer:
             raise _to_kafka_error(exc) from exc
 
     # -- callbacks (run inside poll, on the calling thread) ------------------------------------------------------
-    def _on_error(self, err: Any) -> None:
-        self._log_error(err)
-
     def _log_error(self, err: Any) -> None:
         if err.fatal():
             log.error("kafka consumer fatal error: %s", err.str())
