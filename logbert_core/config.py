@@ -49,6 +49,24 @@ class SessionSection(_Section):
     window_s: int = Field(default=300, gt=0)
     idle_timeout_s: float = Field(default=30.0, gt=0)  # runtime: a session idle this long is closed and scored
     ttl_s: int = Field(default=86_400, gt=0)  # runtime: Redis keys of a session expire after this much inactivity
+    # premature_end calls a session stopped only once it has been quiet this long (None: idle_timeout_s). Training
+    # learns where sessions rest for this long; the detector scores a closing window at idle_timeout_s for the
+    # other rules, holds a premature_end verdict until the log has gone on this long without the session, and
+    # drops it if the session comes back first.
+    rest_horizon_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SessionSection:
+        if self.rest_horizon_s is not None and self.rest_horizon_s < self.idle_timeout_s:
+            raise ValueError(f"session.rest_horizon_s ({self.rest_horizon_s:g}) must be at least "
+                             f"session.idle_timeout_s ({self.idle_timeout_s:g}): a session is closed before its "
+                             "silence is judged")
+        return self
+
+    @property
+    def rest_s(self) -> float:
+        """How long a session must be quiet before ``premature_end`` judges where it stopped."""
+        return self.rest_horizon_s if self.rest_horizon_s is not None else self.idle_timeout_s
 
 
 class ParserSection(_Section):

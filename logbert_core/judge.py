@@ -56,6 +56,9 @@ class Verdict:
     score: WindowScore
     rarest: tuple[int, int] | None = None  # (key, occurrences in normal training windows) of the rarest key
     quiet: tuple[int, int] | None = None  # closing windows: (times normal sessions reached this state, rested in it)
+    # premature_end would fire, but the quiet after the window was not seen yet: a live detector holds this
+    # verdict until the log has gone on for the rest horizon without the session (and drops it if it comes back)
+    end_pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,9 +201,10 @@ class WindowJudge:
     def judge(self, windows: Sequence[Sequence[int]], quiet_seen: Sequence[bool] | None = None) -> list[Verdict]:
         """One verdict per window. ``quiet_seen[i]`` says whether the quiet after window ``i`` was observed: the
         log went on for at least the rest horizon (``RestStats.quiet_s``) after the window's last line with
-        nothing more for its session. Where it was not (the input itself stopped: the end of a replayed file, a
-        shipper outage), the session's silence is no evidence and ``premature_end`` abstains for that window; the
-        other rules still apply. ``None``: every closing window's quiet was seen (finished sessions)."""
+        nothing more for its session. Where it was not (not yet, or the input itself stopped: the end of a
+        replayed file, a shipper outage), the session's silence is no evidence yet: ``premature_end`` is not among
+        the reasons, and ``Verdict.end_pending`` says whether it would be once the quiet is seen. The other rules
+        apply as usual. ``None``: every closing window's quiet was seen (finished sessions)."""
         if quiet_seen is not None and len(quiet_seen) != len(windows):
             raise ValueError(f"quiet_seen has {len(quiet_seen)} flags for {len(windows)} windows")
         scores = self.scorer.score(windows)
@@ -223,12 +227,16 @@ class WindowJudge:
                 reasons.append(KEY_MISSES)
             if self.use_distance and s.distance > th.distance:
                 reasons.append(DISTANCE)
-            quiet = None
-            if rest is not None and rest.closing(keys) and (quiet_seen is None or quiet_seen[i]):
-                quiet = rest.lookup(keys)
-                if rest.surprise(keys) > th.premature:
+            quiet, pending = None, False
+            if rest is not None and rest.closing(keys):
+                seen = quiet_seen is None or quiet_seen[i]
+                fires = rest.surprise(keys) > th.premature
+                if seen or fires:
+                    quiet = rest.lookup(keys)
+                if fires and seen:
                     reasons.append(PREMATURE_END)
-            out.append(Verdict(bool(reasons), tuple(reasons), s, rarest, quiet))
+                pending = fires and not seen
+            out.append(Verdict(bool(reasons), tuple(reasons), s, rarest, quiet, pending))
         return out
 
 
@@ -272,11 +280,16 @@ def calibrate(scores: Iterable[WindowScore], target_fpr: float, use_distance: bo
 
 def calibrate_rules(scores: Sequence[WindowScore], windows: Sequence[Sequence[int]], target_fpr: float, *,
                     use_distance: bool, distance_margin: float, counts: KeyCounts | None, rest: RestStats | None,
-                    surprise_floor: float) -> Thresholds:
+                    surprise_floor: float, quiet_seen: Sequence[bool] | None = None) -> Thresholds:
     """``calibrate`` for the rules in use: the rarity of every calibration window (with ``counts``) and the surprise
-    of every closing one (with ``rest``) come from the windows themselves. ``scores`` are the windows' scores."""
+    of every closing one that the rule judges (with ``rest``: those whose quiet was seen, ``WindowJudge.judge``)
+    come from the windows themselves. ``scores`` are the windows' scores."""
     rarity = [counts.rarity(w) for w in windows] if counts is not None else None
-    surprise = [rest.surprise(w) for w in windows if rest.closing(w)] if rest is not None else None
+    if quiet_seen is not None and len(quiet_seen) != len(windows):
+        raise ValueError(f"quiet_seen has {len(quiet_seen)} flags for {len(windows)} calibration windows")
+    seen = quiet_seen if quiet_seen is not None else [True] * len(windows)
+    surprise = ([rest.surprise(w) for w, q in zip(windows, seen) if q and rest.closing(w)] if rest is not None
+                else None)
     return calibrate(scores, target_fpr, use_distance, distance_margin, rarity, surprise, surprise_floor)
 
 
@@ -294,15 +307,17 @@ def calibrated_judge(scorer: WindowScorer, fit_windows: Sequence[Sequence[int]],
                      val_windows: Sequence[Sequence[int]], calib_windows: Sequence[Sequence[int]], *,
                      target_fpr: float, novel_template: bool = True, novel_template_set: bool = True,
                      use_distance: bool = True, distance_margin: float = 1.0, rare_template: bool = True,
-                     rest: RestStats | None = None, surprise_floor: float = 0.0) -> Calibrated:
+                     rest: RestStats | None = None, surprise_floor: float = 0.0,
+                     calib_seen: Sequence[bool] | None = None) -> Calibrated:
     """The product's decision for a trained model: exact evidence from the normal training windows (fit +
     validation sets, fit key counts, where fit sessions went quiet) and thresholds from the normal calibration
-    windows. No labels go in. ``rest`` (timed sessions only) turns the premature-end rule on."""
+    windows. No labels go in. ``rest`` (timed sessions only) turns the premature-end rule on; ``calib_seen``:
+    whether the quiet after each calibration window was seen (None: all)."""
     counts = KeyCounts.of(fit_windows)
     calib_scores = scorer.score(calib_windows)
     th = calibrate_rules(calib_scores, calib_windows, target_fpr, use_distance=use_distance,
                          distance_margin=distance_margin, counts=counts if rare_template else None, rest=rest,
-                         surprise_floor=surprise_floor)
+                         surprise_floor=surprise_floor, quiet_seen=calib_seen)
     known = frozenset(frozenset(w) for w in [*fit_windows, *val_windows])
     judge = WindowJudge(scorer, th, known, novel_template, novel_template_set, use_distance, counts, rest)
     return Calibrated(judge, th, known, counts, calib_scores, rest)

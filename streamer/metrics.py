@@ -38,9 +38,14 @@ SCORE_CACHE_HITS = Counter("logad_score_cache_hits_total",
 ANOMALIES = Counter("logad_anomalies_published_total", "Anomaly events published to the output topic")
 WATERMARK = Gauge("logad_watermark_timestamp_seconds",
                   "Latest log timestamp (Unix seconds) among the lines this worker has stored")
-PREMATURE_ABSTAINED = Counter("logad_premature_abstained_total",
-                              "Closing windows not judged for stopping: the log had not gone on past them for the "
-                              "pause length the model learned (the input itself was quiet)")
+PREMATURE_HELD = Counter("logad_premature_end_held_total",
+                         "premature_end verdicts held because the log had not gone on past the session for the rest "
+                         "horizon yet (published once it has, dropped if the session comes back)")
+PREMATURE_CONFIRMED = Counter("logad_premature_end_confirmed_total",
+                              "Held premature_end verdicts published: the log went on for the rest horizon without "
+                              "the session")
+PREMATURE_DROPPED = Counter("logad_premature_end_dropped_total",
+                            "Held premature_end verdicts dropped because their session came back")
 CONSUMER_LAG = Gauge("logad_consumer_lag", "Records behind the end of the input topic", ["partition"])
 REDIS_ERRORS = Counter("logad_redis_errors_total", "Failed Redis round trips (retried with back-off)")
 BROKER_ERRORS = Counter("logad_broker_errors_total", "Failed broker operations (retried with back-off)")

@@ -10,6 +10,9 @@ Layout under the prefix ``<namespace>:<bundle version>`` (``P``):
     P:idle          ZSET   open session -> wall-clock ms of its last new entry
     P:pending       ZSET   window id -> lease expiry (ms); the window's payload is at P:w:<window id>
     P:w:<id>        STRING JSON payload of a window waiting to be scored and published
+    P:ends          ZSET   closed session -> log timestamp of its last line: a ``premature_end`` verdict held until
+                           the log has gone on past it for the rest horizon (``WindowStore.hold_ends``)
+    P:ends:ev       HASH   closed session -> the held anomaly event (JSON), published once the quiet is seen
 
 Invariants the Lua scripts keep (each script runs atomically, one round trip per batch):
 
@@ -24,6 +27,8 @@ Invariants the Lua scripts keep (each script runs atomically, one round trip per
   A closed session keeps its entries until its TTL runs out, so a replay of its lines is still a no-op.
 * The window id is derived from the session, the window's position and its members: a re-cut after a crash gives
   the same id, which is the anomaly event's id.
+* A held ``premature_end`` verdict is dropped by the append that brings its session back (the session did not
+  stop), and is only written while the session is still closed with the judged window as its last.
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ local novel_cap = tonumber(ARGV[7])
 local n = tonumber(ARGV[8])
 local added = {}
 local order = {}
-local novel_new, novel_capped = 0, 0
+local novel_new, novel_capped, resumed = 0, 0, 0
 for i = 0, n - 1 do
   local sid = ARGV[9 + 4 * i]
   local ts = ARGV[10 + 4 * i]
@@ -102,9 +107,13 @@ for _, sid in ipairs(order) do
   if added[sid] > 0 then
     new_entries = new_entries + added[sid]
     local sk, mk, uk = p .. ':s:' .. sid, p .. ':m:' .. sid, p .. ':u:' .. sid
-    local st = redis.call('HMGET', mk, 'start', 'covered')
+    local st = redis.call('HMGET', mk, 'start', 'covered', 'closed')
     local start = tonumber(st[1]) or 0
     local covered = tonumber(st[2]) or 0
+    if st[3] == '1' and redis.call('ZREM', p .. ':ends', sid) == 1 then
+      redis.call('HDEL', p .. ':ends:ev', sid)  -- it came back: the stop held for it did not happen
+      resumed = resumed + 1
+    end
     local cnt = redis.call('ZCARD', sk)
     while cnt - start >= max_len do
       out[#out + 1] = cut(p, sid, start, start + max_len, now, lease, ttl, 'full')
@@ -118,7 +127,39 @@ for _, sid in ipairs(order) do
     if redis.call('EXISTS', uk) == 1 then redis.call('EXPIRE', uk, ttl) end
   end
 end
-return {new_entries, out, novel_new, novel_capped}
+return {new_entries, out, novel_new, novel_capped, resumed}
+"""
+
+_HOLD = r"""
+-- ARGV: prefix, n, then n x (session, hi, last_ts, event): hold each event while its session is still closed and
+-- the judged window ends at the session's last entry (a line that came meanwhile reopened it: nothing to hold)
+local p = ARGV[1]
+local n = tonumber(ARGV[2])
+local held = 0
+for i = 0, n - 1 do
+  local sid = ARGV[3 + 4 * i]
+  if redis.call('HGET', p .. ':m:' .. sid, 'closed') == '1'
+      and redis.call('ZCARD', p .. ':s:' .. sid) == tonumber(ARGV[4 + 4 * i]) then
+    redis.call('ZADD', p .. ':ends', ARGV[5 + 4 * i], sid)
+    redis.call('HSET', p .. ':ends:ev', sid, ARGV[6 + 4 * i])
+    held = held + 1
+  end
+end
+return held
+"""
+
+_DROP = r"""
+-- ARGV: prefix, then pairs (session, event): remove held events that were published, unless replaced meanwhile
+local p = ARGV[1]
+local dropped = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('HGET', p .. ':ends:ev', ARGV[i]) == ARGV[i + 1] then
+    redis.call('ZREM', p .. ':ends', ARGV[i])
+    redis.call('HDEL', p .. ':ends:ev', ARGV[i])
+    dropped = dropped + 1
+  end
+end
+return dropped
 """
 
 _SWEEP = _CUT + r"""
@@ -205,6 +246,7 @@ class AppendResult:
     windows: list[CutWindow]
     novel_templates: int = 0  # new templates this batch registered first (any worker sees the same ids)
     novel_capped: int = 0  # lines whose new template was not registered because the registry is full
+    resumed: int = 0  # closed sessions that came back while a premature_end verdict was held for them (dropped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +283,8 @@ class WindowStore:
         self.novel_cap = novel_cap
         self._append = client.register_script(_APPEND)
         self._sweep = client.register_script(_SWEEP)
+        self._hold = client.register_script(_HOLD)
+        self._drop = client.register_script(_DROP)
 
     def append(self, entries: Sequence[Entry], now_ms: int) -> AppendResult:
         """Add entries (idempotent) and cut the windows that became full; they are leased to the caller."""
@@ -294,8 +338,9 @@ class WindowStore:
 
     @staticmethod
     def _result(reply: Any) -> AppendResult:
-        new, payloads, novel, capped = reply
-        return AppendResult(int(new), [CutWindow.from_payload(p) for p in payloads], int(novel), int(capped))
+        new, payloads, novel, capped, resumed = reply
+        return AppendResult(int(new), [CutWindow.from_payload(p) for p in payloads], int(novel), int(capped),
+                            int(resumed))
 
     def novel_templates(self) -> dict[str, tuple[str, int]]:
         """The shared registry of templates the model never saw: id -> (masked text, distinct lines)."""
@@ -333,6 +378,40 @@ class WindowStore:
             out[sid] = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
                         for k, v in found.items()}
         return out
+
+    def hold_ends(self, held: Sequence[tuple[CutWindow, str]]) -> int:
+        """Hold ``premature_end`` events of closing windows until the quiet after them is seen (``due_ends``);
+        returns how many were held (a session that came back since its window was cut is skipped)."""
+        if not held:
+            return 0
+        argv: list[str | int] = [self.prefix, len(held)]
+        for w, event in held:
+            argv += (w.session_id, w.hi, repr(w.last_ts), event)
+        return int(self._hold(keys=[], args=argv))
+
+    def due_ends(self, before_ts: float, limit: int = 1000) -> list[tuple[str, str]]:
+        """Held events whose session's last line is at or before ``before_ts`` (log time): ``(session, event)``."""
+        sids = [s.decode() for s in self.r.zrangebyscore(f"{self.prefix}:ends", "-inf", before_ts, 0, limit)]
+        if not sids:
+            return []
+        events = self.r.hmget(f"{self.prefix}:ends:ev", sids)
+        return [(sid, ev.decode()) for sid, ev in zip(sids, events) if ev is not None]
+
+    def drop_ends(self, published: Sequence[tuple[str, str]]) -> int:
+        """Forget held events that were published (``due_ends``' pairs); returns how many were still held."""
+        if not published:
+            return 0
+        return int(self._drop(keys=[], args=[self.prefix, *(x for pair in published for x in pair)]))
+
+    def known_sessions(self, session_ids: Sequence[str]) -> set[str]:
+        """Which of these sessions have entries under this prefix (one pipelined round trip)."""
+        pipe = self.r.pipeline(transaction=False)
+        for sid in session_ids:
+            pipe.exists(f"{self.prefix}:s:{sid}")
+        return {sid for sid, n in zip(session_ids, pipe.execute()) if n}
+
+    def held_ends(self) -> int:
+        return int(self.r.zcard(f"{self.prefix}:ends"))
 
     def open_sessions(self) -> int:
         return int(self.r.zcard(f"{self.prefix}:idle"))

@@ -35,7 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,7 +48,7 @@ from kafka.structs import OffsetAndMetadata
 
 from logbert_core.bundle import Bundle, BundleError, load_bundle
 from logbert_core.config import Settings, bundle_fields
-from logbert_core.judge import WindowJudge
+from logbert_core.judge import PREMATURE_END, Verdict, WindowJudge
 from logbert_core.parsing import LineFormat, LineFormatError, TemplateIndex, key_of
 from logbert_core.scoring import WindowScorer
 from logbert_core.vocab import UNK
@@ -73,10 +73,10 @@ def check_bundle_settings(settings: Settings, bundle: Bundle) -> None:
         raise StartupError("settings disagree with the model bundle (" + bundle.version + "):\n" + "\n".join(diffs)
                            + "\nfix: run with the config the bundle was trained with, or retrain with logad-train")
     rest = bundle.rest
-    if rest and settings.scoring.premature_end and float(rest["quiet_s"]) != settings.session.idle_timeout_s:
-        log.warning("session.idle_timeout_s is %g s, but bundle %s learned where sessions rest from pauses of %g s; "
-                    "premature_end keeps the bundle's measure (retrain to change it)", settings.session.idle_timeout_s,
-                    bundle.version, float(rest["quiet_s"]))
+    if rest and settings.scoring.premature_end and float(rest["quiet_s"]) != settings.session.rest_s:
+        log.warning("the rest horizon is %g s (session.rest_horizon_s, or idle_timeout_s), but bundle %s learned where "
+                    "sessions rest from pauses of %g s; premature_end keeps the bundle's measure (retrain to change "
+                    "it)", settings.session.rest_s, bundle.version, float(rest["quiet_s"]))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,6 +92,7 @@ class Parsed:
     entries: list[Entry] = field(default_factory=list)
     rejects: list[tuple[Any, str, str]] = field(default_factory=list)  # (record, reason, detail)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to consume per partition
+    stamps: dict[TopicPartition, float] = field(default_factory=dict)  # log timestamp of each partition's last line
     unseen: int = 0
 
 
@@ -111,6 +112,7 @@ class LinePipeline:
         decode, parse, index, vocab, nearest = self.decoder.decode, self.fmt.parse, self.index, self.vocab, self.nearest
         entries, rejects, offsets = out.entries, out.rejects, out.offsets
         last: dict[tuple[str, int], int] = {}
+        stamps: dict[tuple[str, int], float] = {}
         for rec in records:
             last[rec.topic, rec.partition] = rec.offset
             line = decode(rec.value)
@@ -126,10 +128,12 @@ class LinePipeline:
             mem = member(key, line)
             text = found.template if key == UNK else ""
             out.unseen += key == UNK
+            stamps[rec.topic, rec.partition] = parsed.timestamp
             for sid in parsed.session_ids:
                 entries.append(Entry(sid, parsed.timestamp, mem, text))
         for (topic, partition), offset in last.items():
             offsets[TopicPartition(topic, partition)] = offset + 1
+        out.stamps = {TopicPartition(topic, partition): ts for (topic, partition), ts in stamps.items()}
         return out
 
 
@@ -208,6 +212,8 @@ class Job:
     windows: Sequence[CutWindow]
     messages: list[Any]
     offsets: dict[TopicPartition, OffsetAndMetadata] | None
+    # held premature_end events among ``messages`` whose quiet is now seen: forgotten in Redis once published
+    ends: list[tuple[str, str]] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -347,10 +353,16 @@ class Worker:
         self._last_catch_up_check = 0.0
         self._ends_seen: tuple[float, dict[TopicPartition, int]] | None = None  # (when, end offsets) last check
         self.stats = {"consumed": 0, "rejected": 0, "windows": 0, "anomalies": 0, "reloads": 0}
-        self.scoring = Scoring(lambda job: self.publish(job.engine, job.windows, job.messages), det.score_queue)
+        self.scoring = Scoring(lambda job: self.publish(job.engine, job.windows, job.messages, job.ends),
+                               det.score_queue)
+        self._ends_in_flight: set[tuple[str, str]] = set()  # (bundle version, session): confirmed, not yet dropped
         self._appending: tuple[Engine, Parsed, PendingAppend] | None = None  # the batch whose append is in flight
         # the latest log timestamp among the lines this worker has put in Redis: how far the log has gone on
         self.watermark = -math.inf
+        self.partition_watermark: dict[TopicPartition, float] = {}  # the same per partition (its last line)
+        # how far the log has gone on for sure: the watermark, held back to the last line read of any partition
+        # that still had lines to read at the last catch-up check (``caught_up``); premature_end judges by it
+        self.safe_watermark = -math.inf
         self._announce()
 
     @property
@@ -563,6 +575,7 @@ class Worker:
         self.broker_ok = True
         at_end, at_prev_end = True, prev is not None and now - prev[0] <= 2 * self.s.detector.sweep_interval_s + 1
         ends = {}
+        safe = self.watermark
         for tp in tps:
             # tansu's ListOffsets can trail the log end; a fetch response's high watermark is exact: take the larger,
             # and count a partition as read to its end only once a fetch response since its assignment gave one
@@ -574,10 +587,14 @@ class Worker:
             if highwater is None:
                 at_end = at_prev_end = False
                 continue
+            if lag:  # its unread lines may be older than what other partitions showed: the log is only that far
+                safe = min(safe, self.partition_watermark.get(tp, -math.inf))
             ends[tp] = end
             at_end = at_end and lag == 0
             at_prev_end = at_prev_end and prev is not None and tp in prev[1] and position >= prev[1][tp]
         self._ends_seen = (now, ends)
+        if at_end or at_prev_end:
+            self.safe_watermark = safe
         return at_end or at_prev_end
 
     def process(self, records: Sequence[Any]) -> None:
@@ -607,10 +624,14 @@ class Worker:
         if parsed.entries:
             self.watermark = max(self.watermark, max(e.timestamp for e in parsed.entries))
             m.WATERMARK.set(self.watermark)
+            for tp, ts in parsed.stamps.items():
+                self.partition_watermark[tp] = max(ts, self.partition_watermark.get(tp, -math.inf))
         if appended.novel_templates:
             m.TEMPLATES_NEW.inc(appended.novel_templates)
         if appended.novel_capped:
             m.TEMPLATES_NEW_CAPPED.inc(appended.novel_capped)
+        if appended.resumed:
+            m.PREMATURE_DROPPED.inc(appended.resumed)
         futures = [self._dead_letter(rec, reason, detail) for rec, reason, detail in parsed.rejects]
         offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in parsed.offsets.items()}
         self.scoring.submit(Job(engine, appended.windows, futures, offsets))  # settle() commits it once done
@@ -632,9 +653,11 @@ class Worker:
                 total += len(res.windows)
                 if not res.more or self.stop_event.is_set():
                     break
+            total += self._confirm_ends(engine)
         try:
             m.SESSIONS_OPEN.set(self.engine.store.open_sessions())
-            finished = [e for e in self.draining if not e.store.open_sessions() and not e.store.pending()]
+            finished = [e for e in self.draining
+                        if not e.store.open_sessions() and not e.store.pending() and not e.store.held_ends()]
         except redis.RedisError:
             m.REDIS_ERRORS.inc()
             return total
@@ -643,30 +666,76 @@ class Worker:
             self.draining.remove(e)
         return total
 
-    def publish(self, engine: Engine, windows: Sequence[CutWindow], futures: list[Any]) -> None:
-        """Score windows, publish anomaly events (and any queued dead letters), flush, then ack in Redis."""
-        if windows:
-            max_batch = self.s.detector.max_batch
-            for i in range(0, len(windows), max_batch):
-                futures += self._score_chunk(engine, windows[i:i + max_batch])
-        if futures:
-            self.backoff.call("publish", lambda: self._flush(futures), (KafkaError,), m.BROKER_ERRORS)
-        if windows:
-            ids = [w.id for w in windows]
-            self.backoff.call("redis ack", lambda: engine.store.ack(ids), (redis.RedisError,), m.REDIS_ERRORS)
+    def _confirm_ends(self, engine: Engine) -> int:
+        """Publish the held ``premature_end`` events whose quiet this worker's watermark now shows: the log went on
+        for the rest horizon past the session's last line and the session did not come back."""
+        rest = engine.judge.rest
+        if rest is None or not math.isfinite(self.safe_watermark):
+            return 0
+        due = self.backoff.call("redis read", lambda: engine.store.due_ends(self.safe_watermark - rest.quiet_s),
+                                (redis.RedisError,), m.REDIS_ERRORS)
+        version = engine.bundle.version
+        due = [(sid, ev) for sid, ev in due if (version, sid) not in self._ends_in_flight]
+        if due and engine is not self.engine:
+            # a draining bundle's session that came back went on under the active bundle: it did not stop
+            back = self.backoff.call("redis read", lambda: self.engine.store.known_sessions([s for s, _ in due]),
+                                     (redis.RedisError,), m.REDIS_ERRORS)
+            if back:
+                gone = [(sid, ev) for sid, ev in due if sid in back]
+                self.backoff.call("redis drop", lambda: engine.store.drop_ends(gone), (redis.RedisError,),
+                                  m.REDIS_ERRORS)
+                m.PREMATURE_DROPPED.inc(len(gone))
+                due = [(sid, ev) for sid, ev in due if sid not in back]
+        if not due:
+            return 0
+        self._ends_in_flight.update((version, sid) for sid, _ in due)
+        topic = self.s.kafka.output_topic
+        # as built when the window was judged (``detected_at`` = its close): a second publication, by another worker
+        # or after a crash, is byte for byte the same event
+        self.scoring.submit(Job(engine, [], [(topic, sid.encode(), ev.encode(), None) for sid, ev in due], None,
+                                ends=due))
+        return len(due)
 
-    def _score_chunk(self, engine: Engine, chunk: Sequence[CutWindow]) -> list[Any]:
+    def publish(self, engine: Engine, windows: Sequence[CutWindow], futures: list[Any],
+                ends: Sequence[tuple[str, str]] = ()) -> None:
+        """Score windows, publish anomaly events (and any queued dead letters and confirmed held events), flush,
+        hold the ``premature_end`` verdicts whose quiet is not seen yet, then ack the windows in Redis."""
+        held: list[tuple[CutWindow, str]] = []
+        try:
+            if windows:
+                max_batch = self.s.detector.max_batch
+                for i in range(0, len(windows), max_batch):
+                    futures += self._score_chunk(engine, windows[i:i + max_batch], held)
+            if futures:
+                self.backoff.call("publish", lambda: self._flush(futures), (KafkaError,), m.BROKER_ERRORS)
+            if held:
+                n = self.backoff.call("redis hold", lambda: engine.store.hold_ends(held), (redis.RedisError,),
+                                      m.REDIS_ERRORS)
+                m.PREMATURE_HELD.inc(n)
+            if windows:
+                ids = [w.id for w in windows]
+                self.backoff.call("redis ack", lambda: engine.store.ack(ids), (redis.RedisError,), m.REDIS_ERRORS)
+            if ends:
+                self.backoff.call("redis drop", lambda: engine.store.drop_ends(ends), (redis.RedisError,),
+                                  m.REDIS_ERRORS)
+                self.stats["anomalies"] += len(ends)
+                m.ANOMALIES.inc(len(ends))
+                m.PREMATURE_CONFIRMED.inc(len(ends))
+        finally:
+            if ends:  # published and forgotten, or failed: either way a later sweep may look at them again
+                self._ends_in_flight.difference_update((engine.bundle.version, sid) for sid, _ in ends)
+
+    def _score_chunk(self, engine: Engine, chunk: Sequence[CutWindow], held: list[tuple[CutWindow, str]]
+                     ) -> list[Any]:
         t0 = time.perf_counter()
         keys = [window_keys(w.members) for w in chunk]
         scorer = engine.judge.scorer
         hits = scorer.cache_hits
         rest = engine.judge.rest
-        # premature_end judges a session's silence only where the log went on without it for the rest horizon;
-        # where the input itself stopped (a replayed file ran out, a shipper outage) the judge abstains
-        seen = None if rest is None else [self.watermark - w.last_ts >= rest.quiet_s for w in chunk]
+        # premature_end calls a session stopped only where the log went on without it for the rest horizon; until
+        # then (not yet, or the input itself stopped: a replay ran out, a shipper outage) the verdict is held
+        seen = None if rest is None else [self.safe_watermark - w.last_ts >= rest.quiet_s for w in chunk]
         verdicts = engine.judge.judge(keys, seen)
-        if seen is not None:
-            m.PREMATURE_ABSTAINED.inc(sum(not q and rest.closing(k) for q, k in zip(seen, keys)))
         m.SCORE_SECONDS.observe(time.perf_counter() - t0)
         m.SCORE_CACHE_HITS.inc(scorer.cache_hits - hits)
         m.SCORE_BATCH.observe(len(chunk))
@@ -674,21 +743,28 @@ class Worker:
             m.WINDOWS_SCORED.labels(w.cause).inc()
         self.stats["windows"] += len(chunk)
         flagged = [(w, v, k) for w, v, k in zip(chunk, verdicts, keys) if v.anomalous]
-        if not flagged:
+        # a window that only a stop would flag: its event is held until the quiet is seen (other reasons: published
+        # now, without the unconfirmed stop)
+        waiting = [(w, replace(v, anomalous=True, reasons=(PREMATURE_END,), end_pending=False), k)
+                   for w, v, k in zip(chunk, verdicts, keys) if v.end_pending and not v.anomalous]
+        if not flagged and not waiting:
             return []
-        texts = self.backoff.call("redis read", lambda: engine.store.unseen_texts([w for w, _, k in flagged
+        texts = self.backoff.call("redis read", lambda: engine.store.unseen_texts([w for w, _, k in flagged + waiting
                                                                                     if UNK in k]),
                                   (redis.RedisError,), m.REDIS_ERRORS)
         bundle = engine.bundle
         th = bundle.thresholds
-        out = []
-        for w, v, _ in flagged:
-            event = build_event(event_id=w.id, session_id=w.session_id, members=w.members, lo=w.lo,
-                                cause="idle" if w.cause == "idle" else "full", first_ts=w.first_ts,
-                                last_ts=w.last_ts, cut_ms=w.cut_ms, verdict=v, vocab=bundle.vocab,
-                                unseen_text=texts.get(w.session_id, {}), miss_threshold=th.miss_ratio,
-                                distance_threshold=th.distance, model_version=bundle.version)
-            out.append((self.s.kafka.output_topic, w.session_id.encode(), event.model_dump_json().encode(), None))
+
+        def event_json(w: CutWindow, v: Verdict) -> str:
+            return build_event(event_id=w.id, session_id=w.session_id, members=w.members, lo=w.lo,
+                               cause="idle" if w.cause == "idle" else "full", first_ts=w.first_ts,
+                               last_ts=w.last_ts, cut_ms=w.cut_ms, verdict=v, vocab=bundle.vocab,
+                               unseen_text=texts.get(w.session_id, {}), miss_threshold=th.miss_ratio,
+                               distance_threshold=th.distance, model_version=bundle.version).model_dump_json()
+
+        held += [(w, event_json(w, v)) for w, v, _ in waiting]
+        out = [(self.s.kafka.output_topic, w.session_id.encode(), event_json(w, v).encode(), None)
+               for w, v, _ in flagged]
         self.stats["anomalies"] += len(out)
         m.ANOMALIES.inc(len(out))
         return out

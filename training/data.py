@@ -132,13 +132,18 @@ class SessionWindows:
     n_lines: int
     unseen_lines: int = 0
     meta: dict[str, int] = field(default_factory=dict)
-    # whether the quiet after the last window was seen: the log went on for the rest horizon after the session's
-    # last line (False: the data ended first, and premature_end abstains on that window, as the detector does)
-    end_seen: bool = True
+    # per window, whether the quiet after it was seen: the log went on for the rest horizon after the window's last
+    # line with nothing more for the session (False: the session came back sooner, or the data ended first, and
+    # premature_end does not judge that window, as the detector does); None: every one was seen
+    seen: list[bool] | None = None
 
     def quiet_seen(self) -> list[bool]:
-        """Per window, whether the quiet after it was seen (``WindowJudge.judge``): only the last can be unseen."""
-        return [True] * (len(self.windows) - 1) + [self.end_seen] if self.windows else []
+        """Per window, whether the quiet after it was seen (``WindowJudge.judge``)."""
+        return list(self.seen) if self.seen is not None else [True] * len(self.windows)
+
+    @property
+    def end_seen(self) -> bool:
+        return self.seen is None or not self.seen or self.seen[-1]
 
 
 def build_windows(corpus: Corpus, sessions: Iterable[str], index: TemplateIndex, vocab: Vocabulary,
@@ -146,8 +151,9 @@ def build_windows(corpus: Corpus, sessions: Iterable[str], index: TemplateIndex,
                   rest_s: float | None = None) -> dict[str, SessionWindows]:
     """Each session's windows, exactly as the detector forms them from the same lines: as a replay cuts them, or
     with ``quiet_s`` as a live detector does, also closing a session wherever its log went quiet that long
-    (``logbert_core.windows.live_windows``). ``rest_s``: a session whose last line came less than this long before
-    the corpus's last line gets ``end_seen = False`` (the data ended before its quiet could be seen)."""
+    (``logbert_core.windows.live_windows``). ``rest_s``: the rest horizon of ``premature_end``; a window after
+    which the session's next line came sooner than that, or the corpus ended sooner, is marked as not seen to
+    stop (``SessionWindows.seen``)."""
     end = max((r.timestamp for r in corpus.records), default=0.0) if rest_s is not None else 0.0
     keys: dict[int, int] = {}
     out: dict[str, SessionWindows] = {}
@@ -163,14 +169,18 @@ def build_windows(corpus: Corpus, sessions: Iterable[str], index: TemplateIndex,
         canon = canonical_entries(entries)
         members = [m for _, m in canon]
         ks = window_keys(members)
+        stamps = [ts for ts, _ in canon]
         if quiet_s is None:
             spans = session_windows(len(ks), max_len, stride)
         else:
-            spans = live_windows([ts for ts, _ in canon], max_len, stride, quiet_s)
+            spans = live_windows(stamps, max_len, stride, quiet_s)
+        seen = None
+        if rest_s is not None:
+            n = len(stamps)
+            seen = [(stamps[sp.hi] if sp.hi < n else end) - stamps[sp.hi - 1] >= rest_s for sp in spans]
         out[sid] = SessionWindows(
             session_id=sid, windows=[ks[s.lo:s.hi] for s in spans], first_ts=canon[0][0], last_ts=canon[-1][0],
-            n_lines=len(ks), unseen_lines=sum(1 for k in ks if k == UNK),
-            end_seen=rest_s is None or end - canon[-1][0] >= rest_s,
+            n_lines=len(ks), unseen_lines=sum(1 for k in ks if k == UNK), seen=seen,
         )
     return out
 

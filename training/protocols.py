@@ -109,15 +109,24 @@ class EvalData:
     split: Split
     data: dict[str, Any] = field(default_factory=dict)  # inputs, fingerprints, parse statistics, notes
     lines: dict[str, SessionLines] | None = None  # raw protocol, on request: per-line gaps and parameters
-    # raw protocol: sessions whose last line came too close to the end of the data for their quiet to be seen
-    # (``SessionWindows.end_seen``); premature_end abstains on their last window, as the detector does
-    end_unseen: set[str] = field(default_factory=set)
+    # raw protocol: per window of ``windows``, whether the quiet after it was seen (``SessionWindows.seen``);
+    # premature_end does not judge the others, as the detector does. Sessions not listed: every one was seen
+    quiet: dict[str, list[bool]] = field(default_factory=dict)
+
+    def end_unseen(self, sid: str) -> bool:
+        """Whether the session ended too close to the end of the data for its quiet to be seen."""
+        q = self.quiet.get(sid)
+        return bool(q) and not q[-1]
 
     def seqs(self, ids: Iterable[str]) -> list[Session]:
         return [self.sessions[s] for s in ids]
 
     def flat_windows(self, ids: Iterable[str]) -> list[list[int]]:
         return [w for s in ids for w in self.windows[s]]
+
+    def flat_quiet(self, ids: Iterable[str]) -> list[bool]:
+        """``quiet`` flags in the order of ``flat_windows``."""
+        return [q for s in ids for q in self.quiet.get(s, [True] * len(self.windows[s]))]
 
     def truth(self, ids: Sequence[str]) -> np.ndarray:
         return np.array([self.labels.get(s, False) for s in ids], dtype=bool)
@@ -184,6 +193,7 @@ class LogBERTRun:
     seconds: float
     notes: str = ""
     calib_windows: list[list[int]] | None = None  # what the thresholds came from, where not the replay windows
+    calib_seen: list[bool] | None = None  # ... and whether the quiet after each of them was seen (None: all)
 
 
 def logbert_results(run: LogBERTRun, data: EvalData, scoring: ScoringSection, include_test: bool = True
@@ -201,8 +211,8 @@ def logbert_results(run: LogBERTRun, data: EvalData, scoring: ScoringSection, in
     cal_dist = np.array([s.distance for s in run.calib_scores]) * scoring.distance_margin
     test_ids = data.split.test if include_test else []
     ids = data.validation_ids + test_ids
-    sub = {sid: SessionWindows(sid, data.windows[sid], 0.0, 0.0, len(data.sessions[sid]),
-                               end_seen=sid not in data.end_unseen) for sid in ids}
+    sub = {sid: SessionWindows(sid, data.windows[sid], 0.0, 0.0, len(data.sessions[sid]), seen=data.quiet.get(sid))
+           for sid in ids}
     t0 = time.perf_counter()
     verdicts = judge_sessions(run.judge, sub)
     seconds = run.seconds + time.perf_counter() - t0
@@ -273,23 +283,27 @@ def fit_logbert(data: EvalData, settings: Settings, vocab_size: int, progress: b
 
 
 def bundle_run(bundle: Bundle, settings: Settings, data: EvalData, history: list[dict[str, float]],
-               seconds: float, calib_windows: list[list[int]] | None = None) -> LogBERTRun:
+               seconds: float, calib_windows: list[list[int]] | None = None,
+               calib_seen: list[bool] | None = None) -> LogBERTRun:
     """The shipped bundle's judge; calibration windows are re-scored to place scores (and to check determinism).
 
     ``calib_windows``: the windows the trainer calibrated on, where they differ from the replay windows of
     ``data`` (``train.live_windows``)."""
     judge = bundle_judge(bundle, settings, resolve_device(settings.train.device))
-    calib = calib_windows if calib_windows is not None else data.flat_windows(data.split.calib)
+    if calib_windows is None:
+        calib, seen = data.flat_windows(data.split.calib), data.flat_quiet(data.split.calib)
+    else:
+        calib, seen = calib_windows, calib_seen
     calib_scores = judge.scorer.score(calib)
     sc = settings.scoring
     again = calibrate_rules(calib_scores, calib, sc.target_fpr, use_distance=sc.use_distance,
                             distance_margin=sc.distance_margin, counts=judge.key_counts, rest=judge.rest,
-                            surprise_floor=sc.premature_min_surprise)
+                            surprise_floor=sc.premature_min_surprise, quiet_seen=seen)
     th = bundle.thresholds
     same = ((again.miss_ratio, again.distance, again.rare, again.premature)
             == (th.miss_ratio, th.distance, th.rare, th.premature))
     note = "thresholds re-derived from the calibration split: " + ("identical" if same else "DIFFERENT")
-    return LogBERTRun(judge, calib_scores, history, seconds, note, calib_windows)
+    return LogBERTRun(judge, calib_scores, history, seconds, note, calib_windows, calib_seen)
 
 
 def recalibrated(run: LogBERTRun, settings: Settings, data: EvalData, top_g: int) -> LogBERTRun:
@@ -297,17 +311,20 @@ def recalibrated(run: LogBERTRun, settings: Settings, data: EvalData, top_g: int
     old = run.judge.scorer
     scorer = WindowScorer(old.model, old.center, top_g=top_g, mask_copies=old.mask_copies, device=old.device,
                           buckets=old.buckets, n_candidates=old.n_candidates, threads=old.threads)
-    calib = run.calib_windows if run.calib_windows is not None else data.flat_windows(data.split.calib)
+    if run.calib_windows is not None:
+        calib, seen = run.calib_windows, run.calib_seen
+    else:
+        calib, seen = data.flat_windows(data.split.calib), data.flat_quiet(data.split.calib)
     calib_scores = scorer.score(calib)
     sc = settings.scoring
     j = run.judge
     th = calibrate_rules(calib_scores, calib, sc.target_fpr, use_distance=sc.use_distance,
                          distance_margin=sc.distance_margin, counts=j.key_counts, rest=j.rest,
-                         surprise_floor=sc.premature_min_surprise)
+                         surprise_floor=sc.premature_min_surprise, quiet_seen=seen)
     judge = WindowJudge(scorer, th, j.known_sets, j.novel_template, j.novel_template_set, j.use_distance,
                         j.key_counts, j.rest)
     return LogBERTRun(judge, calib_scores, run.history, run.seconds, f"recalibrated for top_g={top_g}",
-                      run.calib_windows)
+                      run.calib_windows, run.calib_seen)
 
 
 # -- baselines ---------------------------------------------------------------------------------------------------
@@ -442,9 +459,9 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
     if live:  # LogBERT's windows as a live stream cuts them; sessions (for the baselines) stay whole
         quiet = s.session.idle_timeout_s
         lw = {**_windows_of(bundle, s, train_corpus, quiet), **_windows_of(bundle, s, test_corpus, quiet)}
-        windows = {k: v.windows for k, v in lw.items()}
     else:
-        windows = {**{k: v.windows for k, v in train_w.items()}, **{k: v.windows for k, v in test_w.items()}}
+        lw = {**train_w, **test_w}
+    windows = {k: v.windows for k, v in lw.items()}
     sessions = {k: _session_keys(v, bundle.model_config.max_len, s.model.stride)
                 for part in (train_w, test_w) for k, v in part.items()}
     lines = _session_lines(bundle, s, train_corpus, test_corpus, sessions) if line_feats else None
@@ -459,15 +476,16 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
               "session_length": {"p50": float(np.percentile(lengths, 50)), "p99": float(np.percentile(lengths, 99)),
                                  "max": int(lengths.max())},
               "unseen_template_sessions_test": sum(UNK in sessions[x] for x in test_ids)},
-        lines=lines, end_unseen={k for part in (train_w, test_w) for k, v in part.items() if not v.end_seen})
+        lines=lines, quiet={k: v.seen for k, v in lw.items() if v.seen is not None and not all(v.seen)})
     history = report.metrics["training"]["history"]
-    calib_live = None
+    calib_live = calib_live_seen = None
     if report.metrics["data"].get("live_windows"):  # the trainer calibrated on live windows: re-derive on those
         live = build_windows(train_corpus, calib_ids, bundle.template_index(), bundle.vocab,
                              s.parser.unknown == "nearest", bundle.model_config.max_len, s.model.stride,
-                             s.session.idle_timeout_s)
+                             s.session.idle_timeout_s, rest_s=learned_pause(bundle))
         calib_live = [w for sid in calib_ids for w in live[sid].windows]
-    run = bundle_run(bundle, s, data, history, report.metrics["training"]["seconds"], calib_live)
+        calib_live_seen = [q for sid in calib_ids for q in live[sid].quiet_seen()]
+    run = bundle_run(bundle, s, data, history, report.metrics["training"]["seconds"], calib_live, calib_live_seen)
     log.info("raw protocol ready in %.1f s (bundle %s)", fit_seconds, bundle.version)
     return RawRun(data, bundle, run, report.metrics)
 
@@ -679,9 +697,9 @@ def evaluate_raw(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
         notes.append("Live windows: LogBERT judged the windows a live stream cuts at the log's own pace (a session "
                      "closes whenever it is quiet for session.idle_timeout_s and reopens with its next line); the "
                      "baselines judged whole sessions.")
-    unseen_end = sum(sid in raw.data.end_unseen for sid in raw.data.split.test)
+    unseen_end = sum(raw.data.end_unseen(sid) for sid in raw.data.split.test)
     if unseen_end:
-        notes.append(f"{unseen_end} test session(s) end less than {settings.session.idle_timeout_s:g} s before the "
+        notes.append(f"{unseen_end} test session(s) end less than {settings.session.rest_s:g} s before the "
                      "data does: nobody can tell whether they stopped, so premature_end abstains on their last window "
                      "(as the detector does when its input goes quiet); the other rules judge them.")
     if not raw.data.labelled:

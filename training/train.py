@@ -84,14 +84,14 @@ def judge_sessions(judge: WindowJudge, sessions: Mapping[str, SessionWindows]) -
 
 def rest_stats(settings: Settings, corpus: Corpus, fit_ids: Sequence[str], index: TemplateIndex,
                vocab: Vocabulary) -> RestStats | None:
-    """Where the fit sessions went quiet (``session.idle_timeout_s`` or longer), for the premature-end rule; None
+    """Where the fit sessions went quiet (``session.rest_s`` or longer), for the premature-end rule; None
     when the rule is off or sessions are clock windows (they end at a window boundary, not where their logs stop)."""
     s = settings
     if not s.scoring.premature_end or s.session.kind == "field_window":
         return None
     lines = canonical_lines(corpus, fit_ids, index, vocab, s.parser.unknown == "nearest")
     timed = [[(x.timestamp, x.key) for x in entries] for entries in lines.values()]
-    return RestStats.of(timed, s.session.idle_timeout_s, s.model.max_len, s.model.stride)
+    return RestStats.of(timed, s.session.rest_s, s.model.max_len, s.model.stride)
 
 
 def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str | Path,
@@ -117,7 +117,7 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
     nearest = s.parser.unknown == "nearest"
     live = s.train.live_windows and s.session.kind != "field_window"  # clock windows end at the clock, not in quiet
     windows = build_windows(corpus, order, index, vocab, nearest, s.model.max_len, s.model.stride,
-                            s.session.idle_timeout_s if live else None, rest_s=s.session.idle_timeout_s)
+                            s.session.idle_timeout_s if live else None, rest_s=s.session.rest_s)
     t_parse = time.perf_counter() - t0
 
     def flat(ids: Sequence[str]) -> list[list[int]]:
@@ -143,7 +143,8 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
     cal = calibrated_judge(scorer, flat(train_ids), flat(val_ids), flat(calib_ids), target_fpr=sc.target_fpr,
                            novel_template=sc.novel_template, novel_template_set=sc.novel_template_set,
                            use_distance=sc.use_distance, distance_margin=sc.distance_margin,
-                           rare_template=sc.rare_template, rest=rest, surprise_floor=sc.premature_min_surprise)
+                           rare_template=sc.rare_template, rest=rest, surprise_floor=sc.premature_min_surprise,
+                           calib_seen=[q for sid in calib_ids for q in windows[sid].quiet_seen()])
     judge, thresholds, known_sets = cal.judge, cal.thresholds, cal.known_sets
 
     # In-period evaluation: held-out normal sessions (calibration set) against the anomalies of the same period.

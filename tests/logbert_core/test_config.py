@@ -50,6 +50,18 @@ def test_cross_field_rule_is_explained(tmp_path):
         load_settings(cfg)
 
 
+def test_rest_horizon_defaults_to_the_idle_timeout_and_may_not_be_shorter(tmp_path, monkeypatch):
+    s = load_settings(HDFS)
+    assert s.session.rest_horizon_s is None and s.session.rest_s == s.session.idle_timeout_s == 300
+    monkeypatch.setenv("LOGAD_SESSION__IDLE_TIMEOUT_S", "30")
+    monkeypatch.setenv("LOGAD_SESSION__REST_HORIZON_S", "600")
+    s = load_settings(HDFS)
+    assert (s.session.idle_timeout_s, s.session.rest_s) == (30, 600)
+    monkeypatch.setenv("LOGAD_SESSION__REST_HORIZON_S", "10")
+    with pytest.raises(ConfigError, match="rest_horizon_s"):
+        load_settings(HDFS)
+
+
 def test_settings_are_frozen():
     s = load_settings(HDFS)
     with pytest.raises(Exception):

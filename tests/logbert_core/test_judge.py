@@ -122,19 +122,23 @@ def test_premature_end_flags_only_closing_windows_with_strong_evidence():
     assert off.judge([broken])[0].reasons == ()  # no premature threshold in the bundle: the rule is off
 
 
-def test_premature_end_abstains_where_the_quiet_was_not_seen():
-    """A session whose silence fell in a silence of the whole input (a replay that ran out, a shipper outage) is
-    not judged for stopping; its other rules still are."""
+def test_premature_end_waits_where_the_quiet_was_not_seen():
+    """A session whose quiet was not seen yet (the log has not gone on for the rest horizon: too early, or a replay
+    ran out, or a shipper outage) is not called stopped; the verdict says it would be, so a live detector can hold
+    it until the quiet is seen. Its other rules are judged as usual."""
     rest = RestStats.of([lifecycle(i * 10_000.0) for i in range(60)], quiet_s=30, max_len=8, stride=4)
-    broken, novel = [4, 5], [4, 5, 11]
-    windows = {tuple(w): ws() for w in (broken, novel)}
+    broken, novel, resting = [4, 5], [4, 5, 11], [4, 4, 4, 5, 8, 8, 8]
+    windows = {tuple(w): ws() for w in (broken, novel, resting)}
     judge = WindowJudge(FixedScorer(windows), Thresholds(0.5, 5.0, "test", premature=3.0),
                         frozenset({frozenset({4, 5, 8, 10})}), rest=rest)
     seen, unseen = judge.judge([broken, broken], [True, False])
-    assert seen.reasons == (PREMATURE_END,) and seen.quiet == (60, 0)
-    assert unseen.reasons == () and unseen.quiet is None
+    assert seen.reasons == (PREMATURE_END,) and seen.quiet == (60, 0) and not seen.end_pending
+    assert not unseen.anomalous and unseen.reasons == () and unseen.end_pending and unseen.quiet == (60, 0)
     (other,) = judge.judge([novel], [False])
     assert other.reasons == (UNSEEN_SET,)  # the exact rules do not depend on the quiet
+    assert not other.end_pending  # a state no normal session reached is no evidence of a stop
+    rests = judge.judge([resting], [False])[0]  # written, not deleted yet: normal blocks rest here
+    assert not rests.anomalous and not rests.end_pending and rests.quiet is None
     with pytest.raises(ValueError, match="2 flags for 1 windows"):
         judge.judge([broken], [True, True])
 

@@ -126,12 +126,12 @@ def test_kill_9_and_restart_resume_without_loss_or_new_ids(broker, redis_url, to
     assert_same_anomalies(events_of(s), expected)
 
 
-def test_a_session_silent_only_because_the_input_ended_is_not_judged_for_stopping(broker, redis_url, topic_name,
-                                                                                  bundle):
-    """premature_end judges a silence only where the log went on without the session for the rest horizon the
+def test_a_stop_is_called_only_once_the_log_went_on_without_the_session(broker, redis_url, topic_name, bundle):
+    """premature_end calls a session stopped only where the log went on without it for the rest horizon the
     bundle learned (300 s for HDFS). Block A stops after its allocation and one receive, ten minutes before the
-    input ends: flagged. Blocks B and C stop in the same kind of state within seconds of the end: the detector
-    cannot know whether they stopped or the input did, and abstains."""
+    input ends: flagged at once. Blocks B and C stop in the same state within seconds of the end: nobody can tell
+    yet whether they stopped or the input did, so their verdicts are held. Then the log goes on: B comes back (its
+    held verdict is dropped), C does not, and once the log is 5 minutes past C's last line, C is flagged."""
     assert bundle.rest and bundle.rest["quiet_s"] == 300
 
     def start(blk: str, hhmmss: str) -> list[str]:
@@ -140,15 +140,38 @@ def test_a_session_silent_only_because_the_input_ended_is_not_judged_for_stoppin
                 f"081110 {hhmmss} 15663 INFO dfs.DataNode$DataXceiver: Receiving block {blk} "
                 "src: /10.251.38.197:40316 dest: /10.251.38.197:50010"]
 
-    a, b, c = "blk_-2815656842321674713", "blk_1100000000000000001", "blk_1100000000000000002"
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(f"logad_premature_end_{name}_total") or 0.0
+
+    a, b, c, d = ("blk_-2815656842321674713", "blk_1100000000000000001", "blk_1100000000000000002",
+                  "blk_1100000000000000003")
     s = settings_for(broker.url, redis_url, topic_name, "g-quiet")
     make_topics(s)
     produce_lines(broker.url, topic_name, start(a, "215504") + start(b, "220454") + start(c, "220504"))
-    abstained = REGISTRY.get_sample_value("logad_premature_abstained_total")
-    worker = run_until_done(s, bundle)
-    reasons = {e.session_id: set(e.explanation.reasons) for e in events_of(s)}
-    assert REGISTRY.get_sample_value("logad_premature_abstained_total") - abstained == 2  # B and C
-    assert REGISTRY.get_sample_value("logad_watermark_timestamp_seconds") == worker.watermark
-    assert "premature_end" in reasons.get(a, set())
-    assert "premature_end" not in reasons.get(b, set()) | reasons.get(c, set())
-    assert worker.watermark == s.line_format().parse(start(c, "220504")[0]).timestamp  # the input's last line
+    before = {k: sample(k) for k in ("held", "dropped", "confirmed")}
+    worker, thread = start_worker(s, bundle)
+    try:
+        wait_done(s)
+        reasons = {e.session_id: set(e.explanation.reasons) for e in events_of(s)}
+        assert "premature_end" in reasons.get(a, set())
+        assert b not in reasons and c not in reasons
+        assert sample("held") - before["held"] == 2  # B and C
+        assert REGISTRY.get_sample_value("logad_watermark_timestamp_seconds") == worker.watermark
+        assert worker.watermark == s.line_format().parse(start(c, "220504")[0]).timestamp  # the input's last line
+
+        # B writes again at 22:07 (its held stop was wrong); an unrelated block moves the log on to 22:11
+        back = (f"081110 220700 15663 INFO dfs.DataNode$DataXceiver: Receiving block {b} "
+                "src: /10.251.38.197:40317 dest: /10.251.38.197:50010")
+        produce_lines(broker.url, topic_name, [back] + start(d, "221100")[:1])
+        deadline = time.monotonic() + 60
+        while c not in reasons and time.monotonic() < deadline:
+            time.sleep(0.5)
+            reasons = {e.session_id: set(e.explanation.reasons) for e in events_of(s)}
+        assert reasons.get(c) == {"premature_end"}
+        assert b not in reasons  # its new closing window is 4 minutes old at the log's end: held again
+        assert sample("dropped") - before["dropped"] == 1 and sample("confirmed") - before["confirmed"] == 1
+        (event,) = [e for e in events_of(s) if e.session_id == c]
+        assert "normal training sessions reached this point" in event.explanation.summary
+    finally:
+        worker.stop_event.set()
+        thread.join(30)

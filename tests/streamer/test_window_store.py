@@ -159,3 +159,55 @@ def test_pipelined_append_equals_the_plain_one_and_survives_a_script_flush(redis
     pending = piped.append_start(entries, now_ms=2)  # a replay adds nothing
     assert piped.append_finish(pending).new_entries == 0
     assert piped.append_finish(pending).new_entries == 0  # finishing again (a retry) appends again: still nothing
+
+
+# -- premature_end verdicts held until the quiet is seen ---------------------------------------------------------
+def test_held_stop_is_due_once_the_log_passed_it_and_dropped_after_publishing(redis_url):
+    store = make_store(redis_url)
+    store.append(lines_of(3, "blk_a") + lines_of(2, "blk_b"), now_ms=1_000)
+    closing = {w.session_id: w for w in store.sweep(now_ms=5_000, idle_ms=1_000).windows}
+    assert store.hold_ends([(closing["blk_a"], '{"id": "a"}'), (closing["blk_b"], '{"id": "b"}')]) == 2
+    assert store.held_ends() == 2
+    # blk_a's last line is at 1002, blk_b's at 1001: only what the log has passed by the horizon is due
+    assert store.due_ends(before_ts=1001.5) == [("blk_b", '{"id": "b"}')]
+    due = store.due_ends(before_ts=2000.0)
+    assert sorted(due) == [("blk_a", '{"id": "a"}'), ("blk_b", '{"id": "b"}')]
+    assert store.drop_ends(due) == 2 and store.held_ends() == 0 and store.due_ends(2000.0) == []
+    assert store.drop_ends(due) == 0  # dropping twice (a retried publish) is harmless
+
+
+def test_a_session_that_comes_back_drops_its_held_stop(redis_url):
+    store = make_store(redis_url)
+    entries = lines_of(4, "blk_a")
+    store.append(entries[:3], now_ms=1_000)
+    (w,) = store.sweep(now_ms=5_000, idle_ms=1_000).windows
+    assert store.hold_ends([(w, "ev")]) == 1
+    assert store.append(entries[:3], now_ms=6_000).resumed == 0  # a replay of the same lines is no news
+    assert store.held_ends() == 1
+    back = store.append(entries[3:], now_ms=7_000)
+    assert back.resumed == 1 and store.held_ends() == 0 and store.due_ends(1e12) == []
+    # the next close cuts the next closing window, which is judged (and held) on its own
+    (again,) = store.sweep(now_ms=10_000, idle_ms=1_000).windows
+    assert (again.lo, again.hi) == (0, 4)
+
+
+def test_a_stop_is_not_held_for_a_session_that_came_back_before_its_verdict(redis_url):
+    store = make_store(redis_url)
+    entries = lines_of(4, "blk_a")
+    store.append(entries[:3], now_ms=1_000)
+    (w,) = store.sweep(now_ms=5_000, idle_ms=1_000).windows
+    store.append(entries[3:], now_ms=5_500)  # a line came while the window was being scored
+    assert store.hold_ends([(w, "ev")]) == 0 and store.held_ends() == 0
+    store.sweep(now_ms=9_000, idle_ms=1_000)  # closed again, with 4 entries: the old window is not its last
+    assert store.hold_ends([(w, "ev")]) == 0
+
+
+def test_a_replaced_held_stop_is_not_dropped_by_the_old_publish(redis_url):
+    store = make_store(redis_url)
+    store.append(lines_of(2, "blk_a"), now_ms=1_000)
+    (w,) = store.sweep(now_ms=5_000, idle_ms=1_000).windows
+    store.hold_ends([(w, "old")])
+    due = store.due_ends(1e12)
+    store.hold_ends([(w, "new")])  # re-judged meanwhile (a re-claimed window after a crash)
+    assert store.drop_ends(due) == 0 and store.due_ends(1e12) == [("blk_a", "new")]
+    assert store.known_sessions(["blk_a", "blk_zz"]) == {"blk_a"}

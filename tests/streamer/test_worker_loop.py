@@ -4,6 +4,7 @@ lets sessions close under a steady stream but not with a backlog or during a bro
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -90,7 +91,8 @@ def test_caught_up_under_a_steady_stream_but_not_with_a_backlog_or_a_broker_outa
     tp = TopicPartition("t", 0)
     consumer = FakeConsumer()
     w = SimpleNamespace(assigned={tp}, consumer=consumer, broker_ok=True, _ends_seen=None, _last_catch_up_check=0.0,
-                        s=SimpleNamespace(detector=SimpleNamespace(sweep_interval_s=0.25)))
+                        s=SimpleNamespace(detector=SimpleNamespace(sweep_interval_s=0.25)), watermark=-math.inf,
+                        partition_watermark={}, safe_watermark=-math.inf)
     check = lambda: Worker.caught_up(w)  # noqa: E731
 
     consumer.end[tp], consumer.pos[tp] = 100, 100
@@ -117,3 +119,32 @@ def test_caught_up_under_a_steady_stream_but_not_with_a_backlog_or_a_broker_outa
     assert not check()  # and what it listed is not remembered as an end that was seen
     consumer.fetched = True
     assert check()
+
+
+def test_the_safe_watermark_waits_for_partitions_with_lines_left_to_read():
+    """Lines of a session may sit unread in one partition while another has shown later log times: the log has gone
+    on for sure only as far as the last line read of each partition that still has lines to read."""
+    from types import SimpleNamespace
+
+    from kafka import TopicPartition
+
+    from streamer.worker import Worker
+
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    consumer = FakeConsumer()
+    w = SimpleNamespace(assigned={a, b}, consumer=consumer, broker_ok=True, _ends_seen=None,
+                        _last_catch_up_check=0.0, s=SimpleNamespace(detector=SimpleNamespace(sweep_interval_s=0.25)),
+                        watermark=2000.0, partition_watermark={a: 2000.0, b: 1500.0}, safe_watermark=-math.inf)
+    check = lambda: Worker.caught_up(w)  # noqa: E731
+    consumer.end, consumer.pos = {a: 10, b: 10}, {a: 10, b: 10}
+    assert check() and w.safe_watermark == 2000.0  # everything read: as far as any partition went
+    consumer.end, consumer.pos = {a: 20, b: 20}, {a: 20, b: 12}  # b got lines it has not read yet
+    assert check() and w.safe_watermark == 1500.0  # caught up by the previous ends, but b holds the log back
+    c = TopicPartition("t", 2)  # newly assigned, nothing read from it yet
+    w.assigned.add(c)
+    consumer.end[c], consumer.pos[c] = 5, 0
+    consumer.pos[b] = 20
+    assert not check() and w.safe_watermark == 1500.0  # not caught up: the last safe value stands
+    consumer.pos[c] = 5
+    w.partition_watermark[c] = 1900.0
+    assert check() and w.safe_watermark == 2000.0
