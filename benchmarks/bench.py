@@ -26,7 +26,10 @@ What each figure is (all on the same re-keyed real HDFS lines as ``benchmarks.so
 * ``scaleout``: the same as ``e2e`` with two worker processes; ``ratio`` = two / one.
 * ``latency``: one worker, lines produced at a fixed rate (half the one-worker ``lines_per_s_scored``, the rate it
   sustains with scoring, unless ``--rate``) for 60 s, with an idle timeout of 10 s so that sessions close all along
-  the run. HDFS sessions never fill a 64-key window, so events come from sessions closed by the idle timeout:
+  the run. This process produces them, with librdkafka's producer unless ``--load-client kafka-python``
+  (``load_generator_cpu_s``: this process's CPU meanwhile, event reader included). ``idle_after_warm_up_delay_ms``
+  leaves out the events of windows cut in the first ``warm_up_s`` (5 s) after the first cut: the first closes meet
+  an empty score cache, so every window is scored by the model while the stream is at full rate. HDFS sessions never fill a 64-key window, so events come from sessions closed by the idle timeout:
   ``idle_delay_ms`` = arrival of the event on the output topic - record timestamp of the window's last input line -
   ``idle_timeout_s``, i.e. what the detector adds to the wait the idle rule imposes (``full_delay_ms``, for windows
   cut full, subtracts nothing). ``cut_delay_ms`` is the part until the worker cut the window (consume lag and sweep
@@ -390,16 +393,38 @@ class EventReader(threading.Thread):
 
 
 def bench_latency(stack: Stack, lines: list[str], rate: float, partitions: int, idle_s: float,
-                  extra: dict[str, str]) -> dict[str, Any]:
+                  extra: dict[str, str], load_client: str = "confluent-kafka", warm_up_s: float = 5.0
+                  ) -> dict[str, Any]:
     topic, group = stack.names("lat", partitions)
     procs = stack.spawn(topic, group, idle_s, 1, extra)
     reader = EventReader(stack.broker.url, f"{topic}.out")
     reader.start()
     times: dict[str, list[int]] = {}  # session -> record timestamps of its lines, in produce order
-    producer = make_producer(stack.broker.url, linger_ms=2)
-    ring = sorted(producer.partitions_for(topic))
+    # The load generator shares the two cores with the worker, the broker and Redis: librdkafka's producer costs a
+    # few microseconds of this process's CPU per line, kafka-python's some tens (``load_client``).
+    if load_client == "confluent-kafka":
+        from confluent_kafka import Producer
+
+        producer = Producer({"bootstrap.servers": stack.broker.url, "linger.ms": 2, "acks": "all"})
+        ring = sorted(producer.list_topics(topic, timeout=10).topics[topic].partitions)
+
+        def send(line: str, partition: int, ts: int) -> None:
+            while True:
+                try:
+                    producer.produce(topic, line.encode(), partition=partition, timestamp=ts)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            producer.poll(0)
+    else:
+        producer = make_producer(stack.broker.url, linger_ms=2)
+        ring = sorted(producer.partitions_for(topic))
+
+        def send(line: str, partition: int, ts: int) -> None:
+            producer.send(topic, value=line.encode(), partition=partition, timestamp_ms=ts)
     try:
         wait_ready(procs)
+        cpu0 = time.process_time()
         t0 = time.time()
         sent, late_max = 0, 0.0
         while sent < len(lines):
@@ -408,13 +433,14 @@ def bench_latency(stack: Stack, lines: list[str], rate: float, partitions: int, 
             while sent < due:
                 line = lines[sent]
                 ts = int(time.time() * 1000)
-                producer.send(topic, value=line.encode(), partition=ring[sent % len(ring)], timestamp_ms=ts)
+                send(line, ring[sent % len(ring)], ts)
                 for sid in dict.fromkeys(_BLOCK_ID.findall(line)):
                     times.setdefault(sid, []).append(ts)
                 sent += 1
             time.sleep(0.005)
         producer.flush(60)
         produce_s = time.time() - t0
+        produce_cpu_s = time.process_time() - cpu0  # this process: the producer and the event reader
         started = time.monotonic()
         while stack.open_state(group) != (0, 0) or time.monotonic() - started < idle_s + 1:
             if time.monotonic() - started > 300 + idle_s:
@@ -422,24 +448,30 @@ def bench_latency(stack: Stack, lines: list[str], rate: float, partitions: int, 
             time.sleep(0.2)
         time.sleep(2)
     finally:
-        producer.close(5)
+        if load_client != "confluent-kafka":
+            producer.close(5)
         reader.stop.set()
         reader.join(10)
         codes = stop_workers(procs)
-    delays: dict[str, list[float]] = {"idle": [], "full": [], "cut": [], "publish": []}
-    for arrived, value in reader.arrivals:
-        ev = json.loads(value)
+    delays: dict[str, list[float]] = {"idle": [], "full": [], "cut": [], "publish": [], "idle_after_warm_up": []}
+    events = [(arrived, json.loads(value)) for arrived, value in reader.arrivals]
+    cuts = [datetime.fromisoformat(ev["detected_at"]).timestamp() for _, ev in events]  # the worker's clock
+    warm_from = min(cuts, default=0.0) + warm_up_s
+    for (arrived, ev), cut in zip(events, cuts):
         sid, w = ev["session_id"], ev["window"]
         # the window's last entry is the session's (start + count)-th line: the one that filled a full window, or
         # the last one before an idle session was closed, which the idle rule makes wait idle_timeout_s
         last = times[sid][min(w["start_index"] + w["line_count"], len(times[sid])) - 1]
         wait_ms = idle_s * 1000 if w["cause"] == "idle" else 0
         delays[w["cause"]].append(arrived * 1000 - last - wait_ms)
-        cut_ms = datetime.fromisoformat(ev["detected_at"]).timestamp() * 1000  # the worker's clock when it cut it
-        delays["cut"].append(cut_ms - last - wait_ms)  # consume lag + sweep phase
-        delays["publish"].append(arrived * 1000 - cut_ms)  # scoring, publishing, the reader's fetch
+        if w["cause"] == "idle" and cut >= warm_from:
+            delays["idle_after_warm_up"].append(arrived * 1000 - last - wait_ms)
+        delays["cut"].append(cut * 1000 - last - wait_ms)  # consume lag + sweep phase
+        delays["publish"].append(arrived * 1000 - cut * 1000)  # scoring, publishing, the reader's fetch
     out: dict[str, Any] = {"rate_lines_per_s": rate, "lines": len(lines), "produce_seconds": round(produce_s, 1),
+                           "load_client": load_client, "load_generator_cpu_s": round(produce_cpu_s, 1),
                            "idle_timeout_s": idle_s, "events": len(reader.arrivals), "producer_max_behind": late_max,
+                           "warm_up_s": warm_up_s,
                            "worker_exit_codes": codes, "load": load()}
     for cause, xs in delays.items():
         if xs:
@@ -479,11 +511,13 @@ def device() -> dict[str, Any]:
               help="Scoring threads to measure the scorer with (repeatable; default: 1 and every core).")
 @click.option("--scorer-seconds", type=float, default=1.0, show_default=True, help="Time per scorer figure.")
 @click.option("--bf16", is_flag=True, help="Scorer benchmark also with bf16 autocast (CPU).")
+@click.option("--load-client", type=click.Choice(["confluent-kafka", "kafka-python"]), default="confluent-kafka",
+              show_default=True, help="Latency run: the producer client of the load generator (this process).")
 @click.option("--env", "envs", multiple=True, metavar="NAME=VALUE", help="Extra LOGAD_ setting for the workers.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
 def main(n: int, partitions: int, idle_s: float, only: tuple[str, ...], rate: float | None, latency_seconds: float,
-         lat_idle_s: float, scorer_threads: tuple[int, ...], scorer_seconds: float, bf16: bool, envs: tuple[str, ...],
-         out: str | None) -> None:
+         lat_idle_s: float, scorer_threads: tuple[int, ...], scorer_seconds: float, bf16: bool, load_client: str,
+         envs: tuple[str, ...], out: str | None) -> None:
     """Measure the pipeline against its limits; prints one JSON object."""
     parts = set(only or ("drain3", "scorer", "consume", "e2e", "live", "scaleout", "latency"))
     extra = dict(e.split("=", 1) for e in envs)
@@ -516,7 +550,7 @@ def main(n: int, partitions: int, idle_s: float, only: tuple[str, ...], rate: fl
             if "latency" in parts:
                 r = rate or result["e2e"]["lines_per_s_scored"] / 2  # the rate it sustains, scoring included
                 result["latency"] = bench_latency(stack, real_lines(int(r * latency_seconds)), r, partitions,
-                                                  lat_idle_s, extra)
+                                                  lat_idle_s, extra, load_client)
         finally:
             stack.close()
     for name in ("e2e", "e2e_live"):

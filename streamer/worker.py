@@ -478,11 +478,17 @@ class Worker:
         is left open: used by the demo and tests)."""
         # the broker may come up after us (compose, a rolling restart): connect with back-off within the budget
         consumer = self.backoff.call("broker connect", lambda: self.consumer, (KafkaError,), m.BROKER_ERRORS)
+        # the producer connects now, not at the first anomaly: that event would wait for the bootstrap (~1 s)
+        self.backoff.call("broker connect", lambda: self.producer, (KafkaError,), m.BROKER_ERRORS)
+        # An empty poll waits this long, so while the input is quiet, idle sessions are closed this late at worst.
+        # kafka-python 3.0 needs >= 1 s: it drops a group join that completes while we are outside poll().
+        poll_ms = 1000
+        if isinstance(consumer, ConfluentConsumer):
+            poll_ms = max(10, min(1000, int(self.s.detector.sweep_interval_s * 1000)))
         idle_since = time.monotonic()
         try:
             while not self.stop_event.is_set():
-                # >= 1 s: kafka-python 3.0 drops a group join that completes while we are outside poll()
-                batch = consumer.poll(timeout_ms=1000, max_records=self.s.kafka.max_poll_records)
+                batch = consumer.poll(timeout_ms=poll_ms, max_records=self.s.kafka.max_poll_records)
                 records = [r for recs in batch.values() for r in recs]
                 if records:
                     self.process(records)
