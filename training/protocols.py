@@ -700,8 +700,9 @@ def evaluate_raw(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
     unseen_end = sum(raw.data.end_unseen(sid) for sid in raw.data.split.test)
     if unseen_end:
         notes.append(f"{unseen_end} test session(s) end less than {settings.session.rest_s:g} s before the "
-                     "data does: nobody can tell whether they stopped, so premature_end abstains on their last window "
-                     "(as the detector does when its input goes quiet); the other rules judge them.")
+                     "data does: nobody can tell whether they stopped, so premature_end does not judge their last "
+                     "window (the detector holds such a verdict until its input has gone on that long); the other "
+                     "rules judge them.")
     if not raw.data.labelled:
         notes.append("The input carries no labels: every session counts as normal, so the figures are flag rates "
                      "(false-alarm rates if the logs were indeed normal), not precision or recall.")
