@@ -27,6 +27,8 @@ TEMPLATES_NEW = Counter("logad_templates_new_total",
 TEMPLATES_NEW_CAPPED = Counter("logad_templates_new_capped_total",
                                "Lines whose new template was not registered because the registry is at its cap")
 SESSIONS_OPEN = Gauge("logad_sessions_open", "Sessions open in Redis (not yet idle-closed)")
+PREMATURE_WAITING = Gauge("logad_premature_end_waiting", "Closed sessions whose premature_end verdict is held in "
+                          "Redis until the log has gone on for the rest horizon (all workers)")
 SESSIONS_CLOSED = Counter("logad_sessions_closed_total", "Sessions closed after the idle timeout by this worker")
 WINDOWS_SCORED = Counter("logad_windows_scored_total", "Windows scored by this worker", ["cause"])
 SCORE_BATCH = Histogram("logad_score_batch_windows", "Windows per scoring batch",

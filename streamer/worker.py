@@ -662,6 +662,7 @@ class Worker:
             total += self._confirm_ends(engine)
         try:
             m.SESSIONS_OPEN.set(self.engine.store.open_sessions())
+            m.PREMATURE_WAITING.set(self.engine.store.held_ends())
             finished = [e for e in self.draining
                         if not e.store.open_sessions() and not e.store.pending() and not e.store.held_ends()]
         except redis.RedisError:

@@ -156,6 +156,10 @@ def test_a_stop_is_called_only_once_the_log_went_on_without_the_session(broker, 
         assert "premature_end" in reasons.get(a, set())
         assert b not in reasons and c not in reasons
         assert sample("held") - before["held"] == 2  # B and C
+        deadline = time.monotonic() + 10  # the gauge is set by the next sweep
+        while REGISTRY.get_sample_value("logad_premature_end_waiting") != 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert REGISTRY.get_sample_value("logad_premature_end_waiting") == 2
         assert REGISTRY.get_sample_value("logad_watermark_timestamp_seconds") == worker.watermark
         assert worker.watermark == s.line_format().parse(start(c, "220504")[0]).timestamp  # the input's last line
 
