@@ -29,7 +29,8 @@ What each figure is (all on the same re-keyed real HDFS lines as ``benchmarks.so
   the run. This process produces them, with librdkafka's producer unless ``--load-client kafka-python``
   (``load_generator_cpu_s``: this process's CPU meanwhile, event reader included). ``idle_after_warm_up_delay_ms``
   leaves out the events of windows cut in the first ``warm_up_s`` (5 s) after the first cut: the first closes meet
-  an empty score cache, so every window is scored by the model while the stream is at full rate. HDFS sessions never fill a 64-key window, so events come from sessions closed by the idle timeout:
+  an empty score cache, so every window is scored by the model while the stream is at full rate. HDFS sessions
+  never fill a 64-key window, so events come from sessions closed by the idle timeout:
   ``idle_delay_ms`` = arrival of the event on the output topic - record timestamp of the window's last input line -
   ``idle_timeout_s``, i.e. what the detector adds to the wait the idle rule imposes (``full_delay_ms``, for windows
   cut full, subtracts nothing). ``cut_delay_ms`` is the part until the worker cut the window (consume lag and sweep
