@@ -63,6 +63,17 @@ from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+_MAX_WATERMARK = r"""
+-- KEYS[1]: the group's watermark; ARGV[1]: a worker's. Keeps the larger and returns it (as a string).
+local new = tonumber(ARGV[1])
+local old = tonumber(redis.call('GET', KEYS[1]) or '-inf')
+if new > old then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+return redis.call('GET', KEYS[1]) or '-inf'
+"""
+
 
 def check_bundle_settings(settings: Settings, bundle: Bundle) -> None:
     """The detector must parse, window and score exactly as the model was trained."""
@@ -343,6 +354,9 @@ class Worker:
         self.draining: list[Engine] = []
         self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else None
         self.pointer_key = f"{settings.redis.namespace}:model:current"
+        # the group's watermark: the largest safe watermark any worker has reported (``caught_up``)
+        self._group_watermark = self.redis.register_script(_MAX_WATERMARK)
+        self.group_watermark_key = f"{settings.redis.namespace}:watermark"
         self._refused: set[str] = set()
         self._last_reload_check = time.monotonic()
         self._consumer = consumer
@@ -581,7 +595,7 @@ class Worker:
         self.broker_ok = True
         at_end, at_prev_end = True, prev is not None and now - prev[0] <= 2 * self.s.detector.sweep_interval_s + 1
         ends = {}
-        safe = self.watermark
+        safe, lagging = self.watermark, False
         for tp in tps:
             # tansu's ListOffsets can trail the log end; a fetch response's high watermark is exact: take the larger,
             # and count a partition as read to its end only once a fetch response since its assignment gave one
@@ -595,13 +609,29 @@ class Worker:
                 continue
             if lag:  # its unread lines may be older than what other partitions showed: the log is only that far
                 safe = min(safe, self.partition_watermark.get(tp, -math.inf))
+                lagging = True
             ends[tp] = end
             at_end = at_end and lag == 0
             at_prev_end = at_prev_end and prev is not None and tp in prev[1] and position >= prev[1][tp]
         self._ends_seen = (now, ends)
         if at_end or at_prev_end:
+            if not lagging:
+                # Nothing of ours is left to read: the group's watermark applies too. A worker that has just taken
+                # partitions over, or restarted, with nothing new to read, knows how far the log went from it.
+                safe = max(safe, self._share_watermark(safe))
             self.safe_watermark = safe
         return at_end or at_prev_end
+
+    def _share_watermark(self, mine: float) -> float:
+        """Report this worker's safe watermark to the group's and return the group's (-inf when Redis fails: the
+        worker's own then stands, and the batch path deals with the outage)."""
+        try:
+            got = self._group_watermark(keys=[self.group_watermark_key],
+                                        args=[repr(mine) if math.isfinite(mine) else "-inf"])
+        except redis.RedisError:
+            m.REDIS_ERRORS.inc()
+            return -math.inf
+        return float(got)
 
     def process(self, records: Sequence[Any]) -> None:
         """Parse a consumed batch and send it to Redis; the reply is read once the next batch is parsed (or the

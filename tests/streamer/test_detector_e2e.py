@@ -179,3 +179,34 @@ def test_a_stop_is_called_only_once_the_log_went_on_without_the_session(broker, 
     finally:
         worker.stop_event.set()
         thread.join(30)
+
+
+def test_a_worker_that_takes_over_with_nothing_to_read_judges_by_the_groups_watermark(broker, redis_url, topic_name,
+                                                                                      bundle):
+    """Worker 1 reads every line and leaves before any session is idle; worker 2 takes the partitions over with
+    nothing left to read, so its own watermark knows nothing. It closes the sessions and judges their stops by how
+    far the group's log went (worker 1's report): block A, quiet for ten minutes before the log's end, is flagged."""
+    a = "blk_-2815656842321674713"
+    lines = [f"081110 215504 31 INFO dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: /user/root/x/part-01918. {a}",
+             f"081110 215504 15663 INFO dfs.DataNode$DataXceiver: Receiving block {a} src: /10.251.38.197:40316 "
+             "dest: /10.251.38.197:50010",
+             "081110 220504 31 INFO dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: /user/root/x/part-01919. "
+             "blk_1100000000000000009"]
+    first = settings_for(broker.url, redis_url, topic_name, "g-handover", session={"idle_timeout_s": 600.0})
+    make_topics(first)
+    produce_lines(broker.url, topic_name, lines)
+    worker, thread = start_worker(first, bundle)
+    try:
+        deadline = time.monotonic() + 60
+        while committed_total(first) < len(lines) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert committed_total(first) == len(lines)
+        time.sleep(1.0)  # a catch-up check after the last batch reports the watermark
+    finally:
+        worker.stop_event.set()
+        thread.join(30)
+    assert not events_of(first)  # nothing closed yet (idle timeout 600 s)
+    second = settings_for(broker.url, redis_url, topic_name, "g-handover")  # idle timeout 2 s
+    run_until_done(second, bundle)
+    reasons = {e.session_id: set(e.explanation.reasons) for e in events_of(second)}
+    assert "premature_end" in reasons.get(a, set())

@@ -92,7 +92,7 @@ def test_caught_up_under_a_steady_stream_but_not_with_a_backlog_or_a_broker_outa
     consumer = FakeConsumer()
     w = SimpleNamespace(assigned={tp}, consumer=consumer, broker_ok=True, _ends_seen=None, _last_catch_up_check=0.0,
                         s=SimpleNamespace(detector=SimpleNamespace(sweep_interval_s=0.25)), watermark=-math.inf,
-                        partition_watermark={}, safe_watermark=-math.inf)
+                        partition_watermark={}, safe_watermark=-math.inf, _share_watermark=lambda mine: -math.inf)
     check = lambda: Worker.caught_up(w)  # noqa: E731
 
     consumer.end[tp], consumer.pos[tp] = 100, 100
@@ -134,17 +134,24 @@ def test_the_safe_watermark_waits_for_partitions_with_lines_left_to_read():
     consumer = FakeConsumer()
     w = SimpleNamespace(assigned={a, b}, consumer=consumer, broker_ok=True, _ends_seen=None,
                         _last_catch_up_check=0.0, s=SimpleNamespace(detector=SimpleNamespace(sweep_interval_s=0.25)),
-                        watermark=2000.0, partition_watermark={a: 2000.0, b: 1500.0}, safe_watermark=-math.inf)
+                        watermark=2000.0, partition_watermark={a: 2000.0, b: 1500.0}, safe_watermark=-math.inf,
+                        _share_watermark=lambda mine: 1800.0)  # the group's: another worker got that far
     check = lambda: Worker.caught_up(w)  # noqa: E731
     consumer.end, consumer.pos = {a: 10, b: 10}, {a: 10, b: 10}
     assert check() and w.safe_watermark == 2000.0  # everything read: as far as any partition went
     consumer.end, consumer.pos = {a: 20, b: 20}, {a: 20, b: 12}  # b got lines it has not read yet
     assert check() and w.safe_watermark == 1500.0  # caught up by the previous ends, but b holds the log back
+    w.watermark, w.partition_watermark = -math.inf, {}  # taken over, nothing new to read: the group's watermark
+    consumer.pos[b] = 20
+    assert check() and w.safe_watermark == 1800.0
+    consumer.end[b] = 30  # but not while a partition of ours still has lines to read
+    assert check() and w.safe_watermark == -math.inf
+    w.watermark, w.partition_watermark = 2000.0, {a: 2000.0, b: 1500.0}
     c = TopicPartition("t", 2)  # newly assigned, nothing read from it yet
     w.assigned.add(c)
     consumer.end[c], consumer.pos[c] = 5, 0
-    consumer.pos[b] = 20
-    assert not check() and w.safe_watermark == 1500.0  # not caught up: the last safe value stands
+    consumer.pos[b] = 30
+    assert not check() and w.safe_watermark == -math.inf  # not caught up: the last safe value stands
     consumer.pos[c] = 5
     w.partition_watermark[c] = 1900.0
     assert check() and w.safe_watermark == 2000.0
