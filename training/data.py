@@ -141,10 +141,6 @@ class SessionWindows:
         """Per window, whether the quiet after it was seen (``WindowJudge.judge``)."""
         return list(self.seen) if self.seen is not None else [True] * len(self.windows)
 
-    @property
-    def end_seen(self) -> bool:
-        return self.seen is None or not self.seen or self.seen[-1]
-
 
 def build_windows(corpus: Corpus, sessions: Iterable[str], index: TemplateIndex, vocab: Vocabulary,
                   nearest: bool, max_len: int, stride: int, quiet_s: float | None = None,

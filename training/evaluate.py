@@ -38,7 +38,7 @@ def learned_pause(bundle: Bundle) -> float | None:
 def offline_windows(bundle: Bundle, settings: Settings, inputs: Sequence[str | Path], finished: bool = False
                     ) -> dict[str, SessionWindows]:
     """The detector's windows of these files. A session whose last line came less than the pause length the bundle
-    learned before the data's end is marked as not seen to stop (``end_seen``), as the streaming detector treats
+    learned before the data's end is marked as not seen to stop (``SessionWindows.seen``), as the detector treats
     the end of its input; ``finished``: every session is complete (as ``POST /detect`` takes its sessions)."""
     corpus = read_corpus(inputs, settings.line_format())
     return build_windows(corpus, corpus.chronological(), bundle.template_index(), bundle.vocab,
