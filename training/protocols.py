@@ -282,6 +282,15 @@ def fit_logbert(data: EvalData, settings: Settings, vocab_size: int, progress: b
     return LogBERTRun(judge, calib_scores, result.history, time.perf_counter() - t0)
 
 
+def _calibration(data: EvalData, windows: list[list[int]] | None, seen: list[bool] | None
+                 ) -> tuple[list[list[int]], list[bool] | None]:
+    """The windows thresholds are calibrated on, with their quiet flags: those given (the trainer's live windows)
+    or the calibration split's windows of ``data``."""
+    if windows is not None:
+        return windows, seen
+    return data.flat_windows(data.split.calib), data.flat_quiet(data.split.calib)
+
+
 def bundle_run(bundle: Bundle, settings: Settings, data: EvalData, history: list[dict[str, float]],
                seconds: float, calib_windows: list[list[int]] | None = None,
                calib_seen: list[bool] | None = None) -> LogBERTRun:
@@ -290,10 +299,7 @@ def bundle_run(bundle: Bundle, settings: Settings, data: EvalData, history: list
     ``calib_windows``: the windows the trainer calibrated on, where they differ from the replay windows of
     ``data`` (``train.live_windows``)."""
     judge = bundle_judge(bundle, settings, resolve_device(settings.train.device))
-    if calib_windows is None:
-        calib, seen = data.flat_windows(data.split.calib), data.flat_quiet(data.split.calib)
-    else:
-        calib, seen = calib_windows, calib_seen
+    calib, seen = _calibration(data, calib_windows, calib_seen)
     calib_scores = judge.scorer.score(calib)
     sc = settings.scoring
     again = calibrate_rules(calib_scores, calib, sc.target_fpr, use_distance=sc.use_distance,
@@ -311,10 +317,7 @@ def recalibrated(run: LogBERTRun, settings: Settings, data: EvalData, top_g: int
     old = run.judge.scorer
     scorer = WindowScorer(old.model, old.center, top_g=top_g, mask_copies=old.mask_copies, device=old.device,
                           buckets=old.buckets, n_candidates=old.n_candidates, threads=old.threads)
-    if run.calib_windows is not None:
-        calib, seen = run.calib_windows, run.calib_seen
-    else:
-        calib, seen = data.flat_windows(data.split.calib), data.flat_quiet(data.split.calib)
+    calib, seen = _calibration(data, run.calib_windows, run.calib_seen)
     calib_scores = scorer.score(calib)
     sc = settings.scoring
     j = run.judge
