@@ -28,9 +28,10 @@ What each figure is (all on the same re-keyed real HDFS lines as ``benchmarks.so
   sustains with scoring, unless ``--rate``) for 60 s, with an idle timeout of 10 s so that sessions close all along
   the run. This process produces them, with librdkafka's producer unless ``--load-client kafka-python``
   (``load_generator_cpu_s``: this process's CPU meanwhile, event reader included). ``idle_after_warm_up_delay_ms``
-  leaves out the events of windows cut in the first ``warm_up_s`` (5 s) after the first cut: the first closes meet
-  an empty score cache, so every window is scored by the model while the stream is at full rate. HDFS sessions
-  never fill a 64-key window, so events come from sessions closed by the idle timeout:
+  leaves out the events of windows cut in the first ``warm_up_s`` (5 s) after the first cut, and
+  ``idle_first_closes_delay_ms`` holds only those: a score cache that starts empty (``detector.warm_cache`` off, or a
+  bundle without warm windows) makes the model score every window of those first closes at the stream's full rate.
+  HDFS sessions never fill a 64-key window, so events come from sessions closed by the idle timeout:
   ``idle_delay_ms`` = arrival of the event on the output topic - record timestamp of the window's last input line -
   ``idle_timeout_s``, i.e. what the detector adds to the wait the idle rule imposes (``full_delay_ms``, for windows
   cut full, subtracts nothing). ``cut_delay_ms`` is the part until the worker cut the window (consume lag and sweep
@@ -470,7 +471,8 @@ def bench_latency(stack: Stack, lines: list[str], rate: float, partitions: int, 
         reader.stop.set()
         reader.join(10)
         codes = stop_workers(procs)
-    delays: dict[str, list[float]] = {"idle": [], "full": [], "cut": [], "publish": [], "idle_after_warm_up": []}
+    delays: dict[str, list[float]] = {"idle": [], "full": [], "cut": [], "publish": [], "idle_after_warm_up": [],
+                                      "idle_first_closes": []}
     events = [(arrived, json.loads(value)) for arrived, value in reader.arrivals]
     cuts = [datetime.fromisoformat(ev["detected_at"]).timestamp() for _, ev in events]  # the worker's clock
     warm_from = min(cuts, default=0.0) + warm_up_s
@@ -481,8 +483,9 @@ def bench_latency(stack: Stack, lines: list[str], rate: float, partitions: int, 
         last = times[sid][min(w["start_index"] + w["line_count"], len(times[sid])) - 1]
         wait_ms = idle_s * 1000 if w["cause"] == "idle" else 0
         delays[w["cause"]].append(arrived * 1000 - last - wait_ms)
-        if w["cause"] == "idle" and cut >= warm_from:
-            delays["idle_after_warm_up"].append(arrived * 1000 - last - wait_ms)
+        if w["cause"] == "idle":
+            after = "idle_after_warm_up" if cut >= warm_from else "idle_first_closes"
+            delays[after].append(arrived * 1000 - last - wait_ms)
         delays["cut"].append(cut * 1000 - last - wait_ms)  # consume lag + sweep phase
         delays["publish"].append(arrived * 1000 - cut * 1000)  # scoring, publishing, the reader's fetch
     out: dict[str, Any] = {"rate_lines_per_s": rate, "lines": len(lines), "produce_seconds": round(produce_s, 1),

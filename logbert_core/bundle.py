@@ -4,7 +4,8 @@ A bundle is a directory:
 
     model.safetensors   weights and the hypersphere centre (tensors only, nothing pickled)
     bundle.json         format version, bundle version id, model config, vocabulary, Drain3 state, the settings that
-                        shaped the model, thresholds and how they were chosen, the known template sets, metrics
+                        shaped the model, thresholds and how they were chosen, the known template sets, metrics,
+                        and the most frequent training windows (to warm a detector's score cache)
 
 The model architecture and vocabulary size are read back from the bundle, never from application settings.
 """
@@ -16,7 +17,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,6 +67,9 @@ class Bundle:
     rest: Mapping[str, Any] | None = None  # ``RestStats.to_json()``; None: no timing was learned
     metrics: Mapping[str, Any] = field(default_factory=dict)
     created_at: str = ""
+    # the most frequent normal training windows, most frequent first: a detector scores them into its cache at
+    # start-up. They change no score and no decision, so, like ``metrics``, they are not part of the version id
+    warm_windows: tuple[tuple[int, ...], ...] = ()
 
     def build_model(self, device: str | torch.device = "cpu") -> LogBERT:
         model = LogBERT(self.model_config)
@@ -91,7 +95,8 @@ def save_bundle(out_dir: str | Path, *, family: str, model_config: LogBERTConfig
                 drain_params: DrainParams, drain_state: Mapping[str, Any], settings: Mapping[str, Any],
                 thresholds: Thresholds, known_sets: Iterable[frozenset[int]],
                 key_counts: Mapping[int, int] | None = None, rest: Mapping[str, Any] | None = None,
-                metrics: Mapping[str, Any] | None = None) -> str:
+                metrics: Mapping[str, Any] | None = None,
+                warm_windows: Iterable[Sequence[int]] = ()) -> str:
     """Write a bundle atomically (a temp dir renamed into place); returns its version id."""
     out = Path(out_dir)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
@@ -115,6 +120,7 @@ def save_bundle(out_dir: str | Path, *, family: str, model_config: LogBERTConfig
     meta["version"] = version
     meta["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta["metrics"] = dict(metrics or {})
+    meta["warm_windows"] = [" ".join(str(int(k)) for k in w) for w in warm_windows]  # one line each in the file
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     save_file(tensors, str(tmp / WEIGHTS), metadata={"version": version})
@@ -178,6 +184,7 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
             known_sets=frozenset(frozenset(int(k) for k in s) for s in meta["known_sets"]),
             key_counts={int(k): int(c) for k, c in meta.get("key_counts", [])}, rest=meta.get("rest"),
             metrics=meta.get("metrics", {}), created_at=meta.get("created_at", ""),
+            warm_windows=_warm_windows(meta.get("warm_windows", []), cfg),
         )
         bundle.build_model("cpu")  # fails here, not mid-stream, if weights and config disagree
     except BundleError:
@@ -185,6 +192,15 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise BundleError(f"{d}: inconsistent bundle ({type(exc).__name__}: {exc})") from exc
     return bundle
+
+
+def _warm_windows(raw: Any, cfg: LogBERTConfig) -> tuple[tuple[int, ...], ...]:
+    out = tuple(tuple(int(k) for k in w.split()) for w in raw)
+    for w in out:
+        if not 0 < len(w) <= cfg.max_len or not all(0 <= k < cfg.vocab_size for k in w):
+            raise ValueError(f"warm window {list(w)} does not fit the model (max_len {cfg.max_len}, "
+                              f"vocab_size {cfg.vocab_size})")
+    return out
 
 
 def _drain_params_json(p: DrainParams) -> dict[str, Any]:

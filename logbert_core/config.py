@@ -117,6 +117,9 @@ class TrainSection(_Section):
     # threads that score calibration and evaluation windows side by side (CPU; scores do not depend on it);
     # None: every core, as an offline job has the machine to itself
     score_threads: int | None = Field(default=None, gt=0)
+    # the most frequent windows of the normal training sessions (seen at least twice), kept in the bundle so that a
+    # detector can score them into its cache at start-up (detector.warm_cache); 0: none
+    warm_windows: int = Field(default=1024, ge=0)
 
     @property
     def scoring_threads(self) -> int:
@@ -157,6 +160,9 @@ class DetectorSection(_Section):
     bf16: bool = False  # bfloat16 autocast for scoring (AVX512-BF16/AMX CPUs, CUDA); see docs/performance.md
     score_queue: int = Field(default=16, ge=0)  # jobs waiting for the scorer thread; 0: score in the consume loop
     score_cache: int = Field(default=16_384, ge=0)  # scores of recent distinct windows kept (exact); 0: off
+    # At start-up (and for a new bundle), score the bundle's most frequent training windows into the cache, on the
+    # scorer thread while the consumer joins its group: the first closes then hit the cache like later ones
+    warm_cache: bool = True
     # Threads that score a batch's windows side by side (CPU; each on one intra-op thread, so scores do not depend
     # on it). 1 keeps the other cores for the consume loop, Redis and the broker; raise it on a worker with cores
     # to spare (measured: 1.8-2x on 2 idle cores, docs/performance.md).

@@ -117,7 +117,8 @@ class WindowScorer:
     ``cache_size`` keeps the scores of that many recent distinct windows (least recently used out first). A window's
     score depends on its keys alone and is bit-identical whatever batch it is scored in, so a cached score is the
     score; logs repeat a few lifecycles (2,070 held-out HDFS windows hold 179 distinct ones), and the model then runs
-    only for what it has not seen lately. ``cache_hits`` and ``cache_misses`` count lookups.
+    only for what it has not seen lately. ``cache_hits`` and ``cache_misses`` count lookups. ``warm`` fills the
+    cache ahead of need (a detector's start-up: the bundle's most frequent training windows).
 
     ``threads`` (CPU only): encoder passes of one ``score`` call run on that many threads at once, each pass on one
     intra-op thread, so a chunk's arithmetic (and its score) is the same whatever the thread count; chunks are
@@ -209,6 +210,22 @@ class WindowScorer:
             while len(cache) > self.cache_size:
                 cache.popitem(last=False)
         return out  # type: ignore[return-value]  # every slot is filled
+
+    def warm(self, windows: Sequence[Sequence[int]]) -> int:
+        """Score ``windows`` into the cache ahead of need, most important first (the cache keeps the first ones
+        longest); returns how many were scored. Not counted as hits or misses. Without a cache, does nothing."""
+        if not self.cache_size:
+            return 0
+        todo = list(dict.fromkeys(tuple(w) for w in windows))[: self.cache_size]
+        todo = [key for key in todo if key not in self._cache]
+        if not todo:
+            return 0
+        got = self._score(todo)
+        for key, score in zip(reversed(todo), reversed(got), strict=True):  # the first ones end most recent
+            self._cache[key] = score
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return len(todo)
 
     def _score(self, windows: Sequence[Sequence[int]]) -> list[WindowScore]:
         arrays = [_window_array(w, i, self.model.config.vocab_size) for i, w in enumerate(windows)]

@@ -37,6 +37,9 @@ SCORE_SECONDS = Histogram("logad_score_seconds", "Time to score one batch of win
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 SCORE_CACHE_HITS = Counter("logad_score_cache_hits_total",
                            "Windows whose score came from the scorer's cache of recent distinct windows")
+SCORE_CACHE_WARMED = Counter("logad_score_cache_warmed_total",
+                             "Windows scored into the cache ahead of need: the bundle's most frequent training "
+                             "windows, at start-up and for a new bundle")
 ANOMALIES = Counter("logad_anomalies_published_total", "Anomaly events published to the output topic")
 WATERMARK = Gauge("logad_watermark_timestamp_seconds",
                   "Latest log timestamp (Unix seconds) among the lines this worker has stored")

@@ -234,14 +234,15 @@ class Scoring:
 
     ``depth`` jobs may wait; ``submit`` blocks while the queue is full. With ``depth`` 0 a job runs in the caller at
     submit. After a job fails, later jobs are not run and carry its error, so nothing after it gets committed.
-    ``completed`` is called from the consume thread only.
+    ``completed`` is called from the consume thread only. ``call`` queues work that only saves time later (warming
+    a score cache): it runs in order with the jobs, and its errors are logged, not handed on.
     """
 
     def __init__(self, run: Callable[[Job], None], depth: int) -> None:
         self._run = run
         self._jobs: deque[Job] = deque()  # submitted and not yet handed back by completed()
         self.failed: BaseException | None = None
-        self._queue: queue.Queue[Job | None] | None = None
+        self._queue: queue.Queue[Job | Callable[[], None] | None] | None = None
         self._thread: threading.Thread | None = None
         if depth > 0:
             self._queue = queue.Queue(maxsize=depth)
@@ -257,6 +258,12 @@ class Scoring:
             job.done.set()  # nothing to publish and nothing ahead of it: done (waking the thread costs ~ms here)
         else:
             self._queue.put(job)
+
+    def call(self, fn: Callable[[], None]) -> None:
+        if self._queue is None:
+            self._call(fn)
+        else:
+            self._queue.put(fn)
 
     def completed(self, wait: bool = False) -> list[Job]:
         """Finished jobs in submission order, up to the first one still running (with ``wait``: all of them)."""
@@ -284,10 +291,20 @@ class Scoring:
                 job.error = self.failed = exc
         job.done.set()
 
+    @staticmethod
+    def _call(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("scorer thread: %s failed; going on without it", getattr(fn, "__name__", fn))
+
     def _loop(self) -> None:
         assert self._queue is not None
-        while (job := self._queue.get()) is not None:
-            self._execute(job)
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, Job):
+                self._execute(item)
+            else:
+                self._call(item)
 
 
 @dataclass
@@ -435,9 +452,27 @@ class Worker:
         self.stats["reloads"] += 1
         m.RELOADS.labels("switched").inc()
         self._announce()
+        self.warm(engine)
         log.warning("model switched from %s to %s; the old one finishes its open sessions", old.bundle.version,
                     engine.bundle.version)
         return True
+
+    def warm(self, engine: Engine) -> None:
+        """Score the bundle's most frequent training windows into the engine's score cache, on the scorer thread
+        ahead of the jobs that follow: the first windows a worker closes then hit the cache as later ones do (a
+        cold cache made the first second of closes the slowest, docs/performance.md)."""
+        windows = engine.bundle.warm_windows
+        if not self.s.detector.warm_cache or not windows or not engine.judge.scorer.cache_size:
+            return
+
+        def warm_score_cache() -> None:
+            t0 = time.perf_counter()
+            n = engine.judge.scorer.warm(windows)
+            m.SCORE_CACHE_WARMED.inc(n)
+            log.info("score cache of %s warmed with %d windows in %.2f s", engine.bundle.version, n,
+                     time.perf_counter() - t0)
+
+        self.scoring.call(warm_score_cache)
 
     # -- clients -------------------------------------------------------------------------------------------------
     @property
@@ -490,6 +525,7 @@ class Worker:
     def run(self, max_idle_s: float | None = None) -> dict[str, int]:
         """Consume until stopped (or, with ``max_idle_s``, until the input stayed empty that long and no session
         is left open: used by the demo and tests)."""
+        self.warm(self.engine)  # on the scorer thread, while the consumer connects and joins its group
         # the broker may come up after us (compose, a rolling restart): connect with back-off within the budget
         consumer = self.backoff.call("broker connect", lambda: self.consumer, (KafkaError,), m.BROKER_ERRORS)
         # the producer connects now, not at the first anomaly: that event would wait for the bootstrap (~1 s)

@@ -6,7 +6,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,14 @@ def judge_sessions(judge: WindowJudge, sessions: Mapping[str, SessionWindows]) -
     for (sid, _), v in zip(flat, verdicts):
         out[sid].append(v)
     return out
+
+
+def frequent_windows(windows: Iterable[Sequence[int]], limit: int, min_count: int = 2) -> list[list[int]]:
+    """The ``limit`` most frequent windows that occur at least ``min_count`` times, most frequent first (ties in
+    key order, so the same data gives the same list)."""
+    counts = Counter(tuple(w) for w in windows)
+    ranked = sorted((kv for kv in counts.items() if kv[1] >= min_count), key=lambda kv: (-kv[1], kv[0]))
+    return [list(w) for w, _ in ranked[:limit]]
 
 
 def rest_stats(settings: Settings, corpus: Corpus, fit_ids: Sequence[str], index: TemplateIndex,
@@ -170,11 +179,13 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
                        "method": thresholds.method},
         "in_period_eval": {"sessions": "calibration normals + anomalies of the training period", **ev},
     }
+    warm = frequent_windows(flat(train_ids + val_ids + calib_ids), s.train.warm_windows)
     version = save_bundle(out_dir, family=s.log.family, model_config=model_cfg, state_dict=result.state_dict,
                           center=result.center, vocab=vocab, drain_params=s.drain_params(),
                           drain_state=index.state(), settings=bundle_fields(s), thresholds=thresholds,
                           known_sets=known_sets, key_counts=cal.key_counts.counts,
-                          rest=rest.to_json() if rest is not None else None, metrics=metrics)
+                          rest=rest.to_json() if rest is not None else None, metrics=metrics,
+                          warm_windows=warm)
     metrics["total_seconds"] = round(time.perf_counter() - t0, 1)
     (Path(out_dir) / "metrics.json").write_text(json.dumps({"version": version, **metrics}, indent=1) + "\n")
     return TrainReport(version, Path(out_dir), metrics)

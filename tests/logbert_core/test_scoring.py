@@ -220,3 +220,22 @@ def test_score_cache_returns_the_scores_the_model_gives() -> None:
     assert cached.score(windows[::-1]) == plain[::-1]  # evicted windows are scored again, identically
     with pytest.raises(ValueError, match="cache_size"):
         scorer(cache_size=-1)
+
+
+def test_a_warmed_cache_holds_the_scores_the_model_gives() -> None:
+    windows = [list(w) for w in dict.fromkeys(tuple(w) for w in random_windows(3, 30))]  # distinct
+    assert len(windows) > 20
+    plain = scorer().score(windows)
+    warmed = scorer(cache_size=64)
+    assert warmed.warm(windows + windows[:5]) == len(windows)  # repeats are scored once
+    assert warmed.cache_hits == warmed.cache_misses == 0  # warming is not a lookup
+    assert warmed.score(windows) == plain
+    assert warmed.cache_hits == len(windows) and warmed.cache_misses == 0
+    assert warmed.warm(windows) == 0  # already there
+
+    small = scorer(cache_size=8)
+    assert small.warm(windows) == 8  # the first (most important) ones, no more than fit
+    assert set(small._cache) == {tuple(w) for w in windows[:8]}
+    small.score(windows[20:21])  # one new window evicts the least important warmed one, the eighth
+    assert tuple(windows[7]) not in small._cache and tuple(windows[0]) in small._cache
+    assert scorer().warm(windows) == 0  # no cache, nothing to warm

@@ -91,6 +91,9 @@ def test_reload_and_rollback_mid_stream_lose_nothing_and_a_bad_bundle_is_refused
         worker.stop_event.set()
         thread.join(30)
     assert worker.stats["reloads"] == 2 and not worker.draining
+    # the bundle switched back to was warmed with its most frequent training windows, as at start-up
+    warm = load_bundle(a).warm_windows
+    assert len(warm) > 100 and all(w in worker.engine.judge.scorer._cache for w in warm)
 
     events = events_of(s)
     assert {e.model_version for e in events} == {"hdfs-all-a", "hdfs-all-b"}

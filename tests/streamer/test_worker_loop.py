@@ -58,6 +58,24 @@ def test_a_failed_job_stops_the_ones_after_it():
     scoring.close()
 
 
+@pytest.mark.parametrize("depth", [0, 2])
+def test_calls_run_in_order_with_the_jobs_and_their_errors_stop_nothing(depth, caplog):
+    ran: list[object] = []
+
+    def broken() -> None:
+        raise RuntimeError("no cache today")
+
+    scoring = Scoring(lambda j: ran.append(j.windows[0]), depth)
+    scoring.call(lambda: ran.append("warm"))
+    scoring.submit(job(1))
+    scoring.call(broken)
+    scoring.submit(job(2))
+    done = scoring.completed(wait=True)
+    assert ran == ["warm", 1, 2] and all(j.error is None for j in done) and scoring.failed is None
+    assert "broken failed" in caplog.text and "no cache today" in caplog.text
+    scoring.close()
+
+
 class FakeConsumer:
     """end_offsets / highwater / position of a consumer whose log end moves on while it reads."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from logbert_core.bundle import BundleError, load_bundle
+from logbert_core.bundle import BundleError, load_bundle, save_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "hdfs.toml"
@@ -81,3 +81,40 @@ def test_corrupt_bundle_is_refused_with_a_message(bundles, tmp_path):
         load_bundle(bad)
     with pytest.raises(BundleError, match="not a model bundle"):
         load_bundle(tmp_path)
+
+
+def test_the_bundle_keeps_its_most_frequent_windows_outside_its_version(bundles, tmp_path):
+    a, _ = bundles
+    bundle = load_bundle(a)
+    assert 0 < len(bundle.warm_windows) <= 1024
+    assert all(0 < len(w) <= bundle.model_config.max_len for w in bundle.warm_windows)
+    meta = json.loads((a / "bundle.json").read_text())
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "model.safetensors").write_bytes((a / "model.safetensors").read_bytes())
+    meta["warm_windows"] = meta["warm_windows"][:3]
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    assert load_bundle(copy).warm_windows == bundle.warm_windows[:3]
+    # they speed a start-up and decide nothing: written with others, the bundle keeps its version id
+    state = {k: v for k, v in bundle.state_dict.items()}
+    args = dict(family="hdfs", model_config=bundle.model_config, state_dict=state, center=bundle.center,
+                vocab=bundle.vocab, drain_params=bundle.drain_params, drain_state=bundle.drain_state,
+                settings=bundle.settings, thresholds=bundle.thresholds, known_sets=bundle.known_sets,
+                key_counts=bundle.key_counts, rest=bundle.rest)
+    assert save_bundle(tmp_path / "x", **args) == save_bundle(tmp_path / "y", **args, warm_windows=[[4, 5]]) \
+        == bundle.version
+    assert load_bundle(tmp_path / "y").warm_windows == ((4, 5),) and load_bundle(tmp_path / "x").warm_windows == ()
+    meta["warm_windows"] = [f"4 {bundle.model_config.vocab_size}"]
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="warm window"):
+        load_bundle(copy)
+
+
+def test_frequent_windows_are_ranked_by_count_then_keys():
+    from training.train import frequent_windows
+
+    windows = [[5, 6], [4], [5, 6], [4], [7], [5, 6], [8, 8], [8, 8]]
+    assert frequent_windows(windows, 10) == [[5, 6], [4], [8, 8]]  # [7] occurs once
+    assert frequent_windows(windows, 2) == [[5, 6], [4]]
+    assert frequent_windows(windows, 10, min_count=1)[-1] == [7]
+    assert frequent_windows(windows, 0) == []
