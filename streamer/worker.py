@@ -24,6 +24,7 @@ worker stops with ``OutageError``. SIGTERM/SIGINT stop consumption; the batch in
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -387,6 +388,7 @@ class Worker:
         self.scoring = Scoring(lambda job: self.publish(job.engine, job.windows, job.messages, job.ends),
                                det.score_queue)
         self._ends_in_flight: set[tuple[str, str]] = set()  # (bundle version, session): confirmed, not yet dropped
+        self._refreeze = False  # a released bundle was unfrozen: freeze the heap again when no job holds it
         self._appending: tuple[Engine, Parsed, PendingAppend] | None = None  # the batch whose append is in flight
         # the latest log timestamp among the lines this worker has put in Redis: how far the log has gone on
         self.watermark = -math.inf
@@ -447,6 +449,7 @@ class Worker:
         old = self.engine
         if engine.bundle.version in {e.bundle.version for e in self.draining}:  # rollback to a draining bundle
             self.draining = [e for e in self.draining if e.bundle.version != engine.bundle.version]
+            self._released()
         self.draining.append(old)
         self.engine = engine
         self.stats["reloads"] += 1
@@ -535,6 +538,7 @@ class Worker:
         poll_ms = 1000
         if isinstance(consumer, ConfluentConsumer):
             poll_ms = max(10, min(1000, int(self.s.detector.sweep_interval_s * 1000)))
+        self._freeze_heap()
         idle_since = time.monotonic()
         try:
             while not self.stop_event.is_set():
@@ -546,6 +550,8 @@ class Worker:
                 else:
                     self.finish_append()
                 self.settle()
+                if self._refreeze and not self.scoring.in_flight():  # no job holds a released bundle any more
+                    self._freeze_heap()
                 now = time.monotonic()
                 if now - self._last_reload_check >= self.s.detector.reload_interval_s:
                     self.maybe_reload()
@@ -575,7 +581,24 @@ class Worker:
         finally:
             self.scoring.close()
             self.close()
+            gc.unfreeze()  # the process may go on (tests, an embedding application): collect as usual again
         return dict(self.stats)
+
+    def _freeze_heap(self) -> None:
+        """Move every object alive now (torch, the model, the parser's state: they live as long as the process)
+        out of the collector's reach. A full collection otherwise walks them all and holds the GIL meanwhile:
+        measured in a 60 s latency run, 14 full passes of 96-128 ms each, against 1.5 ms (p50) once frozen.
+        Frozen objects are never collected by the cycle collector, so when a bundle is released after a reload the
+        heap is unfrozen, and frozen again once no job refers to that bundle."""
+        gc.collect()
+        gc.freeze()
+        self._refreeze = False
+
+    def _released(self) -> None:
+        """An engine was dropped: make what was frozen collectable again, and freeze anew once no job refers to
+        the engine any more (``run``)."""
+        gc.unfreeze()
+        self._refreeze = True
 
     def settle(self, wait: bool = False, raise_errors: bool = True, commit: bool = True) -> None:
         """Commit the input offsets of the jobs that are done, in order, in one commit; raise a job's error (after
@@ -737,6 +760,8 @@ class Worker:
         for e in finished:
             log.info("model %s has no open sessions left; released", e.bundle.version)
             self.draining.remove(e)
+        if finished:
+            self._released()
         return total
 
     def _confirm_ends(self, engine: Engine) -> int:

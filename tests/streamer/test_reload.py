@@ -3,6 +3,7 @@ roll back by pointing back."""
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import subprocess
@@ -63,6 +64,7 @@ def test_reload_and_rollback_mid_stream_lose_nothing_and_a_bad_bundle_is_refused
         deadline = time.monotonic() + 60
         while worker.stats["consumed"] < 2000 and time.monotonic() < deadline:
             time.sleep(0.2)
+        assert gc.get_freeze_count() > 0  # what lives as long as the process is kept out of full collections
         res = use(bad, s)
         assert res.returncode == 2 and "refused" in res.stderr  # the CLI checks before pointing
         redis.Redis.from_url(redis_url).set(f"{s.redis.namespace}:model:current", str(bad))  # forced anyway
@@ -91,6 +93,7 @@ def test_reload_and_rollback_mid_stream_lose_nothing_and_a_bad_bundle_is_refused
         worker.stop_event.set()
         thread.join(30)
     assert worker.stats["reloads"] == 2 and not worker.draining
+    assert gc.get_freeze_count() == 0  # unfrozen when the run ends: the process collects as usual again
     # the bundle switched back to was warmed with its most frequent training windows, as at start-up
     warm = load_bundle(a).warm_windows
     assert len(warm) > 100 and all(w in worker.engine.judge.scorer._cache for w in warm)
