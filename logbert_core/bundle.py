@@ -195,7 +195,12 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
 
 
 def _warm_windows(raw: Any, cfg: LogBERTConfig) -> tuple[tuple[int, ...], ...]:
-    out = tuple(tuple(int(k) for k in w.split()) for w in raw)
+    try:
+        if not isinstance(raw, list) or not all(isinstance(w, str) for w in raw):
+            raise ValueError("not a list of strings")
+        out = tuple(tuple(int(k) for k in w.split()) for w in raw)
+    except ValueError as exc:
+        raise ValueError(f"warm_windows must be a list of strings of space-separated keys ({exc})") from exc
     for w in out:
         if not 0 < len(w) <= cfg.max_len or not all(0 <= k < cfg.vocab_size for k in w):
             raise ValueError(f"warm window {list(w)} does not fit the model (max_len {cfg.max_len}, "

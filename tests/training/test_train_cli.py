@@ -104,10 +104,11 @@ def test_the_bundle_keeps_its_most_frequent_windows_outside_its_version(bundles,
     assert save_bundle(tmp_path / "x", **args) == save_bundle(tmp_path / "y", **args, warm_windows=[[4, 5]]) \
         == bundle.version
     assert load_bundle(tmp_path / "y").warm_windows == ((4, 5),) and load_bundle(tmp_path / "x").warm_windows == ()
-    meta["warm_windows"] = [f"4 {bundle.model_config.vocab_size}"]
-    (copy / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match="warm window"):
-        load_bundle(copy)
+    for bad in ([f"4 {bundle.model_config.vocab_size}"], [[4, 5]], ["4 x"]):
+        meta["warm_windows"] = bad
+        (copy / "bundle.json").write_text(json.dumps(meta))
+        with pytest.raises(BundleError, match="warm"):
+            load_bundle(copy)
 
 
 def test_frequent_windows_are_ranked_by_count_then_keys():
