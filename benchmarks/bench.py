@@ -411,8 +411,8 @@ class EventReader(threading.Thread):
 
 
 def bench_latency(stack: Stack, lines: list[str], rate: float, partitions: int, idle_s: float,
-                  extra: dict[str, str], load_client: str = "confluent-kafka", warm_up_s: float = 5.0
-                  ) -> dict[str, Any]:
+                  extra: dict[str, str], load_client: str = "confluent-kafka", warm_up_s: float = 5.0,
+                  events_out: str | None = None) -> dict[str, Any]:
     topic, group = stack.names("lat", partitions)
     procs = stack.spawn(topic, group, idle_s, 1, extra)
     reader = EventReader(stack.broker.url, f"{topic}.out")
@@ -476,6 +476,7 @@ def bench_latency(stack: Stack, lines: list[str], rate: float, partitions: int, 
     events = [(arrived, json.loads(value)) for arrived, value in reader.arrivals]
     cuts = [datetime.fromisoformat(ev["detected_at"]).timestamp() for _, ev in events]  # the worker's clock
     warm_from = min(cuts, default=0.0) + warm_up_s
+    dump: list[dict[str, Any]] | None = [] if events_out else None
     for (arrived, ev), cut in zip(events, cuts):
         sid, w = ev["session_id"], ev["window"]
         # the window's last entry is the session's (start + count)-th line: the one that filled a full window, or
@@ -488,11 +489,16 @@ def bench_latency(stack: Stack, lines: list[str], rate: float, partitions: int, 
             delays[after].append(arrived * 1000 - last - wait_ms)
         delays["cut"].append(cut * 1000 - last - wait_ms)  # consume lag + sweep phase
         delays["publish"].append(arrived * 1000 - cut * 1000)  # scoring, publishing, the reader's fetch
+        if dump is not None:
+            dump.append({"session": sid, "cause": w["cause"], "last_line_ms": last, "cut_ms": round(cut * 1000, 1),
+                         "arrived_ms": round(arrived * 1000, 1), "delay_ms": round(arrived * 1000 - last - wait_ms, 1)})
     out: dict[str, Any] = {"rate_lines_per_s": rate, "lines": len(lines), "produce_seconds": round(produce_s, 1),
                            "load_client": load_client, "load_generator_cpu_s": round(produce_cpu_s, 1),
                            "idle_timeout_s": idle_s, "events": len(reader.arrivals), "producer_max_behind": late_max,
                            "warm_up_s": warm_up_s,
                            "worker_exit_codes": codes, "load": load()}
+    if events_out and dump is not None:
+        Path(events_out).write_text("".join(json.dumps(d) + "\n" for d in dump))
     for cause, xs in delays.items():
         if xs:
             a = np.asarray(xs)
@@ -535,9 +541,11 @@ def device() -> dict[str, Any]:
               show_default=True, help="Latency run: the producer client of the load generator (this process).")
 @click.option("--env", "envs", multiple=True, metavar="NAME=VALUE", help="Extra LOGAD_ setting for the workers.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON here.")
+@click.option("--events-out", type=click.Path(dir_okay=False), default=None,
+              help="Latency run: write each event's times here, one JSON line each (to see where a tail comes from).")
 def main(n: int, partitions: int, idle_s: float, only: tuple[str, ...], rate: float | None, latency_seconds: float,
          lat_idle_s: float, scorer_threads: tuple[int, ...], scorer_seconds: float, bf16: bool, load_client: str,
-         envs: tuple[str, ...], out: str | None) -> None:
+         envs: tuple[str, ...], out: str | None, events_out: str | None) -> None:
     """Measure the pipeline against its limits; prints one JSON object."""
     parts = set(only or ("drain3", "scorer", "consume", "e2e", "live", "scaleout", "latency"))
     extra = dict(e.split("=", 1) for e in envs)
@@ -570,7 +578,7 @@ def main(n: int, partitions: int, idle_s: float, only: tuple[str, ...], rate: fl
             if "latency" in parts:
                 r = rate or result["e2e"]["lines_per_s_scored"] / 2  # the rate it sustains, scoring included
                 result["latency"] = bench_latency(stack, real_lines(int(r * latency_seconds)), r, partitions,
-                                                  lat_idle_s, extra, load_client)
+                                                  lat_idle_s, extra, load_client, events_out=events_out)
         finally:
             stack.close()
     for name in ("e2e", "e2e_live"):
