@@ -35,7 +35,9 @@ What each figure is (all on the same re-keyed real HDFS lines as ``benchmarks.so
   ``idle_delay_ms`` = arrival of the event on the output topic - record timestamp of the window's last input line -
   ``idle_timeout_s``, i.e. what the detector adds to the wait the idle rule imposes (``full_delay_ms``, for windows
   cut full, subtracts nothing). ``cut_delay_ms`` is the part until the worker cut the window (consume lag and sweep
-  phase), ``publish_delay_ms`` the rest (scoring, publishing, the reader's fetch).
+  phase), ``publish_delay_ms`` the rest (scoring, publishing, the reader's fetch). ``worker_timings`` reads the
+  worker's own histograms at the end (sweeps, the wait for the scorer thread, scoring, the publish flush): how many
+  took longer than 0.1 / 0.25 / 0.5 / 1 s.
 """
 
 from __future__ import annotations
@@ -280,6 +282,31 @@ def ready(port: int) -> dict[str, Any] | None:
         return None
 
 
+_TIMINGS = ("logad_sweep_seconds", "logad_score_queue_wait_seconds", "logad_score_seconds",
+            "logad_publish_flush_seconds")
+
+
+def worker_timings(port: int) -> dict[str, Any]:
+    """The worker's own timing histograms from its /metrics: count, sum and how many took longer than 0.1, 0.25,
+    0.5 and 1 s (where the time of a latency tail went)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except (urllib.error.URLError, OSError):
+        return {}
+    samples = {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+               if ln and not ln.startswith("#")}
+    out: dict[str, Any] = {}
+    for name in _TIMINGS:
+        n = samples.get(f"{name}_count")
+        if not n:
+            continue
+        over = {f"over_{le}s": int(n - samples[f'{name}_bucket{{le="{le}"}}']) for le in ("0.1", "0.25", "0.5", "1.0")
+                if f'{name}_bucket{{le="{le}"}}' in samples}
+        out[name.removeprefix("logad_")] = {"count": int(n), "sum_s": round(samples[f"{name}_sum"], 2), **over}
+    return out
+
+
 class Committed:
     """Committed offsets of a group, read with one long-lived admin client (cheap to poll)."""
 
@@ -465,6 +492,7 @@ def bench_latency(stack: Stack, lines: list[str], rate: float, partitions: int, 
                 raise SystemExit("latency run did not finish")
             time.sleep(0.2)
         time.sleep(2)
+        timings = [worker_timings(port) for _, port in procs]
     finally:
         if load_client != "confluent-kafka":
             producer.close(5)
@@ -495,7 +523,7 @@ def bench_latency(stack: Stack, lines: list[str], rate: float, partitions: int, 
     out: dict[str, Any] = {"rate_lines_per_s": rate, "lines": len(lines), "produce_seconds": round(produce_s, 1),
                            "load_client": load_client, "load_generator_cpu_s": round(produce_cpu_s, 1),
                            "idle_timeout_s": idle_s, "events": len(reader.arrivals), "producer_max_behind": late_max,
-                           "warm_up_s": warm_up_s,
+                           "warm_up_s": warm_up_s, "worker_timings": timings,
                            "worker_exit_codes": codes, "load": load()}
     if events_out and dump is not None:
         Path(events_out).write_text("".join(json.dumps(d) + "\n" for d in dump))

@@ -35,6 +35,16 @@ SCORE_BATCH = Histogram("logad_score_batch_windows", "Windows per scoring batch"
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
 SCORE_SECONDS = Histogram("logad_score_seconds", "Time to score one batch of windows",
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+JOB_WAIT_SECONDS = Histogram("logad_score_queue_wait_seconds",
+                             "Time a batch of cut windows waited for the scorer thread (behind the jobs before it)",
+                             buckets=_WAIT_BUCKETS)
+FLUSH_SECONDS = Histogram("logad_publish_flush_seconds",
+                          "Time to send a job's events and dead letters and wait for the broker to have them all",
+                          buckets=_WAIT_BUCKETS)
+SWEEP_SECONDS = Histogram("logad_sweep_seconds",
+                          "Time of one sweep: closing idle sessions in Redis and handing their windows to the scorer",
+                          buckets=_WAIT_BUCKETS)
 SCORE_CACHE_HITS = Counter("logad_score_cache_hits_total",
                            "Windows whose score came from the scorer's cache of recent distinct windows")
 SCORE_CACHE_WARMED = Counter("logad_score_cache_warmed_total",

@@ -227,6 +227,7 @@ class Job:
     # held premature_end events among ``messages`` whose quiet is now seen: forgotten in Redis once published
     ends: list[tuple[str, str]] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
     error: BaseException | None = None
 
 
@@ -385,8 +386,7 @@ class Worker:
         self._last_catch_up_check = 0.0
         self._ends_seen: tuple[float, dict[TopicPartition, int]] | None = None  # (when, end offsets) last check
         self.stats = {"consumed": 0, "rejected": 0, "windows": 0, "anomalies": 0, "reloads": 0}
-        self.scoring = Scoring(lambda job: self.publish(job.engine, job.windows, job.messages, job.ends),
-                               det.score_queue)
+        self.scoring = Scoring(self._run_job, det.score_queue)
         self._ends_in_flight: set[tuple[str, str]] = set()  # (bundle version, session): confirmed, not yet dropped
         self._refreeze = False  # a released bundle was unfrozen: freeze the heap again when no job holds it
         self._appending: tuple[Engine, Parsed, PendingAppend] | None = None  # the batch whose append is in flight
@@ -562,7 +562,9 @@ class Worker:
                         and self.caught_up():  # at most 4 ListOffsets a second, not one per batch
                     self.finish_append()  # every line read is in Redis before any session is judged idle
                     self._last_sweep = now
-                    if self.sweep():
+                    with m.SWEEP_SECONDS.time():  # a full scorer queue makes it wait too
+                        swept = self.sweep()
+                    if swept:
                         idle_since = now
                 if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s and not any(
                         e.store.open_sessions() or e.store.pending() for e in (self.engine, *self.draining)):
@@ -794,6 +796,11 @@ class Worker:
                                 ends=due))
         return len(due)
 
+    def _run_job(self, job: Job) -> None:
+        if job.windows:
+            m.JOB_WAIT_SECONDS.observe(time.monotonic() - job.submitted)
+        self.publish(job.engine, job.windows, job.messages, job.ends)
+
     def publish(self, engine: Engine, windows: Sequence[CutWindow], futures: list[Any],
                 ends: Sequence[tuple[str, str]] = ()) -> None:
         """Score windows, publish anomaly events (and any queued dead letters and confirmed held events), flush,
@@ -805,7 +812,8 @@ class Worker:
                 for i in range(0, len(windows), max_batch):
                     futures += self._score_chunk(engine, windows[i:i + max_batch], held)
             if futures:
-                self.backoff.call("publish", lambda: self._flush(futures), (KafkaError,), m.BROKER_ERRORS)
+                with m.FLUSH_SECONDS.time():  # back-off included: what the events waited for
+                    self.backoff.call("publish", lambda: self._flush(futures), (KafkaError,), m.BROKER_ERRORS)
             if held:
                 n = self.backoff.call("redis hold", lambda: engine.store.hold_ends(held), (redis.RedisError,),
                                       m.REDIS_ERRORS)

@@ -139,6 +139,9 @@ def test_run_serves_health_ready_and_metrics(detector):
     assert samples["logad_ready"] == 1
     assert samples['logad_lines_rejected_total{reason="format_mismatch"}'] == 0  # bounded labels exist at 0
     assert samples['logad_windows_scored_total{cause="idle"}'] > 0
+    assert samples["logad_score_cache_warmed_total"] == len(load_bundle(BUNDLE).warm_windows) > 0  # at start-up
+    assert samples["logad_sweep_seconds_count"] > 0 and samples["logad_score_queue_wait_seconds_count"] > 0
+    assert samples["logad_publish_flush_seconds_count"] > 0
     assert any(k.startswith("logad_model_info{") for k in samples)
     assert all(not k.startswith("logad_serve_") for k in samples)  # the API's series live in its own registry
 
