@@ -344,19 +344,29 @@ def wait_ready(procs: list[tuple[Any, int]], timeout: float = 90) -> None:
     raise SystemExit("workers not ready in time")
 
 
-def feed_lines(bootstrap: str, topic: str, lines: list[str]) -> None:
-    """Produce the lines as fast as librdkafka takes them (the ``live`` load generator)."""
+def rd_producer(bootstrap: str, linger_ms: int) -> Any:
+    """librdkafka's producer for the load generators: a few us of this process's CPU per line."""
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    return Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "acks": "all"})
+
+
+def rd_produce(producer: Any, topic: str, value: bytes, **kwargs: Any) -> None:
+    """Produce one record, waiting while librdkafka's local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value, **kwargs)
+            break
+        except BufferError:  # the local queue is full: let deliveries drain it
+            producer.poll(0.01)
+    producer.poll(0)
+
+
+def feed_lines(bootstrap: str, topic: str, lines: list[str]) -> None:
+    """Produce the lines as fast as librdkafka takes them (the ``live`` load generator)."""
+    producer = rd_producer(bootstrap, linger_ms=5)
     for line in lines:
-        while True:
-            try:
-                producer.produce(topic, line.encode())
-                break
-            except BufferError:  # the local queue is full: let deliveries drain it
-                producer.poll(0.01)
-        producer.poll(0)
+        rd_produce(producer, topic, line.encode())
     if producer.flush(600):
         raise SystemExit("the live feeder could not deliver every line")
 
@@ -448,19 +458,11 @@ def bench_latency(stack: Stack, lines: list[str], rate: float, partitions: int, 
     # The load generator shares the two cores with the worker, the broker and Redis: librdkafka's producer costs a
     # few microseconds of this process's CPU per line, kafka-python's some tens (``load_client``).
     if load_client == "confluent-kafka":
-        from confluent_kafka import Producer
-
-        producer = Producer({"bootstrap.servers": stack.broker.url, "linger.ms": 2, "acks": "all"})
+        producer = rd_producer(stack.broker.url, linger_ms=2)
         ring = sorted(producer.list_topics(topic, timeout=10).topics[topic].partitions)
 
         def send(line: str, partition: int, ts: int) -> None:
-            while True:
-                try:
-                    producer.produce(topic, line.encode(), partition=partition, timestamp=ts)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
-            producer.poll(0)
+            rd_produce(producer, topic, line.encode(), partition=partition, timestamp=ts)
     else:
         producer = make_producer(stack.broker.url, linger_ms=2)
         ring = sorted(producer.partitions_for(topic))
