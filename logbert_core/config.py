@@ -177,8 +177,9 @@ class KafkaSection(_Section):
     group_id: str = "logad"
     session_timeout_ms: int = Field(default=10_000, gt=0)
     max_poll_records: int = Field(default=1000, gt=0)
-    # The detector's consumer: librdkafka through confluent-kafka, which decodes records in C (about 1.6 us of CPU
-    # per record, against 10 us for kafka-python; docs/performance.md), or kafka-python. Producers are kafka-python.
+    # The detector's consumer and event producer: librdkafka through confluent-kafka, which decodes records in C
+    # (about 1.6 us of CPU per record, against 10 us for kafka-python; docs/performance.md) and waits for the
+    # broker's acknowledgements without the GIL, or kafka-python. The other tools' producers are kafka-python.
     client: Literal["confluent-kafka", "kafka-python"] = "confluent-kafka"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None

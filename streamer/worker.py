@@ -58,11 +58,12 @@ from streamer import metrics as m
 from streamer.decode import Rejected, ValueDecoder
 from streamer.errors import OutageError, StartupError
 from streamer.events import build_event
-from streamer.rdkafka import ConfluentConsumer, rdkafka_config
+from streamer.rdkafka import ConfluentConsumer, ConfluentProducer, rdkafka_config, rdkafka_producer_config
 from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_FLUSH_TIMEOUT_S = 30.0  # how long one publish waits for the broker before it is retried (with back-off)
 
 _MAX_WATERMARK = r"""
 -- KEYS[1]: the group's watermark; ARGV[1]: a worker's. Keeps the larger and returns it (as a string).
@@ -350,7 +351,7 @@ class Worker:
     """
 
     def __init__(self, settings: Settings, bundle: Bundle, *, consumer: KafkaConsumer | None = None,
-                 producer: KafkaProducer | None = None, redis_client: redis.Redis | None = None,
+                 producer: KafkaProducer | ConfluentProducer | None = None, redis_client: redis.Redis | None = None,
                  bundle_dir: str | Path | None = None) -> None:
         self.s = settings
         self.stop_event = threading.Event()
@@ -496,10 +497,16 @@ class Worker:
         return self._consumer
 
     @property
-    def producer(self) -> KafkaProducer:
+    def producer(self) -> KafkaProducer | ConfluentProducer:
         if self._producer is None:
-            self._producer = KafkaProducer(bootstrap_servers=self.s.kafka.bootstrap_servers, acks="all",
-                                           linger_ms=5, retries=5, **self.kafka_kwargs)
+            k = self.s.kafka
+            if k.client == "confluent-kafka":
+                self._producer = ConfluentProducer(rdkafka_producer_config(
+                    k.bootstrap_servers, client_id=f"logad-{k.group_id}", client_kwargs=self.kafka_kwargs,
+                    timeout_s=_FLUSH_TIMEOUT_S))
+            else:
+                self._producer = KafkaProducer(bootstrap_servers=k.bootstrap_servers, acks="all", linger_ms=5,
+                                               retries=5, **self.kafka_kwargs)
         return self._producer
 
     def _set_healthy(self, ok: bool) -> None:
@@ -887,8 +894,11 @@ class Worker:
         """Send all messages and wait until the broker has every one; raise if any failed (the caller retries
         the whole set: consumers see at-least-once, with identical duplicates)."""
         producer = self.producer
+        if isinstance(producer, ConfluentProducer):
+            producer.deliver(messages, timeout_s=_FLUSH_TIMEOUT_S)
+            return
         futs = [producer.send(topic, key=key, value=value, headers=headers) for topic, key, value, headers in messages]
-        producer.flush(timeout=30)
+        producer.flush(timeout=_FLUSH_TIMEOUT_S)
         for f in futs:
             if not f.is_done:
                 raise _FlushTimeout("producer flush timed out")
@@ -898,8 +908,11 @@ class Worker:
     def close(self) -> None:
         if self._producer is not None:
             try:
-                self._producer.flush(timeout=10)
-                self._producer.close(timeout=10)
+                if isinstance(self._producer, ConfluentProducer):
+                    self._producer.close(timeout_s=10)
+                else:
+                    self._producer.flush(timeout=10)
+                    self._producer.close(timeout=10)
             except KafkaError as exc:
                 log.warning("producer close: %s", exc)
         if self._consumer is not None:

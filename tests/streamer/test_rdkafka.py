@@ -1,11 +1,12 @@
-"""The librdkafka consumer's settings: the worker's kafka-python settings, translated, and nothing dropped."""
+"""The librdkafka clients: the worker's kafka-python settings, translated, and nothing dropped; the consumer's
+polling; the producer's delivery contract (everything acknowledged, or an error to retry on)."""
 
 from __future__ import annotations
 
 import pytest
 
 from logbert_core.config import KafkaSection
-from streamer.rdkafka import rdkafka_config
+from streamer.rdkafka import rdkafka_config, rdkafka_producer_config
 
 
 def test_settings_match_the_kafka_python_consumer() -> None:
@@ -86,3 +87,79 @@ def test_a_slow_stream_is_not_held_back_by_batching(broker) -> None:
     finally:
         producer.close()
         consumer.close()
+
+
+def test_producer_settings_match_the_kafka_python_producer() -> None:
+    k = KafkaSection(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_plain_username="u",
+                     sasl_plain_password="p")
+    config = rdkafka_producer_config("b:9092", client_id="logad-g", client_kwargs=k.client_kwargs(), timeout_s=30)
+    assert config["acks"] == "all" and config["linger.ms"] == 5
+    assert config["message.timeout.ms"] == 30_000  # an undelivered copy leaves the queue when the send is retried
+    assert (config["security.protocol"], config["sasl.mechanism"], config["sasl.username"]) == (
+        "SASL_PLAINTEXT", "PLAIN", "u")
+    from confluent_kafka import Producer
+
+    Producer(config).flush(0)  # librdkafka accepts every name and value
+
+
+def test_no_broker_at_producer_creation_is_a_kafka_error() -> None:
+    import time
+
+    from kafka.errors import KafkaError
+
+    from streamer.embedded import free_port
+    from streamer.rdkafka import ConfluentProducer
+
+    t0 = time.monotonic()
+    with pytest.raises(KafkaError, match="librdkafka"):
+        ConfluentProducer(rdkafka_producer_config(f"127.0.0.1:{free_port()}", client_id="c", client_kwargs={}),
+                          connect_timeout_s=1.0)
+    assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.integration
+def test_producer_delivers_every_message_with_its_key_and_headers(broker) -> None:
+    from streamer.kafka_io import ensure_topics, read_all
+    from streamer.rdkafka import ConfluentProducer
+
+    ensure_topics(broker.url, {"t.deliver": 2})
+    producer = ConfluentProducer(rdkafka_producer_config(broker.url, client_id="c", client_kwargs={}))
+    try:
+        sent = [("t.deliver", f"s{i}".encode(), f"event {i}".encode(), [("logad.reason", b"r")] if i % 2 else None)
+                for i in range(300)]
+        producer.deliver(sent, timeout_s=20)  # returns only once the broker has acknowledged all of them
+        got = read_all(broker.url, "t.deliver", expected=300, timeout_s=20)
+    finally:
+        producer.close()
+    assert sorted((r.key, r.value) for r in got) == sorted((k, v) for _, k, v, _ in sent)
+    assert sum(1 for r in got if list(r.headers) == [("logad.reason", b"r")]) == 150
+
+
+@pytest.mark.integration
+def test_producer_reports_what_the_broker_did_not_acknowledge() -> None:
+    """A paused broker: ``deliver`` raises a retriable Kafka error at its timeout (the worker backs off, commits
+    nothing and sends the set again), and a later delivery succeeds once the broker is back."""
+    import time
+
+    from kafka.errors import KafkaError
+
+    from streamer.embedded import start_broker
+    from streamer.kafka_io import ensure_topics
+    from streamer.rdkafka import ConfluentProducer
+
+    broker = start_broker()
+    try:
+        ensure_topics(broker.url, {"t.paused": 1})
+        producer = ConfluentProducer(rdkafka_producer_config(broker.url, client_id="c", client_kwargs={},
+                                                             timeout_s=3))
+        producer.deliver([("t.paused", None, b"before", None)], timeout_s=10)
+        broker.pause()
+        t0 = time.monotonic()
+        with pytest.raises(KafkaError, match="not acknowledged|timed out"):
+            producer.deliver([("t.paused", None, b"during", None)], timeout_s=2)
+        assert time.monotonic() - t0 < 6
+        broker.resume()
+        producer.deliver([("t.paused", None, b"after", None)], timeout_s=20)
+        producer.close()
+    finally:
+        broker.stop()
