@@ -297,6 +297,8 @@ def worker_timings(port: int) -> dict[str, Any]:
     samples = {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
                if ln and not ln.startswith("#")}
     out: dict[str, Any] = {}
+    if "logad_sweeps_deferred_total" in samples:
+        out["sweeps_deferred"] = int(samples["logad_sweeps_deferred_total"])
     for name in _TIMINGS:
         n = samples.get(f"{name}_count")
         if not n:

@@ -45,6 +45,9 @@ FLUSH_SECONDS = Histogram("logad_publish_flush_seconds",
 SWEEP_SECONDS = Histogram("logad_sweep_seconds",
                           "Time of one sweep: closing idle sessions in Redis and handing their windows to the scorer",
                           buckets=_WAIT_BUCKETS)
+SWEEPS_DEFERRED = Counter("logad_sweeps_deferred_total",
+                          "Sweeps that were due but waited: the worker had not read what its partitions held at the "
+                          "last catch-up check, or the broker did not answer")
 SCORE_CACHE_HITS = Counter("logad_score_cache_hits_total",
                            "Windows whose score came from the scorer's cache of recent distinct windows")
 SCORE_CACHE_WARMED = Counter("logad_score_cache_warmed_total",

@@ -565,8 +565,12 @@ class Worker:
                 # Sessions are closed only by a worker that has caught up with its partitions: after a restart or
                 # an outage the backlog may still hold the lines that keep a session open.
                 interval = self.s.detector.sweep_interval_s
-                if now - self._last_sweep >= interval and now - self._last_catch_up_check >= max(interval / 2, 0.25) \
-                        and self.caught_up():  # at most 4 ListOffsets a second, not one per batch
+                due = now - self._last_sweep >= interval and \
+                    now - self._last_catch_up_check >= max(interval / 2, 0.25)  # at most 4 ListOffsets a second
+                if due and not self.caught_up():
+                    m.SWEEPS_DEFERRED.inc()
+                    due = False
+                if due:
                     self.finish_append()  # every line read is in Redis before any session is judged idle
                     self._last_sweep = now
                     with m.SWEEP_SECONDS.time():  # a full scorer queue makes it wait too
