@@ -283,7 +283,7 @@ def ready(port: int) -> dict[str, Any] | None:
 
 
 _TIMINGS = ("logad_sweep_seconds", "logad_score_queue_wait_seconds", "logad_score_seconds",
-            "logad_publish_flush_seconds")
+            "logad_publish_flush_seconds", "logad_offset_commit_seconds")
 
 
 def worker_timings(port: int) -> dict[str, Any]:

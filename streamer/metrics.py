@@ -42,6 +42,9 @@ JOB_WAIT_SECONDS = Histogram("logad_score_queue_wait_seconds",
 FLUSH_SECONDS = Histogram("logad_publish_flush_seconds",
                           "Time to send a job's events and dead letters and wait for the broker to have them all",
                           buckets=_WAIT_BUCKETS)
+COMMIT_SECONDS = Histogram("logad_offset_commit_seconds",
+                           "Time of one synchronous commit of input offsets (the consume loop waits for it)",
+                           buckets=_WAIT_BUCKETS)
 SWEEP_SECONDS = Histogram("logad_sweep_seconds",
                           "Time of one sweep: closing idle sessions in Redis and handing their windows to the scorer",
                           buckets=_WAIT_BUCKETS)

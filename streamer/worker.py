@@ -7,7 +7,8 @@ Order of effects for every consumed batch (the at-least-once contract):
    runs while the loop parses the next batch; its reply is read before anything of the batch goes further);
 3. score the cut windows, publish anomaly events, publish dead-letter records, flush the producer;
 4. ``ack`` the published windows in Redis;
-5. commit the batch's input offsets.
+5. commit the batch's input offsets (with the other batches done since the last commit, at most every
+   ``kafka.commit_interval_ms``).
 
 Steps 3-4 run on a scorer thread (``Scoring``), so the consume loop reads and parses the next batches while the
 model runs; step 5 stays on the consume thread and commits a batch only once its job and every job before it are
@@ -388,6 +389,8 @@ class Worker:
         self._ends_seen: tuple[float, dict[TopicPartition, int]] | None = None  # (when, end offsets) last check
         self.stats = {"consumed": 0, "rejected": 0, "windows": 0, "anomalies": 0, "reloads": 0}
         self.scoring = Scoring(self._run_job, det.score_queue)
+        self._done_offsets: dict[TopicPartition, OffsetAndMetadata] = {}  # done, not committed yet (``settle``)
+        self._last_commit = 0.0
         self._ends_in_flight: set[tuple[str, str]] = set()  # (bundle version, session): confirmed, not yet dropped
         self._refreeze = False  # a released bundle was unfrozen: freeze the heap again when no job holds it
         self._appending: tuple[Engine, Parsed, PendingAppend] | None = None  # the batch whose append is in flight
@@ -614,19 +617,31 @@ class Worker:
         self._refreeze = True
 
     def settle(self, wait: bool = False, raise_errors: bool = True, commit: bool = True) -> None:
-        """Commit the input offsets of the jobs that are done, in order, in one commit; raise a job's error (after
-        committing the jobs before it). ``wait``: wait for every job in flight first; ``commit=False``: hand the
-        done jobs back without committing them (their records will be replayed)."""
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        """Commit the input offsets of the jobs that are done, in order, in one commit, at most every
+        ``kafka.commit_interval_ms`` (the offsets of the jobs done meanwhile wait in ``_done_offsets``); raise a
+        job's error (after committing the jobs before it). ``wait``: wait for every job in flight first and commit
+        now; ``commit=False``: hand the done jobs back and drop their offsets without committing them (their records
+        will be replayed)."""
+        offsets = self._done_offsets
+        failed = False
         for job in self.scoring.completed(wait):
             if job.error is not None:
+                failed = True
                 break
             if job.offsets:
                 offsets.update(job.offsets)
-        if offsets and commit:
+        if not commit:
+            offsets.clear()
+            return
+        now = time.monotonic()
+        if offsets and (wait or failed or self.stop_event.is_set()
+                        or now - self._last_commit >= self.s.kafka.commit_interval_ms / 1000):
+            self._done_offsets = {}
+            self._last_commit = now
             try:
-                self.backoff.call("offset commit", lambda: self.consumer.commit(offsets), (KafkaError,),
-                                  m.BROKER_ERRORS, fatal=(CommitFailedError,))
+                with m.COMMIT_SECONDS.time():
+                    self.backoff.call("offset commit", lambda: self.consumer.commit(offsets), (KafkaError,),
+                                      m.BROKER_ERRORS, fatal=(CommitFailedError,))
             except CommitFailedError as exc:
                 # The group rebalanced while we worked: the new owner replays these records, which is safe.
                 log.warning("offset commit rejected after a rebalance (%s); the records will be replayed", exc)

@@ -1,6 +1,8 @@
 """Pieces of the consume loop without a broker: the scorer thread's queue (jobs come back in submission order and
-only once done; nothing after a failed job runs, so nothing after it can be committed) and the caught-up rule that
-lets sessions close under a steady stream but not with a backlog or during a broker outage."""
+only once done; nothing after a failed job runs, so nothing after it can be committed), the commit of finished
+batches (together, at most every ``kafka.commit_interval_ms``; at once when stopping or after a failure; never for
+records handed back at a rebalance) and the caught-up rule that lets sessions close under a steady stream but not
+with a backlog or during a broker outage."""
 
 from __future__ import annotations
 
@@ -173,3 +175,70 @@ def test_the_safe_watermark_waits_for_partitions_with_lines_left_to_read():
     consumer.pos[c] = 5
     w.partition_watermark[c] = 1900.0
     assert check() and w.safe_watermark == 2000.0
+
+
+class CommitRecorder:
+    def __init__(self) -> None:
+        self.commits: list[dict] = []
+
+    def commit(self, offsets) -> None:
+        self.commits.append(dict(offsets))
+
+
+def settling_worker(interval_ms: int, run=lambda j: None):
+    from types import SimpleNamespace
+
+    from streamer.worker import Backoff
+
+    stop = threading.Event()
+    w = SimpleNamespace(scoring=Scoring(run, 0), consumer=CommitRecorder(), stop_event=stop,
+                        s=SimpleNamespace(kafka=SimpleNamespace(commit_interval_ms=interval_ms)),
+                        backoff=Backoff(10, stop, lambda ok: None), _done_offsets={}, _last_commit=0.0)
+    return w
+
+
+def test_done_batches_are_committed_together_at_most_every_interval():
+    from streamer.worker import Worker
+
+    w = settling_worker(60_000)
+    settle = lambda **kw: Worker.settle(w, **kw)  # noqa: E731
+    w.scoring.submit(job(1))
+    settle()
+    assert w.consumer.commits == [{"p": 1}]  # the first commit is due at once
+    w.scoring.submit(Job(engine=None, windows=[2], messages=[], offsets={"p": 2, "q": 7}))  # type: ignore[arg-type]
+    settle()
+    w.scoring.submit(job(3))
+    settle()
+    assert w.consumer.commits == [{"p": 1}]  # within the interval: held
+    settle(wait=True)  # stopping, or waiting for every job: what is done is committed now, the latest per partition
+    assert w.consumer.commits == [{"p": 1}, {"p": 3, "q": 7}]
+    w.scoring.submit(job(4))
+    settle(commit=False)  # revoked: handed back uncommitted, and not committed later either (the next owner's)
+    settle(wait=True)
+    assert w.consumer.commits == [{"p": 1}, {"p": 3, "q": 7}]
+
+
+def test_with_interval_zero_every_batch_is_committed():
+    from streamer.worker import Worker
+
+    w = settling_worker(0)
+    for n in (1, 2):
+        w.scoring.submit(job(n))
+        Worker.settle(w)
+    assert w.consumer.commits == [{"p": 1}, {"p": 2}]
+
+
+def test_a_failure_commits_the_batches_done_before_it_at_once_and_raises():
+    from streamer.worker import Worker
+
+    def run(j: Job) -> None:
+        if j.windows[0] == 3:
+            raise RuntimeError("redis gone")
+
+    w = settling_worker(60_000, run)
+    w._last_commit = time.monotonic()  # a commit was just made: the next one is not due by the clock
+    for n in (1, 2, 3, 4):
+        w.scoring.submit(job(n))
+    with pytest.raises(RuntimeError, match="redis gone"):
+        Worker.settle(w)
+    assert w.consumer.commits == [{"p": 2}]  # 1 and 2 are done; 3 failed and 4 never ran
