@@ -237,7 +237,7 @@ class Scoring:
     """Runs jobs in submission order on one thread, off the consume loop (torch releases the GIL while it computes).
 
     ``depth`` jobs may wait; ``submit`` blocks while the queue is full. With ``depth`` 0 a job runs in the caller at
-    submit. After a job fails, later jobs are not run and carry its error, so nothing after it gets committed.
+    submit. A job with nothing to publish never waits in the queue: its offsets go with the last job in flight. After a job fails, later jobs are not run and carry its error, so nothing after it gets committed.
     ``completed`` is called from the consume thread only. ``call`` queues work that only saves time later (warming
     a score cache): it runs in order with the jobs, and its errors are logged, not handed on.
     """
@@ -254,12 +254,22 @@ class Scoring:
             self._thread.start()
 
     def submit(self, job: Job) -> None:
-        idle = all(j.done.is_set() for j in self._jobs)
+        if self._queue is not None and not job.windows and not job.messages and self.failed is None:
+            # Nothing to publish (most consumed batches: sessions rarely fill a window). Such a job is done as soon
+            # as the jobs before it are, so it never goes to the thread, where it would cost a wake-up and a GIL
+            # hand-off: its offsets join the last job in flight and are committed with it (or, when that job fails,
+            # not at all), or it is done now when nothing is ahead of it.
+            last = self._jobs[-1] if self._jobs else None
+            if last is not None and not last.done.is_set():
+                if job.offsets:
+                    last.offsets = {**(last.offsets or {}), **job.offsets}
+                return
+            job.done.set()
+            self._jobs.append(job)
+            return
         self._jobs.append(job)
         if self._queue is None:
             self._execute(job)
-        elif idle and not job.windows and not job.messages and self.failed is None:
-            job.done.set()  # nothing to publish and nothing ahead of it: done (waking the thread costs ~ms here)
         else:
             self._queue.put(job)
 

@@ -45,6 +45,36 @@ def test_jobs_come_back_in_order_once_done(depth):
     scoring.close()
 
 
+def test_a_batch_with_nothing_to_publish_is_committed_with_the_job_before_it():
+    """It never waits in the queue: done when nothing is ahead, else its offsets go with the last job in flight
+    (committed once that is done, never if it fails)."""
+    gate = threading.Event()
+
+    def run(j: Job) -> None:
+        gate.wait(5)
+        if j.windows[0] == 9:
+            raise RuntimeError("broker gone")
+
+    scoring = Scoring(run, 4)
+    empty = lambda off: Job(engine=None, windows=[], messages=[], offsets=off)  # type: ignore[arg-type]  # noqa: E731
+    alone = empty({"p": 1})
+    scoring.submit(alone)
+    assert scoring.completed() == [alone]  # nothing ahead: done at once
+    busy = job(2)
+    scoring.submit(busy)
+    scoring.submit(empty({"p": 3, "q": 1}))
+    scoring.submit(empty({"q": 2}))
+    assert scoring.in_flight() == 1 and scoring.completed() == []
+    gate.set()
+    assert scoring.completed(wait=True) == [busy] and busy.offsets == {"p": 3, "q": 2}
+    failing = job(9)
+    scoring.submit(failing)
+    scoring.submit(empty({"p": 10}))
+    (back,) = scoring.completed(wait=True)
+    assert back is failing and back.error is not None  # settle() commits nothing of it, the folded offsets included
+    scoring.close()
+
+
 def test_a_failed_job_stops_the_ones_after_it():
     def run(j: Job) -> None:
         if j.windows[0] == 1:
