@@ -237,7 +237,8 @@ class Scoring:
     """Runs jobs in submission order on one thread, off the consume loop (torch releases the GIL while it computes).
 
     ``depth`` jobs may wait; ``submit`` blocks while the queue is full. With ``depth`` 0 a job runs in the caller at
-    submit. A job with nothing to publish never waits in the queue: its offsets go with the last job in flight. After a job fails, later jobs are not run and carry its error, so nothing after it gets committed.
+    submit. A job with nothing to publish never waits in the queue: its offsets go with the last job in flight.
+    After a job fails, later jobs are not run and carry its error, so nothing after it gets committed.
     ``completed`` is called from the consume thread only. ``call`` queues work that only saves time later (warming
     a score cache): it runs in order with the jobs, and its errors are logged, not handed on.
     """
