@@ -304,6 +304,10 @@ class Scoring:
                 self._run(job)
             except BaseException as exc:  # handed to the consume thread, which raises it
                 job.error = self.failed = exc
+        # What is left to do with a finished job is its commit: let its windows and messages go now. A sweep that
+        # closes a large burst submits job after job before the consume thread hands any back (``completed``), and
+        # each would otherwise hold its windows until then.
+        job.windows, job.messages, job.ends = (), [], []
         job.done.set()
 
     @staticmethod
