@@ -174,6 +174,10 @@ class KafkaSection(_Section):
     input_topic: str = "logs.raw"
     output_topic: str = "logs.anomalies"
     dlq_topic: str = ""  # empty: "<input_topic>.dlq"
+    # A dead letter's value is cut to this many bytes, so that it fits under the broker's record limit
+    # (max.message.bytes, about 1 MB by default) with its headers; headers say when and from how many bytes. The
+    # whole record stays on the input topic, at the offset the headers give.
+    dlq_max_value_bytes: int = Field(default=900_000, gt=0)
     group_id: str = "logad"
     session_timeout_ms: int = Field(default=10_000, gt=0)
     max_poll_records: int = Field(default=1000, gt=0)

@@ -89,7 +89,9 @@ def rdkafka_producer_config(bootstrap: str, *, client_id: str, client_kwargs: Ma
     linger, and a message given up after ``timeout_s`` (the caller sends the whole set again), so a long outage
     does not pile copies up in the client's queue."""
     return {"bootstrap.servers": bootstrap, "client.id": client_id, "acks": "all", "linger.ms": 5,
-            "message.timeout.ms": int(timeout_s * 1000), **_security(client_kwargs)}
+            "message.timeout.ms": int(timeout_s * 1000),
+            # kafka-python's max_request_size (librdkafka's default is 1,000,000): the same records go through
+            "message.max.bytes": 1_048_576, **_security(client_kwargs)}
 
 
 def _security(client_kwargs: Mapping[str, Any]) -> dict[str, Any]:

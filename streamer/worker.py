@@ -922,7 +922,12 @@ class Worker:
         headers = [("logad.source.topic", rec.topic.encode()), ("logad.source.partition", str(rec.partition).encode()),
                    ("logad.source.offset", str(rec.offset).encode()), ("logad.reason", reason.encode()),
                    ("logad.error", detail[:500].encode("utf-8", "replace"))]
-        return (self.s.kafka.dlq, rec.key, rec.value if rec.value is not None else b"", headers)
+        value = rec.value if rec.value is not None else b""
+        cap = self.s.kafka.dlq_max_value_bytes
+        if len(value) > cap:  # over the broker's record limit it could never be published: the worker would stall
+            headers += [("logad.truncated", b"true"), ("logad.original_bytes", str(len(value)).encode())]
+            value = value[:cap]
+        return (self.s.kafka.dlq, rec.key, value, headers)
 
     def _flush(self, messages: list[Any]) -> None:
         """Send all messages and wait until the broker has every one; raise if any failed (the caller retries

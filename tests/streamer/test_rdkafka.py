@@ -163,3 +163,18 @@ def test_producer_reports_what_the_broker_did_not_acknowledge() -> None:
         producer.close()
     finally:
         broker.stop()
+
+
+@pytest.mark.integration
+def test_producer_takes_records_as_large_as_the_kafka_python_one_did(broker) -> None:
+    """librdkafka refuses records over 1,000,000 bytes by default, kafka-python over 1,048,576: an event or dead
+    letter in between must not become an endless retry."""
+    from streamer.kafka_io import ensure_topics
+    from streamer.rdkafka import ConfluentProducer
+
+    ensure_topics(broker.url, {"t.large": 1})
+    producer = ConfluentProducer(rdkafka_producer_config(broker.url, client_id="c", client_kwargs={}))
+    try:
+        producer.deliver([("t.large", None, b"x" * 1_040_000, [("logad.reason", b"too_large")])], timeout_s=20)
+    finally:
+        producer.close()

@@ -274,3 +274,24 @@ def test_a_failure_commits_the_batches_done_before_it_at_once_and_raises():
     with pytest.raises(RuntimeError, match="redis gone"):
         Worker.settle(w)
     assert w.consumer.commits == [{"p": 2}]  # 1 and 2 are done; 3 failed and 4 never ran
+
+
+def test_a_dead_letter_over_the_cap_is_cut_and_says_so():
+    """A record over the broker's limit could never be published as a dead letter: the worker would retry it until
+    its outage budget ran out. Its value is cut, and headers say so; the whole record stays on the input topic."""
+    from types import SimpleNamespace
+
+    from streamer.worker import Worker
+
+    w = SimpleNamespace(s=SimpleNamespace(kafka=SimpleNamespace(dlq="in.dlq", dlq_max_value_bytes=1000)),
+                        stats={"rejected": 0})
+    rec = SimpleNamespace(topic="in", partition=2, offset=77, key=b"k", value=b"x" * 5000)
+    topic, key, value, headers = Worker._dead_letter(w, rec, "too_large", "line of 5000 bytes")
+    assert (topic, key, value) == ("in.dlq", b"k", b"x" * 1000)
+    h = dict(headers)
+    assert h["logad.truncated"] == b"true" and h["logad.original_bytes"] == b"5000"
+    assert (h["logad.source.partition"], h["logad.source.offset"], h["logad.reason"]) == (b"2", b"77", b"too_large")
+    rec.value = b"y" * 1000  # at the cap: as it came, without the headers
+    _, _, value, headers = Worker._dead_letter(w, rec, "format_mismatch", "")
+    assert value == b"y" * 1000 and "logad.truncated" not in dict(headers)
+    assert w.stats["rejected"] == 2
