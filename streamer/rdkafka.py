@@ -138,13 +138,7 @@ class ConfluentConsumer:
 
     # -- callbacks (run inside poll, on the calling thread) ------------------------------------------------------
     def _log_error(self, err: Any) -> None:
-        if err.fatal():
-            log.error("kafka consumer fatal error: %s", err.str())
-            return
-        name = err.name()
-        if name not in self._errors_logged:  # once per kind until the broker answers again
-            self._errors_logged.add(name)
-            log.warning("kafka consumer: %s (librdkafka retries)", err.str())
+        _log_client_error("consumer", err, self._errors_logged)  # once per kind until a record arrives again
 
     def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
         self._start.clear()
@@ -283,12 +277,7 @@ class ConfluentProducer:
             raise _to_kafka_error(exc) from exc
 
     def _log_error(self, err: Any) -> None:
-        name = err.name()
-        if err.fatal():
-            log.error("kafka producer fatal error: %s", err.str())
-        elif name not in self._errors_logged:  # once per kind until a delivery succeeds again
-            self._errors_logged.add(name)
-            log.warning("kafka producer: %s (librdkafka retries)", err.str())
+        _log_client_error("producer", err, self._errors_logged)  # once per kind until a delivery succeeds again
 
     def deliver(self, messages: Iterable[tuple[str, bytes | None, bytes, Any]], timeout_s: float = 30.0) -> None:
         """Send ``(topic, key, value, headers)`` messages and wait until each is acknowledged. Raises a retriable
@@ -326,6 +315,16 @@ class ConfluentProducer:
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._p.flush(timeout_s)
+
+
+def _log_client_error(client: str, err: Any, logged: set[str]) -> None:
+    """Log a librdkafka error event: a fatal one always, any other once per kind (``logged``; the caller clears it
+    when the client works again)."""
+    if err.fatal():
+        log.error("kafka %s fatal error: %s", client, err.str())
+    elif err.name() not in logged:
+        logged.add(err.name())
+        log.warning("kafka %s: %s (librdkafka retries)", client, err.str())
 
 
 def _to_kafka_error(exc: BaseException) -> KafkaError:
