@@ -19,11 +19,11 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ConsumerRecord", "KafkaIOError", "committed_offsets", "end_offsets", "ensure_topics", "make_consumer",
+__all__ = ["ConsumerRecord", "EventProducer", "KafkaIOError", "committed_offsets", "end_offsets", "ensure_topics", "make_consumer",
            "produce_file",
            "make_producer", "produce_lines", "read_all"]
 
@@ -142,6 +142,28 @@ def make_producer(bootstrap: str, **kwargs: Any) -> KafkaProducer:
         return KafkaProducer(**config)
     except KafkaError as exc:
         raise KafkaIOError(f"cannot create a producer on {bootstrap}: {exc}") from exc
+
+
+class EventProducer:
+    """kafka-python's producer behind the delivery contract of ``streamer.rdkafka.ConfluentProducer``, so the
+    detector publishes alike with either client: ``deliver`` sends ``(topic, key, value, headers)`` messages and
+    returns once the broker has every one, or raises a ``KafkaError`` (the caller sends the whole set again)."""
+
+    def __init__(self, bootstrap: str, **kwargs: Any) -> None:
+        self._p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, retries=5, **kwargs)
+
+    def deliver(self, messages: Iterable[tuple[str, bytes | None, bytes, Any]], timeout_s: float = 30.0) -> None:
+        futs = [self._p.send(topic, key=key, value=value, headers=headers) for topic, key, value, headers in messages]
+        self._p.flush(timeout=timeout_s)
+        for f in futs:
+            if not f.is_done:
+                raise KafkaTimeoutError("producer flush timed out")
+            if f.failed():
+                raise f.exception
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._p.flush(timeout=timeout_s)
+        self._p.close(timeout=timeout_s)
 
 
 def _to_bytes(value: str | bytes) -> bytes:

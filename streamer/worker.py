@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 
 import redis
 import torch
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
@@ -59,6 +59,7 @@ from streamer import metrics as m
 from streamer.decode import Rejected, ValueDecoder
 from streamer.errors import OutageError, StartupError
 from streamer.events import build_event
+from streamer.kafka_io import EventProducer
 from streamer.rdkafka import ConfluentConsumer, ConfluentProducer, rdkafka_config, rdkafka_producer_config
 from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore
 
@@ -367,7 +368,7 @@ class Worker:
     """
 
     def __init__(self, settings: Settings, bundle: Bundle, *, consumer: KafkaConsumer | None = None,
-                 producer: KafkaProducer | ConfluentProducer | None = None, redis_client: redis.Redis | None = None,
+                 producer: EventProducer | ConfluentProducer | None = None, redis_client: redis.Redis | None = None,
                  bundle_dir: str | Path | None = None) -> None:
         self.s = settings
         self.stop_event = threading.Event()
@@ -515,7 +516,7 @@ class Worker:
         return self._consumer
 
     @property
-    def producer(self) -> KafkaProducer | ConfluentProducer:
+    def producer(self) -> EventProducer | ConfluentProducer:
         if self._producer is None:
             k = self.s.kafka
             if k.client == "confluent-kafka":
@@ -523,8 +524,7 @@ class Worker:
                     k.bootstrap_servers, client_id=f"logad-{k.group_id}", client_kwargs=self.kafka_kwargs,
                     timeout_s=_FLUSH_TIMEOUT_S))
             else:
-                self._producer = KafkaProducer(bootstrap_servers=k.bootstrap_servers, acks="all", linger_ms=5,
-                                               retries=5, **self.kafka_kwargs)
+                self._producer = EventProducer(k.bootstrap_servers, **self.kafka_kwargs)
         return self._producer
 
     def _set_healthy(self, ok: bool) -> None:
@@ -932,26 +932,12 @@ class Worker:
     def _flush(self, messages: list[Any]) -> None:
         """Send all messages and wait until the broker has every one; raise if any failed (the caller retries
         the whole set: consumers see at-least-once, with identical duplicates)."""
-        producer = self.producer
-        if isinstance(producer, ConfluentProducer):
-            producer.deliver(messages, timeout_s=_FLUSH_TIMEOUT_S)
-            return
-        futs = [producer.send(topic, key=key, value=value, headers=headers) for topic, key, value, headers in messages]
-        producer.flush(timeout=_FLUSH_TIMEOUT_S)
-        for f in futs:
-            if not f.is_done:
-                raise _FlushTimeout("producer flush timed out")
-            if f.failed():
-                raise f.exception
+        self.producer.deliver(messages, timeout_s=_FLUSH_TIMEOUT_S)
 
     def close(self) -> None:
         if self._producer is not None:
             try:
-                if isinstance(self._producer, ConfluentProducer):
-                    self._producer.close(timeout_s=10)
-                else:
-                    self._producer.flush(timeout=10)
-                    self._producer.close(timeout=10)
+                self._producer.close(timeout_s=10)
             except KafkaError as exc:
                 log.warning("producer close: %s", exc)
         if self._consumer is not None:
@@ -961,7 +947,3 @@ class Worker:
                 log.warning("consumer close: %s", exc)
         self._consumer = None
         self._producer = None
-
-
-class _FlushTimeout(KafkaError):
-    retriable = True
