@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 # C0 controls other than TAB, DEL, C1 controls, and the Unicode bidi overrides/isolates (trojan-source style text)
 _HOSTILE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+# lone surrogates: UTF-8 cannot carry them, but a JSON "\ud800" escape can; no encoder downstream (Redis, Kafka,
+# the event's JSON) would take the string
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 EMPTY = "empty"
 TOO_LARGE = "too_large"
@@ -65,6 +68,10 @@ class ValueDecoder:
                 line = obj[name]
                 if not isinstance(line, str):
                     return Rejected(JSON_WRONG_TYPE, f"field {name!r} is {type(line).__name__}, expected a string")
+                m = _SURROGATE.search(line)
+                if m is not None:
+                    return Rejected(INVALID_UTF8, f"field {name!r} holds a lone surrogate U+{ord(m.group()):04X} "
+                                                  f"at {m.start()} (a JSON \\u escape no UTF-8 text can carry)")
                 return self._clean(line)
         return Rejected(JSON_NO_FIELD, f"none of the fields {list(self.fields)} in the JSON object")
 

@@ -309,6 +309,10 @@ class WindowStore:
             conn.disconnect()
             pool.release(conn)
             return PendingAppend(entries, now_ms, None)
+        except BaseException:  # e.g. an argument the encoder refuses: never keep the connection checked out
+            conn.disconnect()
+            pool.release(conn)
+            raise
         return PendingAppend(entries, now_ms, conn)
 
     def append_finish(self, pending: PendingAppend) -> AppendResult:

@@ -32,6 +32,8 @@ def test_raw_and_json_give_the_same_line():
     ("line with \u202e bidi override".encode(), d.CONTROL_CHARS),
     (b"line with \x1b[31m escape", d.CONTROL_CHARS),
     (b"two\nlines", d.CONTROL_CHARS),
+    (b'{"log": "blk_1 half a pair \\ud800 here"}', d.INVALID_UTF8),  # valid UTF-8 and JSON; no encoder takes it
+    (b'{"log": "blk_1 \\udfff"}', d.INVALID_UTF8),
 ])
 def test_bad_values_are_rejected_with_a_reason(value, reason):
     out = DEC.decode(value)
@@ -44,3 +46,14 @@ def test_any_bytes_decode_without_raising(value):
     assert isinstance(out, str | Rejected)
     if isinstance(out, Rejected):
         assert out.reason in d.REASONS
+
+
+def test_a_json_escaped_pair_is_one_character_and_kept():
+    assert DEC.decode(b'{"log": "blk_1 smile \\ud83d\\ude00"}') == "blk_1 smile \U0001f600"
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=()), max_size=200))  # surrogates included
+def test_every_decoded_line_encodes_to_utf8(text):
+    out = DEC.decode(json.dumps({"log": text}).encode())
+    if isinstance(out, str):
+        out.encode("utf-8")  # what Redis, Kafka and the event's JSON will do with it
