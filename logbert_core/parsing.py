@@ -32,6 +32,10 @@ from drain3.masking import LogMasker, MaskingInstruction
 from logbert_core.vocab import Vocabulary
 
 
+# what a datetime can hold (years 1 to 9999, UTC): an event's times are datetimes, so a line outside is refused here
+MIN_TIMESTAMP, MAX_TIMESTAMP = -62135596800.0, 253402300799.0
+
+
 class LineFormatError(ValueError):
     """A line does not fit the configured format (the caller dead-letters it)."""
 
@@ -128,6 +132,8 @@ class LineFormat:
                         tzinfo=timezone.utc).timestamp()
             except ValueError as exc:
                 raise LineFormatError("bad_timestamp", f"{text!r} does not fit {self._ts_format!r}") from exc
+            if not MIN_TIMESTAMP <= ts <= MAX_TIMESTAMP:  # also NaN and infinities
+                raise LineFormatError("bad_timestamp", f"{text[:40]!r} is outside years 1 to 9999")
             if len(self._ts_cache) > 100_000:  # bounded: timestamps repeat within a second, not across days
                 self._ts_cache.clear()
             self._ts_cache[text] = ts

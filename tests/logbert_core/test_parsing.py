@@ -96,3 +96,13 @@ def test_state_round_trip_gives_identical_lookups(hdfs):
     for line, _, _ in HDFS_GOLDEN:
         content = fmt.parse(line).content
         assert restored.lookup(content) == index.lookup(content)
+
+
+@pytest.mark.parametrize("epoch", ["99999999999999", "9" * 400])  # year 3170843; a float overflow to infinity
+def test_timestamps_no_datetime_can_hold_are_rejected(epoch):
+    s = load_settings(CONFIG / "bgl.toml")
+    line = (f"- {epoch} 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.675872 R02-M1-N0-C:J12-U11 RAS "
+            "KERNEL INFO instruction cache parity error corrected")
+    with pytest.raises(LineFormatError) as err:
+        s.line_format().parse(line)
+    assert err.value.reason == "bad_timestamp" and "years 1 to 9999" in str(err.value)
