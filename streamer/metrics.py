@@ -75,7 +75,7 @@ MODEL = Info("logad_model", "The loaded model bundle")
 RELOADS = Counter("logad_model_reloads_total", "Model bundle changes seen, by outcome", ["outcome"])
 
 # Bounded label values exist from the start (at 0), so rate() and absent-series alerts work before the first event.
-for _reason in _decode.REASONS + ("format_mismatch", "no_session_key", "bad_timestamp"):
+for _reason in _decode.REASONS + ("format_mismatch", "no_session_key", "bad_timestamp", "parse_error"):
     LINES_REJECTED.labels(_reason)
 for _cause in ("full", "idle"):
     WINDOWS_SCORED.labels(_cause)

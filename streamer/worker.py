@@ -64,6 +64,7 @@ from streamer.rdkafka import ConfluentConsumer, ConfluentProducer, rdkafka_confi
 from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore
 
 log = logging.getLogger(__name__)
+PARSE_ERROR = "parse_error"  # dead-letter reason of a line whose parsing failed in a way no rule names
 T = TypeVar("T")
 _FLUSH_TIMEOUT_S = 30.0  # how long one publish waits for the broker before it is retried (with back-off)
 
@@ -121,6 +122,7 @@ class LinePipeline:
         self.index = index
         self.vocab = bundle.vocab
         self.nearest = nearest
+        self.errors = 0  # lines whose parsing raised something other than LineFormatError
 
     def parse(self, records: Sequence[Any]) -> Parsed:
         out = Parsed()
@@ -136,11 +138,19 @@ class LinePipeline:
                 continue
             try:
                 parsed = parse(line)
+                key, found = key_of(index, vocab, parsed.content, nearest)
+                mem = member(key, line)
             except LineFormatError as exc:
                 rejects.append((rec, exc.reason, str(exc)))
                 continue
-            key, found = key_of(index, vocab, parsed.content, nearest)
-            mem = member(key, line)
+            except Exception as exc:  # no rule foresaw this line: it costs one dead letter, never the worker
+                if not self.errors:
+                    log.warning("a line could not be parsed (%s[%d]@%d); it goes to the dead-letter topic as "
+                                "%s, as will any other such line (counted, not logged)", rec.topic, rec.partition,
+                                rec.offset, PARSE_ERROR, exc_info=True)
+                self.errors += 1
+                rejects.append((rec, PARSE_ERROR, f"{type(exc).__name__}: {exc}"[:500]))
+                continue
             text = found.template if key == UNK else ""
             out.unseen += key == UNK
             stamps[rec.topic, rec.partition] = parsed.timestamp
@@ -554,10 +564,16 @@ class Worker:
         """Consume until stopped (or, with ``max_idle_s``, until the input stayed empty that long and no session
         is left open: used by the demo and tests)."""
         self.warm(self.engine)  # on the scorer thread, while the consumer connects and joins its group
-        # the broker may come up after us (compose, a rolling restart): connect with back-off within the budget
-        consumer = self.backoff.call("broker connect", lambda: self.consumer, (KafkaError,), m.BROKER_ERRORS)
-        # the producer connects now, not at the first anomaly: that event would wait for the bootstrap (~1 s)
-        self.backoff.call("broker connect", lambda: self.producer, (KafkaError,), m.BROKER_ERRORS)
+        try:
+            # the broker may come up after us (compose, a rolling restart): connect with back-off within the budget
+            consumer = self.backoff.call("broker connect", lambda: self.consumer, (KafkaError,), m.BROKER_ERRORS)
+            # the producer connects now, not at the first anomaly: that event would wait for the bootstrap (~1 s)
+            self.backoff.call("broker connect", lambda: self.producer, (KafkaError,), m.BROKER_ERRORS)
+        except BaseException:  # no broker within the budget, or a signal meanwhile: let go of what was opened
+            self.stop_event.set()
+            self.scoring.close()
+            self.close()
+            raise
         # An empty poll waits this long, so while the input is quiet, idle sessions are closed this late at worst.
         # kafka-python 3.0 needs >= 1 s: it drops a group join that completes while we are outside poll().
         poll_ms = 1000

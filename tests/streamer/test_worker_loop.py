@@ -295,3 +295,36 @@ def test_a_dead_letter_over_the_cap_is_cut_and_says_so():
     _, _, value, headers = Worker._dead_letter(w, rec, "format_mismatch", "")
     assert value == b"y" * 1000 and "logad.truncated" not in dict(headers)
     assert w.stats["rejected"] == 2
+
+
+def test_a_line_whose_parsing_raises_is_dead_lettered_not_fatal(bundle, caplog):
+    """A line no rule foresaw (here: a parser bug, simulated) costs one dead letter; the batch goes on, and only
+    the first such line is logged."""
+    from types import SimpleNamespace
+
+    from e2e_harness import CONFIG
+
+    from logbert_core.config import load_settings
+    from streamer.decode import ValueDecoder
+    from streamer.worker import PARSE_ERROR, LinePipeline
+
+    settings = load_settings(CONFIG)
+    fmt = settings.line_format()
+
+    class Flaky:
+        def parse(self, line: str):  # type: ignore[no-untyped-def]
+            if "boom" in line:
+                raise OverflowError("a case nobody wrote a rule for")
+            return fmt.parse(line)
+
+    pipe = LinePipeline(Flaky(), ValueDecoder(["log"], 10_000), bundle.template_index(), bundle, False)  # type: ignore[arg-type]
+    good = "081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_42 terminating"
+    recs = [SimpleNamespace(topic="t", partition=0, offset=i, value=v.encode())
+            for i, v in enumerate([good, good + " boom", good + " boom again", "not a log line"])]
+    out = pipe.parse(recs)
+    assert [e.session_id for e in out.entries] == ["blk_42"]
+    assert [(r.offset, reason) for r, reason, _ in out.rejects] == [(1, PARSE_ERROR), (2, PARSE_ERROR),
+                                                                    (3, "format_mismatch")]
+    assert "OverflowError: a case nobody wrote a rule for" in out.rejects[0][2]
+    assert list(out.offsets.values()) == [4]  # every record is accounted for
+    assert pipe.errors == 2 and sum("could not be parsed" in r.message for r in caplog.records) == 1
