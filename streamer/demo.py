@@ -202,6 +202,13 @@ def _summarise(lines: list[str], events: dict[str, AnomalyEvent], n_events: int,
         r_ = tp / (tp + fn) if tp + fn else 0.0
         out.update({"anomalous_sessions": len(truth), "tp": tp, "fp": fp, "fn": fn, "precision": round(p, 4),
                     "recall": round(r_, 4), "f1": round(2 * p * r_ / (p + r_), 4) if p + r_ else 0.0})
+        for key, which in (("false_positives_by_rule", flagged - truth), ("true_positives_by_rule", flagged & truth)):
+            fired: dict[str, set[str]] = {}
+            for ev in events.values():
+                if ev.session_id in which:
+                    for rule in ev.explanation.reasons:
+                        fired.setdefault(rule, set()).add(ev.session_id)
+            out[key] = dict(sorted(((r, len(v)) for r, v in fired.items()), key=lambda kv: (-kv[1], kv[0])))
     return out
 
 
@@ -215,3 +222,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     if "f1" in s:
         click.echo(f"block-level vs labels: TP {s['tp']} FP {s['fp']} FN {s['fn']} of {s['anomalous_sessions']} "
                    f"anomalous -> precision {s['precision']:.3f} recall {s['recall']:.3f} F1 {s['f1']:.3f}")
+        for key, what in (("true_positives_by_rule", "anomalous"), ("false_positives_by_rule", "normal")):
+            if s[key]:
+                click.echo(f"  rules that flagged {what} sessions (sessions per rule): "
+                           + ", ".join(f"{r} {n}" for r, n in s[key].items()))
