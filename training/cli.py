@@ -150,13 +150,16 @@ def split(config: str, inputs: tuple[str, ...], labels: str | None, test_fractio
                    "whenever it is quiet for session.idle_timeout_s and reopens with its next line), not those of "
                    "a fast replay.")
 @click.option("--title", default=None, help="Report title.")
+@click.option("--goal-f1", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+              help="Test F1 the shipped decision is held to: the report says whether it is met, and if not, by how "
+                   "much and where the errors come from.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Report directory to write.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @_runs_options
 def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_fraction: float,
              sequences_train: str | None, sequences_abnormal: str | None, sequences_normal: str | None,
-             normal_ids: str | None, methods: str, baseline_epochs: int, live: bool, title: str | None, out_dir: str,
-             no_progress: bool, runs_file: str, mlflow: bool | None) -> None:
+             normal_ids: str | None, methods: str, baseline_epochs: int, live: bool, title: str | None,
+             goal_f1: float | None, out_dir: str, no_progress: bool, runs_file: str, mlflow: bool | None) -> None:
     """LogBERT against the baselines on one split: results table (Markdown, JSON), plots, fingerprint, split.
 
     Raw logs (--input): sessions by the detector's own code, chronological fit / validation / calibration / test.
@@ -185,11 +188,12 @@ def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_frac
         raise click.ClickException(str(exc)) from exc
     options = {"config": config, "inputs": list(inputs), "labels": labels, "test_fraction": test_fraction,
                "sequences": list(seq), "normal_ids": normal_ids, "methods": chosen, "live": live,
-               "baseline_epochs": baseline_epochs}
+               "baseline_epochs": baseline_epochs, "goal_f1": goal_f1}
     params = {**_params(settings, **options)}
     name = title or f"{settings.log.family}: {ev.data.protocol} protocol"
-    write_report(out_dir, ev.data, ev.results, title=name,
-                 params={"target_fpr": settings.scoring.target_fpr, **params, **ev.extra}, notes=ev.notes)
+    doc = write_report(out_dir, ev.data, ev.results, title=name,
+                 params={"target_fpr": settings.scoring.target_fpr, **params, **ev.extra}, notes=ev.notes,
+                 goal_f1=goal_f1)
     counts = ev.data.split.counts(ev.data.labels)
     click.echo(f"report written to {out_dir} ({ev.data.protocol} protocol; split {counts})")
     for r in ev.results:
@@ -199,6 +203,11 @@ def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_frac
                        f"AUC-PR {t['auc_pr']}  ({r.seconds} s)")
         else:
             click.echo(f"  {r.name:20s} flagged {t['fp']} of {t['fp'] + t['tn']} unlabelled sessions  ({r.seconds} s)")
+    goal = doc["analysis"].get("goal")
+    if goal:
+        click.echo(f"goal F1 >= {goal['f1']:g}: " + ("met" if goal["met"] else
+                   f"not met, short by {goal['shortfall']} ({goal['false_positives']} FP, {goal['false_negatives']} "
+                   f"FN; the goal allows {goal['false_positives_allowed_at_full_recall']} FP at full recall)"))
     metrics = {r.name: {k: r.test[k] for k in ("precision", "recall", "f1", "fpr", "flag_rate", "auc_pr")}
                for r in ev.results}
     data = {"inputs": ev.data.data.get("inputs"), "split": ev.data.split.counts(ev.data.labels),

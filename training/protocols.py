@@ -150,6 +150,8 @@ class MethodResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     notes: str = ""
+    # the shipped decision only: session id -> the rules that fired in any of its windows (validation and test)
+    reasons: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def binary_metrics(flags: np.ndarray, truth: np.ndarray, scores: np.ndarray | None = None) -> dict[str, Any]:
@@ -229,6 +231,7 @@ def logbert_results(run: LogBERTRun, data: EvalData, scoring: ScoringSection, in
         return flags, (float(r_model.max()) + (2.0 if exact else 0.0), float(r_model.max()), float(r_keys.max()))
 
     table = {sid: columns(verdicts[sid]) for sid in ids}
+    fired = {sid: tuple(sorted({r for v in verdicts[sid] if v.anomalous for r in v.reasons})) for sid in ids}
     n_val = len(data.validation_ids)
     out = []
     specs = ((LOGBERT, "all enabled rules of logbert_core.judge (the shipped decision)"),
@@ -244,7 +247,8 @@ def logbert_results(run: LogBERTRun, data: EvalData, scoring: ScoringSection, in
             test_scores=scores[n_val:], test_flags=flags[n_val:], val_scores=scores[:n_val], val_flags=flags[:n_val],
             test=binary_metrics(flags[n_val:], data.truth(test_ids), scores[n_val:]) if include_test else {},
             validation=binary_metrics(flags[:n_val], data.truth(data.validation_ids), scores[:n_val]),
-            seconds=round(seconds, 1), history=run.history if name == LOGBERT else [], notes=note))
+            seconds=round(seconds, 1), history=run.history if name == LOGBERT else [], notes=note,
+            reasons=fired if name == LOGBERT else {}))
     return out
 
 

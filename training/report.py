@@ -7,19 +7,25 @@ exact split.
     pr_curves.png     precision-recall curves of every method on the test split (labelled data only)
     score_hist.png    score histograms, normal vs anomalous test sessions, one panel per method
     loss.png          training (and validation) loss per epoch of the methods that learn iteratively
+
+With the shipped decision (``logbert``) among labelled results, ``results.md`` also says how it compares with the
+best baseline, whether it reaches a goal F1 (``goal_f1``) and by how much it falls short, which rules its errors came
+from, and how often each part of the split holds a template the training period never had (``analyse``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training.protocols import EvalData, MethodResult
+from logbert_core.vocab import UNK
+from training.protocols import LOGBERT, EvalData, MethodResult
 
 COLUMNS = ("method", "family", "precision", "recall", "f1", "fpr", "auc_pr", "tp", "fp", "fn", "tn")
 STAT_FIELDS = ("input_lines", "lines", "sessions", "sessions_in_both_parts", "templates", "session_length",
@@ -62,9 +68,136 @@ def _json_safe(v: Any) -> Any:
     return v
 
 
+def max_false_positives(anomalous: int, goal_f1: float) -> int:
+    """The most false positives a decision that finds all ``anomalous`` sessions may make and keep F1 >= ``goal_f1``
+    (F1 = 2A / (2A + FP)). Every missed anomaly lowers it further."""
+    return max(0, math.floor(2 * anomalous * (1 - goal_f1) / goal_f1 + 1e-9))
+
+
+def _rule_counts(reasons: Mapping[str, tuple[str, ...]], ids: Sequence[str]) -> dict[str, int]:
+    counts = Counter(r for sid in ids for r in reasons.get(sid, ()))
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def analyse(data: EvalData, results: Sequence[MethodResult], goal_f1: float | None = None) -> dict[str, Any]:
+    """How the shipped decision stands, and why it errs: empty without labels or without the ``logbert`` row.
+
+    * ``versus_baselines``: per split, its F1 against the best baseline (every row outside the LogBERT family),
+      and the baselines at or above it.
+    * ``goal``: with ``goal_f1``, whether the test F1 reaches it, the shortfall, and how many false positives the
+      goal allows at full recall.
+    * ``errors``: test false positives, true positives and false negatives, with the rules that fired in them.
+    * ``unseen_templates``: per part of the split, how many sessions hold a template the bundle's vocabulary lacks
+      (``UNK``). Test normals holding them far more often than calibration normals is drift the training period
+      could not show, and no threshold calibrated on it can absorb.
+    """
+    product = next((r for r in results if r.name == LOGBERT), None)
+    if product is None or not data.labelled:
+        return {}
+    out: dict[str, Any] = {"product": LOGBERT}
+    baselines = [r for r in results if r.family != "LogBERT"]
+    if baselines:
+        versus = {}
+        for part in ("test", "validation"):
+            f1 = getattr(product, part).get("f1")
+            scored = [(r.name, getattr(r, part).get("f1")) for r in baselines]
+            scored = [(n, f) for n, f in scored if f is not None]
+            if f1 is None or not scored:
+                continue
+            best = max(scored, key=lambda nf: nf[1])
+            versus[part] = {"f1": f1, "best_baseline": best[0], "best_baseline_f1": best[1],
+                            "margin": round(f1 - best[1], 4),
+                            "baselines_ahead": [n for n, f in scored if f > f1],
+                            "baselines_tied": [n for n, f in scored if f == f1]}
+        out["versus_baselines"] = versus
+    t = product.test
+    anomalous = t["tp"] + t["fn"]
+    if goal_f1 is not None:
+        out["goal"] = {"f1": goal_f1, "test_f1": t["f1"], "met": t["f1"] >= goal_f1,
+                       "shortfall": round(max(0.0, goal_f1 - t["f1"]), 4), "anomalous_sessions": anomalous,
+                       "false_positives_allowed_at_full_recall": max_false_positives(anomalous, goal_f1),
+                       "false_positives": t["fp"], "false_negatives": t["fn"]}
+    test = data.split.test
+    truth, flags = data.truth(test), np.asarray(product.test_flags, dtype=bool)
+    fp = [s for s, y, f in zip(test, truth, flags) if f and not y]
+    tp = [s for s, y, f in zip(test, truth, flags) if f and y]
+    fn = [s for s, y, f in zip(test, truth, flags) if not f and y]
+    out["errors"] = {"false_positives": len(fp), "false_positives_by_rule": _rule_counts(product.reasons, fp),
+                     "true_positives": len(tp), "true_positives_by_rule": _rule_counts(product.reasons, tp),
+                     "false_negatives": len(fn)}
+    groups = {"calibration normals": data.split.calib,
+              "test normals": [s for s, y in zip(test, truth) if not y],
+              "test anomalies": [s for s, y in zip(test, truth) if y],
+              "false positives": fp, "false negatives": fn}
+    unseen = {}
+    for name, ids in groups.items():
+        n = sum(UNK in data.sessions[s] for s in ids)
+        unseen[name] = {"sessions": len(ids), "with_unseen_template": n,
+                        "share": round(n / len(ids), 4) if ids else None}
+    out["unseen_templates"] = unseen
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def analysis_markdown(a: Mapping[str, Any]) -> list[str]:
+    """``analyse``'s findings as report sections (nothing when it found nothing to say)."""
+    if not a:
+        return []
+    md: list[str] = []
+    versus, goal = a.get("versus_baselines"), a.get("goal")
+    if versus or goal:
+        md += ["## How the shipped decision stands", ""]
+        for part, v in (versus or {}).items():
+            ahead = ", ".join(f"`{n}`" for n in v["baselines_ahead"]) or "none"
+            tied = ", ".join(f"`{n}`" for n in v["baselines_tied"]) or "none"
+            m = v["margin"]
+            word = f"ahead by {_fmt(m)}" if m > 0 else f"behind by {_fmt(-m)}" if m < 0 else "level"
+            md.append(f"- {part.capitalize()}: `logbert` F1 {_fmt(v['f1'])}; best baseline `{v['best_baseline']}` "
+                      f"F1 {_fmt(v['best_baseline_f1'])} ({word}). Baselines above it: "
+                      f"{ahead}; level with it: {tied}.")
+        if goal:
+            state = "met" if goal["met"] else f"**not met**, short by {_fmt(goal['shortfall'])}"
+            md.append(f"- Goal F1 >= {goal['f1']:g} on the test split: {state} (F1 {_fmt(goal['test_f1'])}). With "
+                      f"{goal['anomalous_sessions']} anomalous sessions, the goal allows at most "
+                      f"{goal['false_positives_allowed_at_full_recall']} false positive(s) at full recall, fewer "
+                      f"with any miss; the decision has {goal['false_positives']} false positive(s) and "
+                      f"{goal['false_negatives']} miss(es).")
+        md.append("")
+    e, u = a["errors"], a["unseen_templates"]
+
+    def rules(d: Mapping[str, int]) -> str:
+        return ", ".join(f"`{k}` {v}" for k, v in d.items()) or "-"
+
+    md += ["## Where the shipped decision errs (test split)", "",
+           "Rules that fired in any window of the session (a session may fire several):", "",
+           "| sessions | count | rules |", "|---|---|---|",
+           f"| false positives | {e['false_positives']} | {rules(e['false_positives_by_rule'])} |",
+           f"| true positives | {e['true_positives']} | {rules(e['true_positives_by_rule'])} |",
+           f"| false negatives | {e['false_negatives']} | - |", "",
+           "Sessions holding a template the training period never had (`UNK`: it fires `unseen_template`):", "",
+           "| sessions | count | with an unseen template | share |", "|---|---|---|---|"]
+    md += [f"| {k} | {v['sessions']} | {v['with_unseen_template']} | {_pct(v['share'])} |" for k, v in u.items()]
+    cal, norm = u["calibration normals"]["share"], u["test normals"]["share"]
+    if norm is not None and cal is not None and norm >= 0.01 and norm > 3 * cal:
+        md += ["", f"Test normals hold an unseen template in {_pct(norm)} of sessions, calibration normals in "
+                   f"{_pct(cal)}: the test period brings templates the training period never showed (drift). "
+                   "Those sessions look new to every rule learned from it, and no threshold calibrated on it can "
+                   "absorb them; training on a period that covers the new templates can."]
+    fp_u = u["false positives"]
+    if fp_u["sessions"] and fp_u["with_unseen_template"]:
+        md += ["", f"{fp_u['with_unseen_template']} of the {fp_u['sessions']} false positives hold an unseen "
+                   "template."]
+    return md + [""]
+
+
 def write_report(out_dir: str | Path, data: EvalData, results: Sequence[MethodResult], *, title: str,
-                 params: Mapping[str, Any], notes: Sequence[str] = ()) -> dict[str, Any]:
-    """Write the report files; returns the JSON document (also written to results.json)."""
+                 params: Mapping[str, Any], notes: Sequence[str] = (), goal_f1: float | None = None
+                 ) -> dict[str, Any]:
+    """Write the report files; returns the JSON document (also written to results.json). ``goal_f1``: the test F1
+    the shipped decision is held to in the analysis (``analyse``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = data.split.counts(data.labels)
@@ -75,6 +208,7 @@ def write_report(out_dir: str | Path, data: EvalData, results: Sequence[MethodRe
                      "validation": r.validation, "seconds": r.seconds, "notes": r.notes,
                      "epochs": len(r.history)} for r in results],
         "notes": list(notes),
+        "analysis": analyse(data, results, goal_f1),
     }
     doc = _json_safe(doc)
     (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -98,6 +232,7 @@ def write_report(out_dir: str | Path, data: EvalData, results: Sequence[MethodRe
     if data.split.val_anomalous or data.labelled:
         md += ["## Validation (model selection only: validation normals + anomalies of the earlier period)", "",
                markdown_table(results, "validation", data.labelled), ""]
+    md += analysis_markdown(doc["analysis"])
     md += ["## Methods", ""] + [f"- `{r.name}` ({r.family}, {r.seconds} s): threshold {_fmt_th(r.threshold)}"
                                + (f"; {r.notes}" if r.notes else "") for r in results] + [""]
     if notes:
