@@ -61,6 +61,8 @@ class ValueDecoder:
             obj = json.loads(text)
         except ValueError as exc:
             return Rejected(INVALID_JSON, str(exc)[:200])
+        except RecursionError:  # thousands of nested brackets: deeper than the parser's stack
+            return Rejected(INVALID_JSON, "JSON nested too deeply")
         if not isinstance(obj, dict):
             return Rejected(INVALID_JSON, "JSON value is not an object")
         for name in self.fields:

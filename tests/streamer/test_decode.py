@@ -57,3 +57,9 @@ def test_every_decoded_line_encodes_to_utf8(text):
     out = DEC.decode(json.dumps({"log": text}).encode())
     if isinstance(out, str):
         out.encode("utf-8")  # what Redis, Kafka and the event's JSON will do with it
+
+
+def test_json_nested_deeper_than_the_parser_is_rejected():
+    value = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    out = ValueDecoder(("log",), max_bytes=1_000_000).decode(value)
+    assert out == Rejected(d.INVALID_JSON, "JSON nested too deeply")
