@@ -459,7 +459,10 @@ class Worker:
         if where is None:
             return False
         try:
-            version = json.loads((where / "bundle.json").read_text()).get("version")
+            doc = json.loads((where / "bundle.json").read_text())
+            if not isinstance(doc, dict):
+                raise ValueError(f"bundle.json holds a JSON {type(doc).__name__}, not an object")
+            version = doc.get("version")
         except (OSError, ValueError) as exc:
             key = f"{where}:unreadable"
             if key not in self._refused:
@@ -471,9 +474,12 @@ class Worker:
             return False
         try:
             engine = Engine.build(self.s, load_bundle(where), self.device, self.redis)
-        except (BundleError, StartupError) as exc:
+        except Exception as exc:  # a bundle that cannot serve is refused; it never takes the running worker down
             self._refused.add(f"{where}:{version}")
-            log.error("refusing model bundle %s from %s: %s; keeping %s", version, where, exc, self.bundle.version)
+            expected = isinstance(exc, (BundleError, StartupError))
+            log.error("refusing model bundle %s from %s: %s; keeping %s", version, where,
+                      exc if expected else f"{type(exc).__name__}: {exc}", self.bundle.version,
+                      exc_info=not expected)
             m.RELOADS.labels("refused").inc()
             return False
         old = self.engine
