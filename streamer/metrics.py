@@ -48,6 +48,9 @@ COMMIT_SECONDS = Histogram("logad_offset_commit_seconds",
 SWEEP_SECONDS = Histogram("logad_sweep_seconds",
                           "Time of one sweep: closing idle sessions in Redis and handing their windows to the scorer",
                           buckets=_WAIT_BUCKETS)
+SESSIONS_EXPIRED = Counter("logad_sessions_expired_total",
+                           "Sessions whose Redis entries expired (session.ttl_s) before a sweep closed them: their "
+                           "last window was never scored")
 SWEEPS_DEFERRED = Counter("logad_sweeps_deferred_total",
                           "Sweeps that were due but waited: the worker had not read what its partitions held at the "
                           "last catch-up check, or the broker did not answer")

@@ -172,20 +172,28 @@ local limit = tonumber(ARGV[5])
 local ttl = tonumber(ARGV[6])
 local out = {}
 local closed = 0
+local expired = 0
 local due = redis.call('ZRANGEBYSCORE', p .. ':idle', '-inf', idle_before, 'LIMIT', 0, limit)
 for _, sid in ipairs(due) do
   if redis.call('ZREM', p .. ':idle', sid) == 1 then
     closed = closed + 1
     local sk, mk = p .. ':s:' .. sid, p .. ':m:' .. sid
-    local st = redis.call('HMGET', mk, 'start', 'covered')
-    local start = tonumber(st[1]) or 0
-    local covered = tonumber(st[2]) or 0
     local cnt = redis.call('ZCARD', sk)
-    if cnt > covered and cnt > start then
-      out[#out + 1] = cut(p, sid, start, cnt, now, lease, ttl, 'idle')
-      covered = cnt
+    if cnt == 0 then
+      -- its entries expired (ttl_s) before any sweep reached it: nothing is left to cut; say so, and do not
+      -- recreate its metadata as a key without a TTL
+      expired = expired + 1
+      redis.call('DEL', mk)
+    else
+      local st = redis.call('HMGET', mk, 'start', 'covered')
+      local start = tonumber(st[1]) or 0
+      local covered = tonumber(st[2]) or 0
+      if cnt > covered and cnt > start then
+        out[#out + 1] = cut(p, sid, start, cnt, now, lease, ttl, 'idle')
+        covered = cnt
+      end
+      redis.call('HSET', mk, 'covered', covered, 'closed', 1)
     end
-    redis.call('HSET', mk, 'covered', covered, 'closed', 1)
   end
 end
 local more = #due >= limit
@@ -201,7 +209,7 @@ for _, id in ipairs(stale) do
   end
 end
 if #stale >= limit then more = true end
-return {closed, out, more and 1 or 0}
+return {closed, out, more and 1 or 0, expired}
 """
 
 
@@ -254,6 +262,7 @@ class SweepResult:
     closed_sessions: int
     windows: list[CutWindow]
     more: bool = False  # the sweep stopped at its limit: more sessions may be due now
+    expired: int = 0  # closed sessions whose entries had expired (session.ttl_s) before the sweep: nothing to cut
 
 
 class PendingAppend:
@@ -356,9 +365,9 @@ class WindowStore:
 
     def sweep(self, now_ms: int, idle_ms: int, limit: int = 1000) -> SweepResult:
         """Close sessions idle for ``idle_ms`` (cutting their last window) and claim windows whose lease ran out."""
-        closed, payloads, more = self._sweep(keys=[], args=[self.prefix, now_ms, now_ms - idle_ms, self.lease_ms,
-                                                            limit, self.ttl_s])
-        return SweepResult(int(closed), [CutWindow.from_payload(p) for p in payloads], bool(more))
+        closed, payloads, more, expired = self._sweep(
+            keys=[], args=[self.prefix, now_ms, now_ms - idle_ms, self.lease_ms, limit, self.ttl_s])
+        return SweepResult(int(closed), [CutWindow.from_payload(p) for p in payloads], bool(more), int(expired))
 
     def ack(self, window_ids: Sequence[str]) -> None:
         """The windows' verdicts are published: drop them from ``P:pending``."""

@@ -807,6 +807,12 @@ class Worker:
                 res = self.backoff.call("redis sweep", lambda: engine.store.sweep(now_ms, idle_ms),
                                         (redis.RedisError,), m.REDIS_ERRORS)
                 m.SESSIONS_CLOSED.inc(res.closed_sessions)
+                if res.expired:
+                    m.SESSIONS_EXPIRED.inc(res.expired)
+                    log.warning("%d session(s) of %s expired in Redis (session.ttl_s = %d s) before a sweep closed "
+                                "them: their last window was not scored. Sweeps wait while the worker is behind "
+                                "or the broker is down; ttl_s must outlast such periods", res.expired,
+                                engine.bundle.version, self.s.session.ttl_s)
                 step = self.s.detector.max_batch  # jobs of one scoring batch: a burst's first events go out early
                 for i in range(0, len(res.windows), step):
                     self.scoring.submit(Job(engine, res.windows[i:i + step], [], None))

@@ -211,3 +211,19 @@ def test_a_replaced_held_stop_is_not_dropped_by_the_old_publish(redis_url):
     store.hold_ends([(w, "new")])  # re-judged meanwhile (a re-claimed window after a crash)
     assert store.drop_ends(due) == 0 and store.due_ends(1e12) == [("blk_a", "new")]
     assert store.known_sessions(["blk_a", "blk_zz"]) == {"blk_a"}
+
+
+def test_a_session_that_expired_before_its_sweep_is_counted_and_leaves_no_key(redis_url):
+    """Sweeps wait while a worker is behind; past session.ttl_s the entries are gone. The loss is reported, and the
+    sweep does not recreate the session's metadata as a key that never expires."""
+    prefix = f"p{uuid.uuid4().hex}"
+    store = make_store(redis_url, prefix=prefix)
+    store.append(lines_of(3, "blk_gone") + lines_of(2, "blk_kept"), now_ms=1_000)
+    r = redis.Redis.from_url(redis_url)
+    for key in r.scan_iter(f"{prefix}:*blk_gone*"):  # what expiry does to a session's keys
+        r.delete(key)
+    res = store.sweep(now_ms=10_000, idle_ms=1_000)
+    assert res.closed_sessions == 2 and res.expired == 1
+    assert [w.session_id for w in res.windows] == ["blk_kept"]
+    assert list(r.scan_iter(f"{prefix}:*blk_gone*")) == []
+    assert all(r.ttl(k) > 0 for k in r.scan_iter(f"{prefix}:*blk_kept*"))
