@@ -60,6 +60,9 @@ SCORE_CACHE_WARMED = Counter("logad_score_cache_warmed_total",
                              "Windows scored into the cache ahead of need: the bundle's most frequent training "
                              "windows, at start-up and for a new bundle")
 ANOMALIES = Counter("logad_anomalies_published_total", "Anomaly events published to the output topic")
+FUTURE_ENTRIES = Counter("logad_future_timestamps_total",
+                         "Session entries stamped more than a day ahead of the worker's clock: windowed as usual, "
+                         "but they do not move the watermark premature_end judges silence by")
 WATERMARK = Gauge("logad_watermark_timestamp_seconds",
                   "Latest log timestamp (Unix seconds) among the lines this worker has stored")
 PREMATURE_HELD = Counter("logad_premature_end_held_total",

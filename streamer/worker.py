@@ -68,10 +68,17 @@ PARSE_ERROR = "parse_error"  # dead-letter reason of a line whose parsing failed
 T = TypeVar("T")
 _FLUSH_TIMEOUT_S = 30.0  # how long one publish waits for the broker before it is retried (with back-off)
 
+# A line stamped further ahead of the wall clock than this is windowed as usual but does not move the watermark:
+# one such line (a bad clock, a typo'd year) would otherwise tell premature_end that every session has been quiet
+# for years. A day covers any time zone a log may be written in and read as UTC.
+_MAX_FUTURE_S = 86_400.0
+
 _MAX_WATERMARK = r"""
--- KEYS[1]: the group's watermark; ARGV[1]: a worker's. Keeps the larger and returns it (as a string).
+-- KEYS[1]: the group's watermark; ARGV[1]: a worker's; ARGV[2]: the latest plausible time. Keeps the larger and
+-- returns it (as a string); a stored value past ARGV[2] (left by a version that did not check) is replaced.
 local new = tonumber(ARGV[1])
 local old = tonumber(redis.call('GET', KEYS[1]) or '-inf')
+if old > tonumber(ARGV[2]) then old = -math.huge end
 if new > old then
   redis.call('SET', KEYS[1], ARGV[1])
   return ARGV[1]
@@ -423,6 +430,7 @@ class Worker:
         # the latest log timestamp among the lines this worker has put in Redis: how far the log has gone on
         self.watermark = -math.inf
         self.partition_watermark: dict[TopicPartition, float] = {}  # the same per partition (its last line)
+        self._future_warned = False  # a line stamped far ahead of the clock was logged once
         # how far the log has gone on for sure: the watermark, held back to the last line read of any partition
         # that still had lines to read at the last catch-up check (``caught_up``); premature_end judges by it
         self.safe_watermark = -math.inf
@@ -751,7 +759,8 @@ class Worker:
         worker's own then stands, and the batch path deals with the outage)."""
         try:
             got = self._group_watermark(keys=[self.group_watermark_key],
-                                        args=[repr(mine) if math.isfinite(mine) else "-inf"])
+                                        args=[repr(mine) if math.isfinite(mine) else "-inf",
+                                              repr(time.time() + _MAX_FUTURE_S)])
         except redis.RedisError:
             m.REDIS_ERRORS.inc()
             return -math.inf
@@ -782,10 +791,22 @@ class Worker:
                                      (redis.RedisError,), m.REDIS_ERRORS)
         self._appending = None
         if parsed.entries:
-            self.watermark = max(self.watermark, max(e.timestamp for e in parsed.entries))
+            latest = time.time() + _MAX_FUTURE_S
+            newest = max(e.timestamp for e in parsed.entries)
+            if newest > latest:
+                ahead = sum(e.timestamp > latest for e in parsed.entries)
+                if not self._future_warned:
+                    self._future_warned = True
+                    log.warning("a line is stamped %s, more than %.0f h ahead of this machine's clock; such lines "
+                                "are windowed but do not move the watermark (logad_future_timestamps_total)",
+                                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(newest)), _MAX_FUTURE_S / 3600)
+                m.FUTURE_ENTRIES.inc(ahead)
+                newest = max((e.timestamp for e in parsed.entries if e.timestamp <= latest), default=-math.inf)
+            self.watermark = max(self.watermark, newest)
             m.WATERMARK.set(self.watermark)
             for tp, ts in parsed.stamps.items():
-                self.partition_watermark[tp] = max(ts, self.partition_watermark.get(tp, -math.inf))
+                if ts <= latest:
+                    self.partition_watermark[tp] = max(ts, self.partition_watermark.get(tp, -math.inf))
         if appended.novel_templates:
             m.TEMPLATES_NEW.inc(appended.novel_templates)
         if appended.novel_capped:

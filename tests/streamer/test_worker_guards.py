@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
 from e2e_harness import BUNDLE, settings_for
+from kafka import TopicPartition
 from kafka.errors import KafkaConnectionError
 
 from logbert_core.bundle import load_bundle
@@ -19,10 +22,48 @@ from streamer.worker import Worker
 
 
 class FakeConsumer:
+    """Hands out the given batches of (topic, partition, offset, value) records, then nothing."""
+
     closed = False
+
+    def __init__(self, batches: list[list[SimpleNamespace]] | None = None) -> None:
+        self.batches = list(batches or [])
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[TopicPartition, list[SimpleNamespace]]:
+        if not self.batches:
+            time.sleep(timeout_ms / 1000)
+            return {}
+        out: dict[TopicPartition, list[SimpleNamespace]] = {}
+        for r in self.batches.pop(0):
+            out.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+        return out
+
+    def commit(self, offsets) -> None:  # type: ignore[no-untyped-def]
+        self.commits.append({tp: o.offset for tp, o in offsets.items()})
+
+    def end_offsets(self, tps, timeout_ms: int = 2000):  # type: ignore[no-untyped-def]
+        return {tp: 0 for tp in tps}
+
+    def position(self, tp: TopicPartition) -> int:
+        return 0
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 0
 
     def close(self, autocommit: bool = False) -> None:
         self.closed = True
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[object] = []
+
+    def deliver(self, messages, timeout_s: float = 30) -> None:  # type: ignore[no-untyped-def]
+        self.sent += list(messages)
+
+    def close(self, timeout_s: float = 10) -> None:
+        pass
 
 
 def test_a_start_without_a_broker_closes_the_consumer_and_stops_the_scorer_thread(redis_url):
@@ -71,3 +112,22 @@ def test_a_bundle_the_engine_cannot_build_is_refused_at_reload(redis_url, tmp_pa
     finally:
         w.scoring.close()
         w.close()
+
+
+def test_a_line_stamped_decades_ahead_does_not_move_the_watermark(redis_url):
+    """premature_end judges silence by the watermark: one line from a host whose clock says 2068 must not make
+    every session look quiet for decades, on this worker or, through the group's key, on any other."""
+    s = settings_for("127.0.0.1:9", redis_url, "t", "g")
+    key = f"{s.redis.namespace}:watermark"
+    redis.Redis.from_url(redis_url).set(key, repr(3.1e9))  # what an unchecked version could have left: 2068
+    lines = ["081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_1 terminating",
+             "681231 235959 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_2 terminating"]
+    consumer = FakeConsumer([[SimpleNamespace(topic="t", partition=0, offset=i, key=None, value=v.encode())
+                              for i, v in enumerate(lines)]])
+    w = Worker(s, load_bundle(BUNDLE), consumer=consumer, producer=FakeProducer())  # type: ignore[arg-type]
+    w.assigned = {TopicPartition("t", 0)}
+    w.run(max_idle_s=1.0)
+    assert w.watermark == 1226262975.0  # 2008-11-09 20:36:15, the first line
+    assert w.safe_watermark == 1226262975.0
+    assert float(redis.Redis.from_url(redis_url).get(key)) == 1226262975.0  # the stale value was replaced
+    assert consumer.commits and consumer.commits[-1] == {TopicPartition("t", 0): 2}  # both lines were taken
