@@ -186,6 +186,11 @@ def analysis_markdown(a: Mapping[str, Any]) -> list[str]:
                    f"{_pct(cal)}: the test period brings templates the training period never showed (drift). "
                    "Those sessions look new to every rule learned from it, and no threshold calibrated on it can "
                    "absorb them; training on a period that covers the new templates can."]
+    if cal is not None and cal >= 0.05:
+        md += ["", f"Calibration normals, the last normal sessions of the training period, already hold an unseen "
+                   f"template in {_pct(cal)} of sessions: the template vocabulary keeps growing within the training "
+                   "period itself, so a new template is weak evidence on these logs, and the rules that count it as "
+                   "evidence fire on normal sessions at about that rate."]
     fp_u = u["false positives"]
     if fp_u["sessions"] and fp_u["with_unseen_template"]:
         md += ["", f"{fp_u['with_unseen_template']} of the {fp_u['sessions']} false positives hold an unseen "

@@ -96,6 +96,20 @@ def test_analysis_compares_with_baselines_holds_a_goal_and_explains_errors(tmp_p
     assert "**not met**, short by 0.1567" in md
     assert "| false positives | 2 | `masked_key_misses` 1, `rare_template` 1, `unseen_template` 1 |" in md
     assert "the test period brings templates the training period never showed (drift)" in md
+    assert "keeps growing within the training period" not in md  # calibration normals hold none
+
+
+def test_analysis_names_drift_inside_the_training_period(tmp_path: Path) -> None:
+    data = _data()
+    for sid in ("s15", "s16", "s21", "s22"):  # 2 of 5 calibration normals, 2 of 15 test normals
+        data.sessions[sid] = [4, UNK]
+    test = data.split.test
+    flags = np.array([s >= "s35" for s in test])
+    doc = write_report(tmp_path / "rep", data, [_fixed("logbert", "LogBERT", data, flags)], title="t", params={})
+    assert doc["analysis"]["unseen_templates"]["calibration normals"]["share"] == 0.4
+    md = (tmp_path / "rep" / "results.md").read_text()
+    assert "already hold an unseen template in 40.0 % of sessions" in md
+    assert "(drift)" not in md  # the test period is no worse than the calibration one
 
 
 def test_max_false_positives_at_a_goal() -> None:
