@@ -930,7 +930,10 @@ class Worker:
         rest = engine.judge.rest
         # premature_end calls a session stopped only where the log went on without it for the rest horizon; until
         # then (not yet, or the input itself stopped: a replay ran out, a shipper outage) the verdict is held
-        seen = None if rest is None else [self.safe_watermark - w.last_ts >= rest.quiet_s for w in chunk]
+        # A draining bundle's session may go on under the active bundle, where this one cannot see it: its stops
+        # are always held, and confirmed only if the active bundle does not know the session (``_confirm_ends``).
+        active = engine is self.engine
+        seen = None if rest is None else [active and self.safe_watermark - w.last_ts >= rest.quiet_s for w in chunk]
         verdicts = engine.judge.judge(keys, seen)
         m.SCORE_SECONDS.observe(time.perf_counter() - t0)
         m.SCORE_CACHE_HITS.inc(scorer.cache_hits - hits)

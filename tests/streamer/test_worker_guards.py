@@ -131,3 +131,56 @@ def test_a_line_stamped_decades_ahead_does_not_move_the_watermark(redis_url):
     assert w.safe_watermark == 1226262975.0
     assert float(redis.Redis.from_url(redis_url).get(key)) == 1226262975.0  # the stale value was replaced
     assert consumer.commits and consumer.commits[-1] == {TopicPartition("t", 0): 2}  # both lines were taken
+
+
+def test_after_a_switch_the_old_bundle_does_not_call_a_running_session_stopped(redis_url, tmp_path: Path):
+    """A block that began under bundle A goes on under bundle B after a reload. A, draining, closes its part once
+    idle; the log has moved on past the rest horizon, yet the block did not stop: no premature_end from A. A block
+    that did stop under A is still reported, by A."""
+    import gzip
+
+    from e2e_harness import HOLDOUT
+
+    s = settings_for("127.0.0.1:9", redis_url, "t", "g")
+    other = tmp_path / "b"
+    shutil.copytree(BUNDLE, other)
+    meta = json.loads((other / "bundle.json").read_text())
+    meta["version"] = "hdfs-b"
+    (other / "bundle.json").write_text(json.dumps(meta))
+    with gzip.open(HOLDOUT, "rt") as fh:
+        lines = [next(fh).rstrip("\n") for _ in range(3000)]
+    blk = "blk_-2815656842321674713"
+    mine = [line for line in lines if blk + " " in line + " "]
+    producer = FakeProducer()
+    w = Worker(s, load_bundle(BUNDLE), consumer=FakeConsumer(), producer=producer)  # type: ignore[arg-type]
+    w.assigned = {TopicPartition("t", 0)}
+    offset = 0
+
+    def feed(batch: list[str]) -> None:
+        nonlocal offset
+        w.process([SimpleNamespace(topic="t", partition=0, offset=offset + i, key=None, value=v.encode())
+                   for i, v in enumerate(batch)])
+        offset += len(batch)
+        w.finish_append()
+
+    try:
+        stopped = [line.replace(blk, "blk_777") for line in mine[:2]]  # the same start, and nothing after it
+        feed(mine[:2] + stopped)  # allocated, one receive: a state normal blocks never rest in
+        redis.Redis.from_url(redis_url).set(f"{s.redis.namespace}:model:current", str(other))
+        assert w.maybe_reload() and w.bundle.version == "hdfs-b"
+        last = max(w.engine.pipeline.fmt.parse(line).timestamp for line in mine)
+        later = time.strftime("%y%m%d %H%M%S", time.gmtime(last + 400))
+        filler = f"{later} 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_999 terminating"
+        feed(mine[2:] + [filler])  # the block goes on under B; the log moves on 400 s
+        w.caught_up()
+        time.sleep(s.session.idle_timeout_s + 0.5)
+        w.sweep()
+        w.settle(wait=True)
+        w.sweep()  # held verdicts of the draining bundle are confirmed or dropped here
+        w.settle(wait=True)
+        stops = [json.loads(v) for _, _, v, _ in producer.sent
+                 if "premature_end" in json.loads(v)["explanation"]["reasons"]]
+        assert [(e["session_id"], e["model_version"]) for e in stops] == [("blk_777", load_bundle(BUNDLE).version)]
+    finally:
+        w.scoring.close()
+        w.close()
