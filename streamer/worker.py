@@ -408,6 +408,10 @@ class Worker:
         self.draining: list[Engine] = []
         self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else None
         self.pointer_key = f"{settings.redis.namespace}:model:current"
+        # version -> directory of every bundle whose sessions may still be in Redis: a worker that starts after a
+        # switch (a restart, a new --model) finds the bundles it must still drain here (``_resume_draining``)
+        self.bundles_key = f"{settings.redis.namespace}:bundles"
+        self._active_dir = self.bundle_dir
         # the group's watermark: the largest safe watermark any worker has reported (``caught_up``)
         self._group_watermark = self.redis.register_script(_MAX_WATERMARK)
         self.group_watermark_key = f"{settings.redis.namespace}:watermark"
@@ -496,6 +500,8 @@ class Worker:
             self._released()
         self.draining.append(old)
         self.engine = engine
+        self._active_dir = where
+        self._record_active()
         self.stats["reloads"] += 1
         m.RELOADS.labels("switched").inc()
         self._announce()
@@ -503,6 +509,48 @@ class Worker:
         log.warning("model switched from %s to %s; the old one finishes its open sessions", old.bundle.version,
                     engine.bundle.version)
         return True
+
+    def _record_active(self) -> None:
+        """Note where the active bundle lives, for workers that start after the next switch."""
+        if self._active_dir is None:
+            return
+        where = str(self._active_dir.resolve())
+        self.backoff.call("redis write", lambda: self.redis.hset(self.bundles_key, self.bundle.version, where),
+                          (redis.RedisError,), m.REDIS_ERRORS)
+
+    def _resume_draining(self) -> None:
+        """Drain the bundles an earlier run switched away from and left with open sessions, pending windows or held
+        stops: without this, a worker that starts after a switch would leave them in Redis, unscored, while their
+        input offsets are long committed."""
+        ns = self.s.redis.namespace
+        known = self.backoff.call("redis read", lambda: self.redis.hgetall(self.bundles_key), (redis.RedisError,),
+                                  m.REDIS_ERRORS)
+        running = {self.bundle.version, *(e.bundle.version for e in self.draining)}
+        for raw_version, raw_dir in sorted(known.items()):
+            version, where = raw_version.decode(), Path(raw_dir.decode())
+            if version in running:
+                continue
+            pipe = self.redis.pipeline(transaction=False)
+            for part in ("idle", "pending", "ends"):
+                pipe.zcard(f"{ns}:{version}:{part}")
+            left = self.backoff.call("redis read", pipe.execute, (redis.RedisError,), m.REDIS_ERRORS)
+            if not any(left):
+                self.backoff.call("redis write", lambda: self.redis.hdel(self.bundles_key, version),
+                                  (redis.RedisError,), m.REDIS_ERRORS)
+                continue
+            what = f"{left[0]} open session(s), {left[1]} pending window(s), {left[2]} held stop(s)"
+            try:
+                bundle = load_bundle(where)
+                if bundle.version != version:
+                    raise BundleError(f"{where} now holds {bundle.version}")
+                engine = Engine.build(self.s, bundle, self.device, self.redis)
+            except Exception as exc:
+                log.error("model %s, switched away from earlier, still has %s in Redis, but it cannot be loaded "
+                          "from %s (%s): they stay unscored until a worker can load it there", version, what, where,
+                          exc)
+                continue
+            self.draining.append(engine)
+            log.warning("resuming the drain of model %s (from %s): %s", version, where, what)
 
     def warm(self, engine: Engine) -> None:
         """Score the bundle's most frequent training windows into the engine's score cache, on the scorer thread
@@ -577,13 +625,17 @@ class Worker:
     def run(self, max_idle_s: float | None = None) -> dict[str, int]:
         """Consume until stopped (or, with ``max_idle_s``, until the input stayed empty that long and no session
         is left open: used by the demo and tests)."""
-        self.warm(self.engine)  # on the scorer thread, while the consumer connects and joins its group
         try:
+            # a switch made while this worker was down: run the bundle pointed to now; drain what earlier runs left
+            if not self.maybe_reload():
+                self.warm(self.engine)  # on the scorer thread, while the consumer connects and joins its group
+            self._record_active()
+            self._resume_draining()
             # the broker may come up after us (compose, a rolling restart): connect with back-off within the budget
             consumer = self.backoff.call("broker connect", lambda: self.consumer, (KafkaError,), m.BROKER_ERRORS)
             # the producer connects now, not at the first anomaly: that event would wait for the bootstrap (~1 s)
             self.backoff.call("broker connect", lambda: self.producer, (KafkaError,), m.BROKER_ERRORS)
-        except BaseException:  # no broker within the budget, or a signal meanwhile: let go of what was opened
+        except BaseException:  # no Redis or broker within the budget, or a signal meanwhile: let go of what is open
             self.stop_event.set()
             self.scoring.close()
             self.close()
@@ -852,6 +904,10 @@ class Worker:
         for e in finished:
             log.info("model %s has no open sessions left; released", e.bundle.version)
             self.draining.remove(e)
+            try:
+                self.redis.hdel(self.bundles_key, e.bundle.version)
+            except redis.RedisError:
+                m.REDIS_ERRORS.inc()  # the next worker to start finds nothing left to drain, and forgets it then
         if finished:
             self._released()
         return total

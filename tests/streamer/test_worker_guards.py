@@ -184,3 +184,34 @@ def test_after_a_switch_the_old_bundle_does_not_call_a_running_session_stopped(r
     finally:
         w.scoring.close()
         w.close()
+
+
+def test_a_worker_started_after_a_switch_drains_what_the_old_bundle_left(redis_url, tmp_path: Path):
+    """Worker 1 switches from A to B with a block open under A, then dies. Worker 2 starts with --model B: it finds
+    A in the group's record of bundles and drains it, so A's open block is still scored and reported."""
+    s = settings_for("127.0.0.1:9", redis_url, "t", "g")
+    a, b = tmp_path / "a", tmp_path / "b"
+    for where, version in ((a, "hdfs-a"), (b, "hdfs-b")):
+        shutil.copytree(BUNDLE, where)
+        meta = json.loads((where / "bundle.json").read_text())
+        meta["version"] = version
+        (where / "bundle.json").write_text(json.dumps(meta))
+    line = "081109 203615 148 INFO dfs.DataNode: a template no normal block ever had, for blk_{}"
+    rec = SimpleNamespace(topic="t", partition=0, offset=0, key=None, value=line.format(1).encode())
+    w1 = Worker(s, load_bundle(a), consumer=FakeConsumer([[rec]]), producer=FakeProducer(), bundle_dir=a)  # type: ignore[arg-type]
+    w1._record_active()
+    w1.process([rec])
+    w1.finish_append()
+    redis.Redis.from_url(redis_url).set(f"{s.redis.namespace}:model:current", str(b))
+    assert w1.maybe_reload() and [e.bundle.version for e in w1.draining] == ["hdfs-a"]
+    w1.scoring.close()
+    w1.close()  # dies before A's block closes
+
+    producer = FakeProducer()
+    w2 = Worker(s, load_bundle(b), consumer=FakeConsumer(), producer=producer, bundle_dir=b)  # type: ignore[arg-type]
+    w2.assigned = {TopicPartition("t", 0)}
+    w2.run(max_idle_s=s.session.idle_timeout_s + 1)
+    events = [json.loads(v) for _, _, v, _ in producer.sent]
+    assert [(e["session_id"], e["model_version"]) for e in events] == [("blk_1", "hdfs-a")]
+    assert not w2.draining
+    assert redis.Redis.from_url(redis_url).hkeys(f"{s.redis.namespace}:bundles") == [b"hdfs-b"]  # A is done
