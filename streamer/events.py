@@ -20,6 +20,17 @@ from logbert_core.vocab import UNK, Vocabulary
 from logbert_core.windows import member_key
 
 SCHEMA_VERSION = 1
+# A template the model never saw is shown as its masked line, and a line may be up to log.max_line_bytes long: the
+# event shows this much of it, so that an event stays far below the broker's record limit (a window of 64 such
+# lines is then ~64 kB, not 64 MB: too large to publish, it would be retried until the worker gave up).
+MAX_TEMPLATE_CHARS = 1000
+
+
+def clip_template(text: str) -> str:
+    """``text``, cut to ``MAX_TEMPLATE_CHARS`` with a note of how much was left out."""
+    if len(text) <= MAX_TEMPLATE_CHARS:
+        return text
+    return f"{text[:MAX_TEMPLATE_CHARS]}... [{len(text) - MAX_TEMPLATE_CHARS} more characters]"
 
 
 class _Wire(BaseModel):
@@ -93,7 +104,7 @@ def build_event(*, event_id: str, session_id: str, members: tuple[str, ...], lo:
         key = member_key(mem)
         seen = key != UNK
         miss = misses.get(i)
-        text = vocab.text(key) if seen else unseen_text.get(mem[7:], "<template never seen in training>")
+        text = vocab.text(key) if seen else clip_template(unseen_text.get(mem[7:], "<template never seen in training>"))
         expected = [Expected(key=c.key, template=vocab.text(c.key), probability=round(c.prob, 4))
                     for c in miss.candidates] if miss is not None else []
         positions.append(Position(position=i, key=key, template=text, unexpected=miss is not None or not seen,

@@ -58,7 +58,7 @@ from logbert_core.windows import member, window_keys
 from streamer import metrics as m
 from streamer.decode import Rejected, ValueDecoder
 from streamer.errors import OutageError, StartupError
-from streamer.events import build_event
+from streamer.events import build_event, clip_template
 from streamer.kafka_io import EventProducer
 from streamer.rdkafka import ConfluentConsumer, ConfluentProducer, rdkafka_config, rdkafka_producer_config
 from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore
@@ -158,7 +158,7 @@ class LinePipeline:
                 self.errors += 1
                 rejects.append((rec, PARSE_ERROR, f"{type(exc).__name__}: {exc}"[:500]))
                 continue
-            text = found.template if key == UNK else ""
+            text = clip_template(found.template) if key == UNK else ""  # what an event shows of it, no more in Redis
             out.unseen += key == UNK
             stamps[rec.topic, rec.partition] = parsed.timestamp
             for sid in parsed.session_ids:

@@ -73,3 +73,17 @@ def test_event_explains_what_was_expected():
     text = render_event(ev.model_dump_json())
     assert "blk_-1608999687919862906" in text and "weird <NUM> thing" in text and v.text(8) in text
     assert render_event(b'{"not": "an event"}').startswith("[unreadable event")
+
+
+def test_an_event_of_huge_unseen_lines_stays_far_below_the_record_limit():
+    """64 never-seen lines of 500 kB each: shown clipped, so the event can still be published."""
+    bundle = load_bundle(BUNDLE)
+    members = tuple(member(UNK, f"line {i}") for i in range(64))
+    score = WindowScore(64, 0, 0.0, 1.0, ())
+    ev = build_event(event_id="e" * 40, session_id="blk_1", members=members, lo=0, cause="idle", first_ts=1.0,
+                     last_ts=3.0, cut_ms=5_000, verdict=Verdict(True, (UNSEEN_TEMPLATE,), score), vocab=bundle.vocab,
+                     unseen_text={m[7:]: "x" * 500_000 for m in members}, miss_threshold=0.1,
+                     distance_threshold=5.0, model_version=bundle.version)
+    size = len(ev.model_dump_json().encode())
+    assert size < 200_000, size
+    assert ev.explanation.templates[0].template.endswith("... [499000 more characters]")
