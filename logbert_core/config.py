@@ -12,10 +12,12 @@ Nothing reads the environment at import time: ``load_settings`` does, when calle
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from logbert_core.parsing import DrainParams, LineFormat, SessionRule
@@ -25,17 +27,50 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _compiles(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from exc
+    return value
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _device(value: str) -> str:
+    if _DEVICE.fullmatch(value) is None:
+        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return value
+
+
+# a regular expression, compiled at load so that a bad one is a config error naming the setting, not a crash later
+Regex = Annotated[str, AfterValidator(_compiles)]
+# a torch device the trainer and the detector accept ("auto": cuda when available, else cpu)
+Device = Annotated[str, AfterValidator(_device)]
+
+
 class MaskRule(_Section):
-    regex_pattern: str
+    regex_pattern: Regex
     mask_with: str
+
+    @model_validator(mode="after")
+    def _check_mask(self) -> MaskRule:
+        # Drain3 inserts "<mask_with>" with re.sub, which reads backslashes as escapes and group references
+        try:
+            re.compile(self.regex_pattern).sub(f"<{self.mask_with}>", "")
+        except (re.error, IndexError) as exc:
+            raise ValueError(f"mask_with {self.mask_with!r} is not a valid replacement for regex_pattern "
+                             f"{self.regex_pattern!r}: {exc}") from exc
+        return self
 
 
 class LogSection(_Section):
     family: str = "hdfs"
-    line_regex: str = (
+    line_regex: Regex = (
         r"^(?P<date>\d{6}) (?P<time>\d{6}) (?P<pid>\d+) (?P<level>[A-Z]+) (?P<component>[^:]+): (?P<content>.*)$"
     )
-    timestamp_fields: tuple[str, ...] = ("date", "time")
+    timestamp_fields: tuple[str, ...] = Field(default=("date", "time"), min_length=1)
     timestamp_format: str = "%y%m%d %H%M%S"
     # Fluent Bit (and other shippers) send a JSON object; the line is under the first of these fields present.
     json_fields: tuple[str, ...] = ("log", "message")
@@ -44,7 +79,7 @@ class LogSection(_Section):
 
 class SessionSection(_Section):
     kind: Literal["regex", "field_window"] = "regex"
-    key_regex: str = r"blk_-?\d+"
+    key_regex: Regex = r"blk_-?\d+"
     field: str = ""
     window_s: int = Field(default=300, gt=0)
     idle_timeout_s: float = Field(default=30.0, gt=0)  # runtime: a session idle this long is closed and scored
@@ -57,6 +92,9 @@ class SessionSection(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> SessionSection:
+        if self.kind == "field_window" and not self.field:
+            raise ValueError("session.field is required when session.kind = 'field_window': the named group of "
+                             "log.line_regex that identifies the session (BGL: field = \"node\")")
         if self.rest_horizon_s is not None and self.rest_horizon_s < self.idle_timeout_s:
             raise ValueError(f"session.rest_horizon_s ({self.rest_horizon_s:g}) must be at least "
                              f"session.idle_timeout_s ({self.idle_timeout_s:g}): a session is closed before its "
@@ -105,7 +143,7 @@ class TrainSection(_Section):
     mask_ratio: float = Field(default=0.15, gt=0, lt=1)
     patience: int = Field(default=3, gt=0)
     seed: int = 1234
-    device: str = "auto"
+    device: Device = "auto"  # "auto": cuda when available, else cpu
     bf16: bool = True
     # chronological split of the normal training sessions: the last fractions are validation and calibration
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
@@ -147,7 +185,7 @@ class ScoringSection(_Section):
 
 
 class DetectorSection(_Section):
-    device: str = "auto"  # "auto": cuda when available, else cpu
+    device: Device = "auto"  # "auto": cuda when available, else cpu
     max_batch: int = Field(default=256, gt=0)
     max_wait_ms: int = Field(default=200, ge=0)
     buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
@@ -260,6 +298,12 @@ class Settings(BaseSettings):
     http: HttpSection = HttpSection()
     serve: ServeSection = ServeSection()
 
+    @model_validator(mode="after")
+    def _check_line_format(self) -> Settings:
+        # LineFormat knows which named groups of log.line_regex the timestamp, the content and the session need
+        self.line_format()
+        return self
+
     # -- derived objects ------------------------------------------------------------------------------------------
     def line_format(self) -> LineFormat:
         s = self.session
@@ -322,11 +366,15 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
 def describe_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")  # our validators' messages read on their own
+        if not err["loc"]:  # a rule across sections (Settings validators): its message names the settings
+            lines.append(f"invalid settings: {msg}")
+            continue
         loc = ".".join(str(p) for p in err["loc"])
         env = "LOGAD_" + "__".join(str(p).upper() for p in err["loc"])
         got = err.get("input")
         shown = "" if isinstance(got, dict) or _secret(loc) else f" (got {redact_url(got)!r})"
-        lines.append(f"invalid setting {loc}{shown}: {err['msg']} [env {env}]")
+        lines.append(f"invalid setting {loc}{shown}: {msg} [env {env}]")
     return "\n".join(lines)
 
 

@@ -75,3 +75,59 @@ def test_bundle_fields_ignore_runtime_sections(monkeypatch):
     assert bundle_fields(load_settings(HDFS)) == base
     monkeypatch.setenv("LOGAD_PARSER__SIM_TH", "0.7")
     assert bundle_fields(load_settings(HDFS))["parser.sim_th"] == 0.7
+
+
+def load_toml(tmp_path, text):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    return load_settings(cfg)
+
+
+@pytest.mark.parametrize("toml,needle", [
+    ("[log]\nline_regex = '(unclosed'\n", "log.line_regex"),
+    ("[session]\nkey_regex = '['\n", "session.key_regex"),
+    ("[[parser.masking]]\nregex_pattern = '('\nmask_with = 'X'\n", "parser.masking.0.regex_pattern"),
+])
+def test_a_regex_that_does_not_compile_is_a_config_error_naming_the_setting(tmp_path, toml, needle):
+    with pytest.raises(ConfigError) as err:
+        load_toml(tmp_path, toml)
+    assert f"invalid setting {needle} " in str(err.value) and "not a valid regular expression" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("mask_with", ["\\9", "\\q", "\\g<x>"])
+def test_a_mask_name_re_sub_cannot_insert_is_a_config_error(tmp_path, mask_with):
+    with pytest.raises(ConfigError, match=r"parser\.masking\.0: mask_with .* is not a valid replacement"):
+        load_toml(tmp_path, f"[[parser.masking]]\nregex_pattern = 'a'\nmask_with = '{mask_with}'\n")
+
+
+@pytest.mark.parametrize("toml,missing", [
+    ("[log]\nline_regex = '^(?P<date>\\d+) (?P<msg>.*)$'\n", "['content', 'time']"),  # timestamp_fields, content
+    ("[session]\nkind = 'field_window'\nfield = 'node'\n", "['node']"),  # the default HDFS line has no node
+])
+def test_a_line_regex_without_the_groups_the_config_names_is_refused_at_load(tmp_path, toml, missing):
+    with pytest.raises(ConfigError) as err:
+        load_toml(tmp_path, toml)
+    assert str(err.value) == f"invalid settings: log.line_regex lacks the named group(s) {missing}"
+
+
+def test_timestamp_fields_may_not_be_empty(tmp_path):
+    with pytest.raises(ConfigError, match=r"log\.timestamp_fields"):
+        load_toml(tmp_path, "[log]\ntimestamp_fields = []\n")
+
+
+def test_field_window_sessions_need_a_field(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_toml(tmp_path, "[session]\nkind = 'field_window'\n")
+    assert "session.field is required when session.kind = 'field_window'" in str(err.value)
+    assert "lacks the named group" not in str(err.value)
+
+
+@pytest.mark.parametrize("section", ["train", "detector"])
+def test_devices_are_the_ones_torch_is_asked_for(tmp_path, monkeypatch, section):
+    with pytest.raises(ConfigError) as err:
+        load_toml(tmp_path, f"[{section}]\ndevice = 'tpu'\n")
+    assert f"invalid setting {section}.device (got 'tpu'): must be 'auto', 'cpu', 'cuda' or 'cuda:N'" in str(err.value)
+    for ok in ("auto", "cpu", "cuda", "cuda:1"):
+        monkeypatch.setenv(f"LOGAD_{section.upper()}__DEVICE", ok)
+        assert getattr(load_settings(None), section).device == ok
