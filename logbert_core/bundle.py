@@ -16,14 +16,17 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from drain3.drain import Node
 from safetensors.torch import load_file, save_file
 
 from logbert_core.model import LogBERT, LogBERTConfig
@@ -153,45 +156,144 @@ def write_metrics(bundle_dir: str | Path, metrics: Mapping[str, Any]) -> None:
 
 
 def load_bundle(bundle_dir: str | Path) -> Bundle:
-    """Load and check a bundle; raises ``BundleError`` naming what is wrong."""
+    """Load and check a bundle; raises ``BundleError`` naming the file and the field that is wrong.
+
+    Everything a detector later builds from the bundle (the model, the template index, the rest statistics) is
+    built once here, so that a bad bundle is refused at start-up or reload, never mid-stream.
+    """
     d = Path(bundle_dir)
-    if not (d / META).is_file() or not (d / WEIGHTS).is_file():
+    path = d / META
+    if not path.is_file() or not (d / WEIGHTS).is_file():
         raise BundleError(f"{d} is not a model bundle: expected {META} and {WEIGHTS} (build one with logad-train)")
     try:
-        meta = json.loads((d / META).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{d / META}: unreadable ({exc})") from exc
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8
+        raise BundleError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path}: expected a JSON object, got {_json_type(meta)}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{d}: bundle format {meta.get('format_version')!r}, this logad reads {FORMAT_VERSION}")
     try:
         tensors = load_file(str(d / WEIGHTS))
     except Exception as exc:  # safetensors raises its own SafetensorError (not an OSError) for a corrupt file
         raise BundleError(f"{d / WEIGHTS}: unreadable ({exc})") from exc
-    try:
+    with _field(d / WEIGHTS, CENTER):
         center = tensors.pop(CENTER)
-        cfg = LogBERTConfig.from_dict(meta["model_config"])
-        vocab = Vocabulary.from_json(meta["vocab"])
-        if vocab.size != cfg.vocab_size:
-            raise BundleError(f"{d}: vocabulary has {vocab.size} keys but the model was built for {cfg.vocab_size}")
-        th = meta["thresholds"]
-        bundle = Bundle(
-            version=meta["version"], model_config=cfg, state_dict=tensors, center=center, vocab=vocab,
-            drain_params=_drain_params_from_json(meta["drain"]["params"]), drain_state=meta["drain"]["state"],
-            settings=meta["settings"],
-            thresholds=Thresholds(float(th["miss_ratio"]), float(th["distance"]), str(th["method"]),
-                                  math.inf if th.get("rare") is None else float(th["rare"]),
-                                  math.inf if th.get("premature") is None else float(th["premature"])),
-            known_sets=frozenset(frozenset(int(k) for k in s) for s in meta["known_sets"]),
-            key_counts={int(k): int(c) for k, c in meta.get("key_counts", [])}, rest=meta.get("rest"),
-            metrics=meta.get("metrics", {}), created_at=meta.get("created_at", ""),
-            warm_windows=_warm_windows(meta.get("warm_windows", []), cfg),
-        )
+    with _field(path, "version"):
+        version = _typed(meta["version"], str)
+    with _field(path, "model_config"):
+        cfg = LogBERTConfig.from_dict(_typed(meta["model_config"], dict))
+    with _field(path, "vocab"):
+        vocab = Vocabulary.from_json(_typed(meta["vocab"], dict))
+    if vocab.size != cfg.vocab_size:
+        raise BundleError(f"{d}: vocabulary has {vocab.size} keys but the model was built for {cfg.vocab_size}")
+    with _field(path, "thresholds"):
+        th = _typed(meta["thresholds"], dict)
+        thresholds = Thresholds(float(th["miss_ratio"]), float(th["distance"]), str(th["method"]),
+                                math.inf if th.get("rare") is None else float(th["rare"]),
+                                math.inf if th.get("premature") is None else float(th["premature"]))
+    with _field(path, "drain"):
+        drain = _typed(meta["drain"], dict)
+    with _field(path, "drain.params"):
+        drain_params = _drain_params_from_json(_typed(drain["params"], dict))
+        TemplateIndex(drain_params).masker.mask("")  # compiles the masking regexes and their replacements
+    with _field(path, "drain.state"):
+        drain_state = _typed(drain["state"], dict)
+        _check_template_index(TemplateIndex.from_state(drain_params, drain_state))
+    with _field(path, "settings"):
+        settings = _typed(meta["settings"], dict)
+    with _field(path, "known_sets"):
+        known_sets = frozenset(frozenset(int(k) for k in s) for s in meta["known_sets"])
+    with _field(path, "key_counts"):
+        key_counts = {int(k): int(c) for k, c in meta.get("key_counts", [])}
+    with _field(path, "rest"):
+        rest = meta.get("rest")
+        if rest is not None:
+            _check_rest(_typed(rest, dict))
+    with _field(path, "metrics"):
+        metrics = _typed(meta.get("metrics", {}), dict)
+    with _field(path, "created_at"):
+        created_at = _typed(meta.get("created_at", ""), str)
+    with _field(path, "warm_windows"):
+        warm_windows = _warm_windows(meta.get("warm_windows", []), cfg)
+    bundle = Bundle(
+        version=version, model_config=cfg, state_dict=tensors, center=center, vocab=vocab,
+        drain_params=drain_params, drain_state=drain_state, settings=settings, thresholds=thresholds,
+        known_sets=known_sets, key_counts=key_counts, rest=rest, metrics=metrics, created_at=created_at,
+        warm_windows=warm_windows,
+    )
+    with _field(d / WEIGHTS, "weights for model_config"):
         bundle.build_model("cpu")  # fails here, not mid-stream, if weights and config disagree
+    return bundle
+
+
+# what malformed content raises while a bundle is read back (re.error: a masking regex that does not compile)
+_BAD_CONTENT = (ArithmeticError, AttributeError, LookupError, RuntimeError, TypeError, ValueError, re.error)
+_JSON_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+               type(None): "null"}
+
+
+@contextmanager
+def _field(path: Path, name: str) -> Iterator[None]:
+    """Turn a failure while reading field ``name`` of ``path`` into a ``BundleError`` naming both."""
+    try:
+        yield
     except BundleError:
         raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise BundleError(f"{d}: inconsistent bundle ({type(exc).__name__}: {exc})") from exc
-    return bundle
+    except _BAD_CONTENT as exc:
+        if isinstance(exc, KeyError):
+            what = f"missing key {exc}"
+        elif isinstance(exc, re.error):
+            what = f"regular expression error: {exc}"
+        else:
+            what = f"{type(exc).__name__}: {exc}"
+        raise BundleError(f"{path}: bad {name} ({what})") from exc
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def _typed(value: Any, kind: type) -> Any:
+    """``value``, if it is of the JSON type ``kind`` (dict, list or str); raises ``TypeError`` otherwise."""
+    if not isinstance(value, kind):
+        raise TypeError(f"expected a JSON {_JSON_NAMES[kind]}, got {_json_type(value)}")
+    return value
+
+
+def _check_template_index(index: TemplateIndex) -> None:
+    """Raise ``ValueError`` where a lookup in this (restored) index would fail: Drain3 keeps templates in a prefix
+    tree whose first level is the token count, and compares a message only with templates of its own length."""
+    drain = index.drain
+    for cluster in drain.clusters:
+        if not all(isinstance(t, str) for t in cluster.log_template_tokens):
+            raise ValueError(f"template {cluster.cluster_id} has tokens that are not strings")
+
+    def walk(node: Node, n_tokens: int) -> None:
+        if n_tokens == 0 and not node.cluster_ids:
+            raise ValueError("tree: the node of empty messages holds no template")
+        for cid in node.cluster_ids:
+            cluster = drain.id_to_cluster.get(cid)  # None: evicted under max_clusters, which Drain3 skips
+            if cluster is not None and len(cluster.log_template_tokens) != n_tokens:
+                raise ValueError(f"tree: template {cid} has {len(cluster.log_template_tokens)} tokens but is "
+                                 f"filed under {n_tokens}")
+        for child in node.key_to_child_node.values():
+            walk(child, n_tokens)
+
+    for key, node in drain.root_node.key_to_child_node.items():
+        if key.isdigit():  # other keys are never reached
+            walk(node, int(key))
+
+
+def _check_rest(rest: Mapping[str, Any]) -> None:
+    from logbert_core.judge import RestStats  # judge imports this module
+
+    stats = RestStats.from_json(rest)
+    if not (stats.quiet_s > 0 and stats.max_len > 0 and stats.stride > 0):
+        raise ValueError(f"quiet_s, max_len and stride must be > 0 (got {stats.quiet_s}, {stats.max_len}, "
+                         f"{stats.stride})")
+    if not all(0 <= rested <= reached for reached, rested in stats.seen.values()):
+        raise ValueError("a state rested more often than it was reached, or a count is negative")
 
 
 def _warm_windows(raw: Any, cfg: LogBERTConfig) -> tuple[tuple[int, ...], ...]:
@@ -214,9 +316,15 @@ def _drain_params_json(p: DrainParams) -> dict[str, Any]:
 
 
 def _drain_params_from_json(d: Mapping[str, Any]) -> DrainParams:
+    delimiters = _typed(d["extra_delimiters"], list)
+    if not all(isinstance(x, str) for x in delimiters):
+        raise TypeError("extra_delimiters must be strings")
+    max_clusters = d["max_clusters"]
+    if max_clusters is not None and not (isinstance(max_clusters, int) and max_clusters > 0):
+        raise ValueError(f"max_clusters must be null or a positive integer, got {max_clusters!r}")
     return DrainParams(sim_th=float(d["sim_th"]), depth=int(d["depth"]), max_children=int(d["max_children"]),
-                       max_clusters=d["max_clusters"], extra_delimiters=tuple(d["extra_delimiters"]),
-                       masking=tuple((str(a), str(b)) for a, b in d["masking"]))
+                       max_clusters=max_clusters, extra_delimiters=tuple(delimiters),
+                       masking=tuple((str(a), str(b)) for a, b in _typed(d["masking"], list)))
 
 
 def _rmtree(path: Path) -> None:
