@@ -99,6 +99,10 @@ class SessionSection(_Section):
             raise ValueError(f"session.rest_horizon_s ({self.rest_horizon_s:g}) must be at least "
                              f"session.idle_timeout_s ({self.idle_timeout_s:g}): a session is closed before its "
                              "silence is judged")
+        if self.ttl_s <= self.rest_s:
+            raise ValueError(f"session.ttl_s ({self.ttl_s}) must exceed session.idle_timeout_s and rest_horizon_s "
+                             f"({self.rest_s:g}), with room for backlogs and outages: a session whose Redis keys "
+                             "expire before it is closed and judged loses its last window")
         return self
 
     @property

@@ -62,6 +62,14 @@ def test_rest_horizon_defaults_to_the_idle_timeout_and_may_not_be_shorter(tmp_pa
         load_settings(HDFS)
 
 
+def test_redis_keys_must_outlive_the_idle_timeout_and_the_rest_horizon(monkeypatch):
+    monkeypatch.setenv("LOGAD_SESSION__TTL_S", "300")  # the HDFS config closes and judges sessions at 300 s
+    with pytest.raises(ConfigError, match=r"session.ttl_s \(300\) must exceed"):
+        load_settings(HDFS)
+    monkeypatch.setenv("LOGAD_SESSION__TTL_S", "3600")
+    assert load_settings(HDFS).session.ttl_s == 3600
+
+
 def test_settings_are_frozen():
     s = load_settings(HDFS)
     with pytest.raises(Exception):
