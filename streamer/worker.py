@@ -677,8 +677,7 @@ class Worker:
                         swept = self.sweep()
                     if swept:
                         idle_since = now
-                if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s and not any(
-                        e.store.open_sessions() or e.store.pending() for e in (self.engine, *self.draining)):
+                if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s and self._all_done():
                     break
         except BaseException:
             self.stop_event.set()  # jobs retrying against an outage give up now
@@ -696,6 +695,14 @@ class Worker:
             self.close()
             gc.unfreeze()  # the process may go on (tests, an embedding application): collect as usual again
         return dict(self.stats)
+
+    def _all_done(self) -> bool:
+        """No session open and no window pending under any bundle (False while Redis does not answer)."""
+        try:
+            return not any(e.store.open_sessions() or e.store.pending() for e in (self.engine, *self.draining))
+        except redis.RedisError:
+            m.REDIS_ERRORS.inc()
+            return False
 
     def _freeze_heap(self) -> None:
         """Move every object alive now (torch, the model, the parser's state: they live as long as the process)
