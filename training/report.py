@@ -99,7 +99,10 @@ def analyse(data: EvalData, results: Sequence[MethodResult], goal_f1: float | No
     if baselines:
         versus = {}
         for part in ("test", "validation"):
-            f1 = getattr(product, part).get("f1")
+            got = getattr(product, part)
+            if not got.get("tp", 0) + got.get("fn", 0):  # no anomalies in this part: F1 says nothing
+                continue
+            f1 = got.get("f1")
             scored = [(r.name, getattr(r, part).get("f1")) for r in baselines]
             scored = [(n, f) for n, f in scored if f is not None]
             if f1 is None or not scored:

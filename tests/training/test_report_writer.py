@@ -84,6 +84,7 @@ def test_analysis_compares_with_baselines_holds_a_goal_and_explains_errors(tmp_p
     assert a["versus_baselines"]["test"] == {"f1": 0.8333, "best_baseline": "rule_b", "best_baseline_f1": 0.8889,
                                              "margin": -0.0556, "baselines_ahead": ["rule_b"], "baselines_tied": []}
     assert a["goal"]["met"] is False and a["goal"]["shortfall"] == 0.1567
+    assert "validation" not in a["versus_baselines"]  # no validation anomalies here: no F1 to compare
     assert a["goal"]["false_positives_allowed_at_full_recall"] == 0  # 2*5*0.01/0.99 < 1
     assert a["errors"]["false_positives_by_rule"] == {"masked_key_misses": 1, "rare_template": 1,
                                                       "unseen_template": 1}
