@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,11 +34,56 @@ def _settings(config: str | None) -> Settings:
         sys.exit(2)
 
 
+def _unusable_dir(path: Path) -> str | None:
+    """Why ``path`` cannot be made (or written into) as a directory; None when it can."""
+    p = path.absolute()
+    there = next(q for q in (p, *p.parents) if os.path.lexists(q))
+    if not there.is_dir():
+        return f"{there} exists and is not a directory"
+    if not os.access(there, os.W_OK | os.X_OK):
+        return f"{there} is not writable"
+    return None
+
+
+def _out_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--out`` checked when the command line is read: a job must not fail on its output after the work is done."""
+    problem = _unusable_dir(Path(value))
+    if problem:
+        raise click.BadParameter(f"cannot create {value}: {problem}")
+    return value
+
+
+def _bundle_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--out`` of ``train``: writing a bundle replaces the whole directory (``save_bundle``), so it must be new,
+    empty or a bundle already; its parent must take the temporary directory the bundle is written to first."""
+    path = Path(value)
+    if path.name in ("", ".", ".."):
+        raise click.BadParameter(f"{value}: name the bundle directory (e.g. models/mine)")
+    problem = _unusable_dir(path.absolute().parent)
+    if problem:
+        raise click.BadParameter(f"cannot create {value}: {problem}")
+    if path.is_dir() and any(path.iterdir()) and not (path / "bundle.json").is_file():
+        raise click.BadParameter(f"{value} holds files but no model bundle, and a bundle replaces its directory "
+                                 "as a whole; give a new or empty directory")
+    return value
+
+
+def _runs_file(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--runs-file`` checked up front: the record is appended after the job, when a bad path would waste it."""
+    if value:
+        path = Path(value)
+        problem = "it is a directory" if path.is_dir() else _unusable_dir(path.absolute().parent)
+        if problem:
+            raise click.BadParameter(f"cannot write {value}: {problem}")
+    return value
+
+
 def _runs_options(f: Callable[..., None]) -> Callable[..., None]:
     """``--runs-file`` and ``--mlflow/--no-mlflow``: where the run record goes (see ``training.runs``)."""
     f = click.option("--mlflow/--no-mlflow", "mlflow", default=None,
                      help="Also log the run to MLflow (default: when mlflow is installed).")(f)
     return click.option("--runs-file", envvar="LOGAD_RUNS_FILE", default="runs/runs.jsonl", show_default=True,
+                        callback=_runs_file,
                         help="JSON-lines runs store to append this run's record to; empty to skip. "
                              "Env: LOGAD_RUNS_FILE.")(f)
 
@@ -72,7 +118,8 @@ def main(verbose: bool) -> None:
               help="Raw log file(s), oldest first. Repeat or list several after one --input.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV 'BlockId,Label': anomalous sessions are kept out of training, used only to evaluate.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Bundle directory to write.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, callback=_bundle_dir,
+              help="Bundle directory to write (new, empty, or a bundle to replace).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @_runs_options
 @click.argument("more_inputs", nargs=-1, type=click.Path(exists=True, dir_okay=False))
@@ -82,7 +129,10 @@ def train(config: str, inputs: tuple[str, ...], labels: str | None, out_dir: str
     from training.train import train_bundle  # torch import only when training
 
     settings = _settings(config)
-    report = train_bundle(settings, [*inputs, *more_inputs], out_dir, labels, progress=not no_progress)
+    try:
+        report = train_bundle(settings, [*inputs, *more_inputs], out_dir, labels, progress=not no_progress)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     m = report.metrics
     click.echo(f"bundle {report.version} written to {report.out_dir}")
     click.echo(f"  data: {m['data']['lines']} lines, {m['data']['sessions']} sessions, "
@@ -109,7 +159,7 @@ def train(config: str, inputs: tuple[str, ...], labels: str | None, out_dir: str
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--test-fraction", type=click.FloatRange(0.01, 0.9), default=0.3, show_default=True,
               help="Share of sessions (the latest by first timestamp) held out as the test set.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, callback=_out_dir)
 def split(config: str, inputs: tuple[str, ...], labels: str | None, test_fraction: float, out_dir: str) -> None:
     """Chronological split by session: earlier sessions -> train.log, later ones -> test.log (+ label CSVs).
 
@@ -118,7 +168,10 @@ def split(config: str, inputs: tuple[str, ...], labels: str | None, test_fractio
     from training.split import split_files
 
     settings = _settings(config)
-    summary = split_files(settings, inputs, labels, test_fraction, Path(out_dir))
+    try:
+        summary = split_files(settings, inputs, labels, test_fraction, Path(out_dir))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(summary, indent=1))
 
 
@@ -153,7 +206,8 @@ def split(config: str, inputs: tuple[str, ...], labels: str | None, test_fractio
 @click.option("--goal-f1", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Test F1 the shipped decision is held to: the report says whether it is met, and if not, by how "
                    "much and where the errors come from.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Report directory to write.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, callback=_out_dir,
+              help="Report directory to write.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @_runs_options
 def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_fraction: float,
@@ -224,17 +278,18 @@ def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_frac
 @click.option("--grid", "grid_items", multiple=True,
               help="name=v1,v2 (repeatable): top_g, n_embd, mask_ratio, n_layer, lr, ... or section.field. "
                    "Default: top_g=3,5,8 n_embd=32,64 mask_ratio=0.15,0.3.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Report directory to write.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, callback=_out_dir,
+              help="Report directory to write.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @_runs_options
 def search(config: str, inputs: tuple[str, ...], labels: str | None, test_fraction: float,
            grid_items: tuple[str, ...], out_dir: str, no_progress: bool, runs_file: str, mlflow: bool | None) -> None:
     """Grid search for LogBERT: select on the validation split only, score the winner on the test split once."""
-    from training.search import DEFAULT_GRID, parse_grid, search as run_search, write_search_report
+    from training.search import DEFAULT_GRID, checked_grid, parse_grid, search as run_search, write_search_report
 
     settings = _settings(config)
     try:
-        grid = parse_grid(grid_items) if grid_items else dict(DEFAULT_GRID)
+        grid = checked_grid(settings, parse_grid(grid_items) if grid_items else DEFAULT_GRID)
         result = run_search(settings, inputs, labels, test_fraction, grid, out_dir, progress=not no_progress)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc

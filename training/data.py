@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import logging
+import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -25,6 +27,10 @@ from logbert_core.windows import (
     session_windows,
     window_keys,
 )
+
+log = logging.getLogger(__name__)
+
+LABEL_VALUES = {"normal": False, "0": False, "anomaly": True, "1": True}  # lower-cased Label column -> anomalous
 
 
 @dataclass
@@ -51,10 +57,26 @@ def open_text(path: str | Path) -> IO[str]:
 
 
 def iter_lines(paths: Sequence[str | Path]) -> Iterator[str]:
+    """The files' lines in order, without line ends; a file that cannot be read raises a ValueError naming it
+    (a broken .gz would otherwise surface as a bare traceback, or as click's "Aborted!" for a truncated one)."""
     for path in paths:
-        with open_text(path) as fh:
-            for line in fh:
-                yield line.rstrip("\r\n")
+        try:
+            with open_text(path) as fh:
+                for line in fh:
+                    yield line.rstrip("\r\n")
+        except gzip.BadGzipFile as exc:
+            raise ValueError(f"{path}: not a valid gzip file ({exc})") from exc
+        except EOFError as exc:
+            raise ValueError(f"{path}: truncated gzip file (it ends before its end-of-stream marker)") from exc
+        except zlib.error as exc:
+            raise ValueError(f"{path}: corrupt gzip file ({exc})") from exc
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+
+
+def describe(paths: Sequence[str | Path]) -> str:
+    """Input files as error messages name them."""
+    return ", ".join(map(str, paths))
 
 
 def file_fingerprint(paths: Sequence[str | Path]) -> str:
@@ -86,22 +108,79 @@ def read_corpus(paths: Sequence[str | Path], fmt: LineFormat) -> Corpus:
     return Corpus(records, rejected, sessions, file_fingerprint(paths))
 
 
+def no_sessions(name: str, rejected: Mapping[str, int]) -> ValueError:
+    """The error of an input where no line parses into a session, with why the lines were rejected."""
+    if not rejected:
+        return ValueError(f"{name}: no log lines (empty input)")
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(rejected.items()))
+    return ValueError(f"{name}: no line parses into a session (rejected lines: {why}); is it a log of the "
+                      "configured family?")
+
+
 def load_labels(path: str | Path) -> dict[str, bool]:
-    """``BlockId,Label`` CSV (Loghub style) -> {session id: anomalous}."""
+    """``BlockId,Label`` CSV (Loghub style) -> {session id: anomalous}.
+
+    A row that cannot be read or an id labelled both ways is an error naming the line, never skipped or overridden:
+    a lost anomaly label puts that session into training as normal. The same label repeated is fine.
+    """
     out: dict[str, bool] = {}
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or len(header) < 2:
-            raise ValueError(f"{path}: expected a header 'BlockId,Label'")
-        for row in reader:
-            if len(row) < 2:
-                continue
-            label = row[1].strip().lower()
-            if label not in ("normal", "anomaly", "0", "1"):
-                raise ValueError(f"{path}: unknown label {row[1]!r} for {row[0]!r} (Normal/Anomaly or 0/1)")
-            out[row[0].strip()] = label in ("anomaly", "1")
+    first: dict[str, tuple[int, str]] = {}  # id -> (line, label as written) where it was first labelled
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            _check_label_header(path, next(reader, None))
+            for row in reader:
+                if not any(c.strip() for c in row):
+                    continue
+                if len(row) < 2 or not row[0].strip():
+                    raise ValueError(f"{path}, line {reader.line_num}: expected 'id,label', got {','.join(row)!r}")
+                sid, written = row[0].strip(), row[1].strip()
+                value = LABEL_VALUES.get(written.lower())
+                if value is None:
+                    raise ValueError(f"{path}, line {reader.line_num}: unknown label {row[1]!r} for {sid!r} "
+                                     "(Normal/Anomaly or 0/1)")
+                if sid in first and out[sid] != value:
+                    at, was = first[sid]
+                    raise ValueError(f"{path}: {sid!r} is labelled {was} on line {at} but {written} on line "
+                                     f"{reader.line_num}")
+                first.setdefault(sid, (reader.line_num, written))
+                out[sid] = value
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text CSV file (bytes that are not UTF-8)") from exc
+    except csv.Error as exc:
+        raise ValueError(f"{path}, line {reader.line_num}: unreadable CSV ({exc})") from exc
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
     return out
+
+
+def _check_label_header(path: str | Path, header: list[str] | None) -> None:
+    """An id column, then ``Label``: a file without its header would lose its first row to it."""
+    cols = [c.strip().lower() for c in header or []]
+    if not any(cols):
+        raise ValueError(f"{path}: no header; expected 'BlockId,Label' on line 1, then one row per session")
+    if len(cols) >= 2 and cols[1] in LABEL_VALUES:
+        raise ValueError(f"{path}, line 1: a data row where the header 'BlockId,Label' should be")
+    if len(cols) < 2 or cols[1] != "label" or not cols[0].replace("_", "").replace(" ", "").endswith("id"):
+        raise ValueError(f"{path}, line 1: expected the header 'BlockId,Label' (an id column, then Label), "
+                         f"got {','.join(header or [])!r}")
+
+
+def check_labels(labels: Mapping[str, bool], sessions: Iterable[str], path: str | Path, inputs: str) -> None:
+    """Labels that name no session of the input are almost surely another log's: an error. Some ids without a
+    session may be fine (the labels of a whole log, a slice of it as input): a warning, as for a file of no labels."""
+    if not labels:
+        log.warning("%s holds no labels: every session of %s counts as normal", path, inputs)
+        return
+    present = set(sessions)
+    missing = sum(sid not in present for sid in labels)
+    if missing == len(labels):
+        example = next(iter(present), None)
+        raise ValueError(f"{path}: none of its {len(labels)} ids names a session of {inputs} (ids like "
+                         f"{next(iter(labels))!r}, sessions like {example!r}); is it the labels file of this log?")
+    if missing:
+        log.warning("%s: %d of its %d ids name no session of %s; they are ignored", path, missing, len(labels),
+                    inputs)
 
 
 def inline_labels(corpus: Corpus) -> dict[str, bool]:

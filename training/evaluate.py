@@ -16,7 +16,7 @@ from logbert_core.bundle import Bundle
 from logbert_core.config import Settings
 from logbert_core.judge import Verdict, WindowJudge
 from logbert_core.scoring import WindowScorer
-from training.data import SessionWindows, build_windows, load_labels, read_corpus
+from training.data import SessionWindows, build_windows, check_labels, describe, load_labels, read_corpus
 from training.train import judge_sessions, session_metrics
 
 
@@ -49,7 +49,9 @@ def offline_windows(bundle: Bundle, settings: Settings, inputs: Sequence[str | P
 def evaluate_bundle(bundle: Bundle, settings: Settings, inputs: Sequence[str | Path],
                     labels_csv: str | Path | None, device: str = "cpu", finished: bool = False
                     ) -> tuple[dict[str, list[Verdict]], dict[str, Any]]:
-    windows = offline_windows(bundle, settings, inputs, finished)
-    verdicts = judge_sessions(bundle_judge(bundle, settings, device), windows)
     labels = load_labels(labels_csv) if labels_csv else {}
+    windows = offline_windows(bundle, settings, inputs, finished)
+    if labels_csv:
+        check_labels(labels, windows, labels_csv, describe(inputs))
+    verdicts = judge_sessions(bundle_judge(bundle, settings, device), windows)
     return verdicts, session_metrics(verdicts, labels)

@@ -55,6 +55,7 @@ from training.data import (
     SessionWindows,
     build_windows,
     canonical_lines,
+    describe,
     file_fingerprint,
     inline_labels,
     iter_lines,
@@ -437,7 +438,8 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
         work = Path(tmp)
         summary = split_files(s, inputs, labels_csv, test_fraction, work)
         train_labels = work / "train.labels.csv" if labels_csv else None
-        report = train_bundle(s, [work / "train.log"], bundle_dir, train_labels, progress=progress)
+        report = train_bundle(s, [work / "train.log"], bundle_dir, train_labels, progress=progress,
+                              source=f"the earlier part of {describe(inputs)}")
         bundle = load_bundle(bundle_dir)
         fmt = s.line_format()
         train_corpus = read_corpus([work / "train.log"], fmt)
@@ -531,6 +533,8 @@ def sequence_protocol(settings: Settings, train_path: str | Path, abnormal_path:
     abnormal = read_sequences(abnormal_path)
     keep = set(load_labels(normal_ids_csv)) if normal_ids_csv else None
     normal_rows = [r for r in read_sequence_csv(normal_csv, keep) if not r[1]]
+    if keep is not None and not normal_rows:
+        raise ValueError(f"{normal_ids_csv}: none of its ids names a normal row of {normal_csv}")
     train_ids = [f"train:{i}" for i in range(len(train))]
     fit_ids, val_ids, calib_ids = split_chronological(train_ids, [s.train.val_fraction, s.train.calib_fraction])
     raw: dict[str, list[str]] = dict(zip(train_ids, train))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from logbert_core.config import Settings
 from training.protocols import (
     LOGBERT,
@@ -47,6 +49,8 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
         key = SHORT_NAMES.get(name.strip(), name.strip())
         if key.count(".") != 1:
             raise ValueError(f"grid key {name!r} must be section.field or one of {', '.join(SHORT_NAMES)}")
+        if key in grid:
+            raise ValueError(f"grid key {key!r} is given twice")
         grid[key] = [_value(v) for v in values.split(",")]
     return grid
 
@@ -66,7 +70,30 @@ def with_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Settings
         if section not in data or fld not in data[section]:
             raise ValueError(f"unknown setting {key!r}")
         data[section][fld] = value
-    return Settings.model_validate(data)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(errors) from exc
+
+
+def checked_grid(settings: Settings, grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    """Every grid point validated as the winner's settings will be, before any training; returns the grid with
+    each value as the settings hold it (``"5"`` -> ``5``), so a bad value fails now, not after hours of training."""
+    if not all(grid.values()):
+        raise ValueError("the grid needs at least one value per key")
+    keys = list(grid)
+    held: dict[str, dict[int, Any]] = {k: {} for k in keys}  # key -> {index of the value: validated value}
+    for picks in itertools.product(*(range(len(grid[k])) for k in keys)):
+        point = {k: grid[k][i] for k, i in zip(keys, picks)}
+        try:
+            data = with_overrides(settings, point).model_dump(mode="json")
+        except ValueError as exc:
+            raise ValueError(f"grid point {point} is invalid: {exc}") from exc
+        for k, i in zip(keys, picks):
+            section, fld = k.split(".")
+            held[k][i] = data[section][fld]
+    return {k: [held[k][i] for i in range(len(grid[k]))] for k in keys}
 
 
 @dataclass
@@ -94,6 +121,7 @@ def _rank(c: Candidate) -> tuple[float, float]:
 def search(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | Path | None, test_fraction: float,
            grid: Mapping[str, Sequence[Any]], out_dir: str | Path, progress: bool = False) -> SearchResult:
     out = Path(out_dir)
+    grid = checked_grid(settings, grid)
     retrain_keys = [k for k in grid if k != RECALIBRATED]
     top_gs = list(grid.get(RECALIBRATED, [settings.scoring.top_g]))
     candidates: list[Candidate] = []

@@ -2,28 +2,51 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from logbert_core.config import Settings
 from logbert_core.parsing import LineFormatError
-from training.data import file_fingerprint, iter_lines, load_labels, split_chronological
+from training.data import (
+    check_labels,
+    describe,
+    file_fingerprint,
+    iter_lines,
+    load_labels,
+    no_sessions,
+    split_chronological,
+)
 
 
 def split_files(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | Path | None,
                 test_fraction: float, out_dir: Path) -> dict[str, Any]:
+    """Raises ValueError, before anything is written, when the inputs or labels cannot make both parts."""
     fmt = settings.line_format()
+    labels = load_labels(labels_csv) if labels_csv else None
     first_seen: dict[str, tuple[float, int]] = {}
+    rejected: Counter[str] = Counter()
     for n, line in enumerate(iter_lines(inputs)):
+        if not line.strip():
+            rejected["empty"] += 1
+            continue
         try:
             rec = fmt.parse(line)
-        except LineFormatError:
+        except LineFormatError as exc:
+            rejected[exc.reason] += 1
             continue
         for sid in rec.session_ids:
             first_seen.setdefault(sid, (rec.timestamp, n))
+    if not first_seen:
+        raise no_sessions(describe(inputs), rejected)
+    if labels is not None and labels_csv:
+        check_labels(labels, first_seen, labels_csv, describe(inputs))
     order = sorted(first_seen, key=first_seen.__getitem__)
     train_ids, test_ids = split_chronological(order, [test_fraction])
+    if not train_ids:
+        raise ValueError(f"{describe(inputs)}: too few sessions ({len(order)}) to split into train and test at "
+                         f"test fraction {test_fraction}")
     part = {sid: "train" for sid in train_ids} | {sid: "test" for sid in test_ids}
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -46,8 +69,7 @@ def split_files(settings: Settings, inputs: Sequence[str | Path], labels_csv: st
         "test_starts_at": first_seen[test_ids[0]][0] if test_ids else None,
         "train_ends_before": first_seen[test_ids[0]][0] if test_ids else None,
     }
-    if labels_csv:
-        labels = load_labels(labels_csv)
+    if labels is not None:
         for name, ids in (("train", train_ids), ("test", test_ids)):
             with open(out_dir / f"{name}.labels.csv", "w") as fh:
                 fh.write("BlockId,Label\n")

@@ -27,9 +27,12 @@ from training.data import (
     SessionWindows,
     build_windows,
     canonical_lines,
+    check_labels,
+    describe,
     inline_labels,
     load_labels,
     mine_templates,
+    no_sessions,
     read_corpus,
     split_chronological,
 )
@@ -104,20 +107,28 @@ def rest_stats(settings: Settings, corpus: Corpus, fit_ids: Sequence[str], index
 
 
 def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str | Path,
-                 labels_csv: str | Path | None = None, progress: bool = True) -> TrainReport:
+                 labels_csv: str | Path | None = None, progress: bool = True, source: str | None = None
+                 ) -> TrainReport:
+    """``source``: how error messages name the input (default: the input paths; ``raw_protocol`` trains on a
+    temporary part of the user's files)."""
     t0 = time.perf_counter()
     s = settings
+    name = source or describe(inputs)
     fmt = s.line_format()
+    given = load_labels(labels_csv) if labels_csv else None  # a bad labels file fails before the logs are read
     corpus = read_corpus(inputs, fmt)
     if not corpus.sessions:
-        raise ValueError(f"no sessions found in {list(map(str, inputs))} (rejected lines: {dict(corpus.rejected)})")
-    labels = load_labels(labels_csv) if labels_csv else inline_labels(corpus)
+        raise no_sessions(name, corpus.rejected)
+    if given is not None and labels_csv:
+        check_labels(given, corpus.sessions, labels_csv, name)
+    labels = given if given is not None else inline_labels(corpus)
     order = corpus.chronological()
     anomalous = [sid for sid in order if labels.get(sid, False)]
     normal = [sid for sid in order if not labels.get(sid, False)]
     train_ids, val_ids, calib_ids = split_chronological(normal, [s.train.val_fraction, s.train.calib_fraction])
     if not train_ids or not val_ids or not calib_ids:
-        raise ValueError(f"too few normal sessions ({len(normal)}) to split into train/validation/calibration")
+        raise ValueError(f"{name}: too few normal sessions ({len(normal)}) to split into train/validation/"
+                         "calibration")
     log.info("%d lines, %d sessions (%d anomalous kept out of training); train %d, val %d, calib %d",
              len(corpus.records), len(order), len(anomalous), len(train_ids), len(val_ids), len(calib_ids))
 
