@@ -55,6 +55,15 @@ class FakeConsumer:
         self.closed = True
 
 
+def bundle_copy(where: Path, version: str) -> Path:
+    """The shipped bundle under another version id (the same model, as a retrain would give)."""
+    shutil.copytree(BUNDLE, where)
+    meta = json.loads((where / "bundle.json").read_text())
+    meta["version"] = version
+    (where / "bundle.json").write_text(json.dumps(meta))
+    return where
+
+
 class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[object] = []
@@ -84,11 +93,7 @@ def test_a_start_without_a_broker_closes_the_consumer_and_stops_the_scorer_threa
 
 def test_a_bundle_the_engine_cannot_build_is_refused_at_reload(redis_url, tmp_path: Path, monkeypatch, caplog):
     s = settings_for("127.0.0.1:9", redis_url, "t", "g")
-    other = tmp_path / "other"
-    shutil.copytree(BUNDLE, other)
-    meta = json.loads((other / "bundle.json").read_text())
-    meta["version"] = "hdfs-other"
-    (other / "bundle.json").write_text(json.dumps(meta))
+    other = bundle_copy(tmp_path / "other", "hdfs-other")
     w = Worker(s, load_bundle(BUNDLE), consumer=FakeConsumer())  # type: ignore[arg-type]
     build = worker_mod.Engine.build
 
@@ -142,11 +147,7 @@ def test_after_a_switch_the_old_bundle_does_not_call_a_running_session_stopped(r
     from e2e_harness import HOLDOUT
 
     s = settings_for("127.0.0.1:9", redis_url, "t", "g")
-    other = tmp_path / "b"
-    shutil.copytree(BUNDLE, other)
-    meta = json.loads((other / "bundle.json").read_text())
-    meta["version"] = "hdfs-b"
-    (other / "bundle.json").write_text(json.dumps(meta))
+    other = bundle_copy(tmp_path / "b", "hdfs-b")
     with gzip.open(HOLDOUT, "rt") as fh:
         lines = [next(fh).rstrip("\n") for _ in range(3000)]
     blk = "blk_-2815656842321674713"
@@ -190,12 +191,7 @@ def test_a_worker_started_after_a_switch_drains_what_the_old_bundle_left(redis_u
     """Worker 1 switches from A to B with a block open under A, then dies. Worker 2 starts with --model B: it finds
     A in the group's record of bundles and drains it, so A's open block is still scored and reported."""
     s = settings_for("127.0.0.1:9", redis_url, "t", "g")
-    a, b = tmp_path / "a", tmp_path / "b"
-    for where, version in ((a, "hdfs-a"), (b, "hdfs-b")):
-        shutil.copytree(BUNDLE, where)
-        meta = json.loads((where / "bundle.json").read_text())
-        meta["version"] = version
-        (where / "bundle.json").write_text(json.dumps(meta))
+    a, b = bundle_copy(tmp_path / "a", "hdfs-a"), bundle_copy(tmp_path / "b", "hdfs-b")
     line = "081109 203615 148 INFO dfs.DataNode: a template no normal block ever had, for blk_{}"
     rec = SimpleNamespace(topic="t", partition=0, offset=0, key=None, value=line.format(1).encode())
     w1 = Worker(s, load_bundle(a), consumer=FakeConsumer([[rec]]), producer=FakeProducer(), bundle_dir=a)  # type: ignore[arg-type]
