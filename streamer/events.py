@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -26,9 +27,16 @@ SCHEMA_VERSION = 1
 MAX_TEMPLATE_CHARS = 1000
 
 
+_CLIPPED = re.compile(r"\.\.\. \[\d+ more characters\]\Z")
+
+
 def clip_template(text: str) -> str:
-    """``text``, cut to ``MAX_TEMPLATE_CHARS`` with a note of how much was left out."""
+    """``text``, cut to ``MAX_TEMPLATE_CHARS`` with a note of how much was left out; a text clipped before (the
+    worker clips what it stores, events clip what they show) is returned as it is."""
     if len(text) <= MAX_TEMPLATE_CHARS:
+        return text
+    note = _CLIPPED.search(text, MAX_TEMPLATE_CHARS)
+    if note is not None and note.start() == MAX_TEMPLATE_CHARS:
         return text
     return f"{text[:MAX_TEMPLATE_CHARS]}... [{len(text) - MAX_TEMPLATE_CHARS} more characters]"
 

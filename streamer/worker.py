@@ -78,7 +78,10 @@ _MAX_WATERMARK = r"""
 -- returns it (as a string); a stored value past ARGV[2] (left by a version that did not check) is replaced.
 local new = tonumber(ARGV[1])
 local old = tonumber(redis.call('GET', KEYS[1]) or '-inf')
-if old > tonumber(ARGV[2]) then old = -math.huge end
+if old > tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  old = -math.huge
+end
 if new > old then
   redis.call('SET', KEYS[1], ARGV[1])
   return ARGV[1]
@@ -530,10 +533,14 @@ class Worker:
             version, where = raw_version.decode(), Path(raw_dir.decode())
             if version in running:
                 continue
-            pipe = self.redis.pipeline(transaction=False)
-            for part in ("idle", "pending", "ends"):
-                pipe.zcard(f"{ns}:{version}:{part}")
-            left = self.backoff.call("redis read", pipe.execute, (redis.RedisError,), m.REDIS_ERRORS)
+
+            def sizes(version: str = version) -> list[int]:  # a pipeline is emptied by execute(): built per try
+                pipe = self.redis.pipeline(transaction=False)
+                for part in ("idle", "pending", "ends"):
+                    pipe.zcard(f"{ns}:{version}:{part}")
+                return pipe.execute()
+
+            left = self.backoff.call("redis read", sizes, (redis.RedisError,), m.REDIS_ERRORS)
             if not any(left):
                 self.backoff.call("redis write", lambda: self.redis.hdel(self.bundles_key, version),
                                   (redis.RedisError,), m.REDIS_ERRORS)

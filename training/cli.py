@@ -69,12 +69,15 @@ def _bundle_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 def _runs_file(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """``--runs-file`` checked up front: the record is appended after the job, when a bad path would waste it."""
+    """``--runs-file`` checked up front. The record is a by-product: where it cannot be written (a read-only image
+    running the default path), the job says so now and runs without it, rather than refusing to train."""
     if value:
         path = Path(value)
         problem = "it is a directory" if path.is_dir() else _unusable_dir(path.absolute().parent)
         if problem:
-            raise click.BadParameter(f"cannot write {value}: {problem}")
+            click.echo(f"warning: the run record will not be written: cannot write {value} ({problem}); "
+                       "set --runs-file (or LOGAD_RUNS_FILE) to a writable path, or to '' to skip it", err=True)
+            return ""
     return value
 
 

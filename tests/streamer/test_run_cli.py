@@ -17,7 +17,7 @@ from logbert_core.scoring import Candidate, Miss, WindowScore
 from logbert_core.vocab import UNK
 from logbert_core.windows import member
 from streamer.errors import StartupError
-from streamer.events import AnomalyEvent, build_event
+from streamer.events import AnomalyEvent, build_event, clip_template
 from streamer.render import render_event
 from streamer.worker import check_bundle_settings
 
@@ -87,3 +87,6 @@ def test_an_event_of_huge_unseen_lines_stays_far_below_the_record_limit():
     size = len(ev.model_dump_json().encode())
     assert size < 200_000, size
     assert ev.explanation.templates[0].template.endswith("... [499000 more characters]")
+    # the worker stores clipped text and the event clips again: the note keeps the original count
+    assert clip_template(clip_template("y" * 100_000)).endswith("... [99000 more characters]")
+    assert clip_template("z" * 1000) == "z" * 1000

@@ -4,6 +4,7 @@ runs: no leaked consumer or scorer thread after a failed start, no crash from a 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -211,3 +212,19 @@ def test_a_worker_started_after_a_switch_drains_what_the_old_bundle_left(redis_u
     assert [(e["session_id"], e["model_version"]) for e in events] == [("blk_1", "hdfs-a")]
     assert not w2.draining
     assert redis.Redis.from_url(redis_url).hkeys(f"{s.redis.namespace}:bundles") == [b"hdfs-b"]  # A is done
+
+
+def test_a_stale_future_group_watermark_is_not_handed_to_a_worker_with_nothing_read(redis_url):
+    """A worker that has just taken partitions over reports -inf and adopts the group's watermark: a value from
+    2068 left in Redis must not reach it."""
+    s = settings_for("127.0.0.1:9", redis_url, "t", "g")
+    key = f"{s.redis.namespace}:watermark"
+    r = redis.Redis.from_url(redis_url)
+    r.set(key, repr(3.1e9))
+    w = Worker(s, load_bundle(BUNDLE), consumer=FakeConsumer(), producer=FakeProducer())  # type: ignore[arg-type]
+    try:
+        assert w._share_watermark(-math.inf) == -math.inf and r.get(key) is None
+        assert w._share_watermark(1226262975.0) == 1226262975.0
+    finally:
+        w.scoring.close()
+        w.close()
