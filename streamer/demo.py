@@ -8,7 +8,6 @@ with SIGTERM, and scores the flagged sessions against the labels.
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -64,6 +63,14 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     labels_file = Path(opts.labels) if opts.labels else (DEFAULT_LABELS if opts.input_file is None else None)
     config = Path(opts.config or DEFAULT_CONFIG)
     echo = click.echo
+    labels: dict[str, bool] | None = None
+    if labels_file is not None:
+        from training.data import load_labels  # the trainer's reader: the same format, the same errors
+
+        try:
+            labels = load_labels(labels_file)  # before anything starts: a bad file is a message, not a lost run
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
     echo(f"logad demo: model {model_dir}, stream {input_file.name} ({opts.fmt}), {opts.workers} worker(s), "
          f"{opts.partitions} partitions")
     workdir = Path(tempfile.mkdtemp(prefix="logad-demo-"))
@@ -105,7 +112,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         time.sleep(1.0)
         stop_tail.set()
         tail.join(timeout=10)
-        summary = _summarise(lines, events, n_events[0], labels_file, settings, sent, t_committed, t_done, codes)
+        summary = _summarise(lines, events, n_events[0], labels, settings, sent, t_committed, t_done, codes)
         if opts.events_out:
             with open(opts.events_out, "w") as fh:
                 for ev in events.values():
@@ -174,7 +181,7 @@ def _wait_until_done(bootstrap: str, group: str, topic: str, r: redis.Redis, pro
     raise TimeoutError(f"the detector did not finish within {timeout_s:.0f} s; logs in {workdir}")
 
 
-def _summarise(lines: list[str], events: dict[str, AnomalyEvent], n_events: int, labels_file: Path | None,
+def _summarise(lines: list[str], events: dict[str, AnomalyEvent], n_events: int, labels: dict[str, bool] | None,
                settings: Any, sent: int, t_committed: float, t_done: float, codes: list[int]) -> dict[str, Any]:
     fmt = settings.line_format()
     sessions: set[str] = set()
@@ -191,9 +198,7 @@ def _summarise(lines: list[str], events: dict[str, AnomalyEvent], n_events: int,
         "lines_per_s_to_committed": round(sent / t_committed, 1) if t_committed else None,
         "worker_exit_codes": codes,
     }
-    if labels_file is not None:
-        with open(labels_file, newline="") as fh:
-            labels = {row[0]: row[1].strip().lower() == "anomaly" for row in csv.reader(fh) if row and row[0] != "BlockId"}
+    if labels is not None:
         truth = {s for s in sessions if labels.get(s, False)}
         tp = len(flagged & truth)
         fp = len(flagged - truth)

@@ -16,11 +16,10 @@ def _event(session: str, *reasons: str) -> SimpleNamespace:
     return SimpleNamespace(session_id=session, explanation=SimpleNamespace(reasons=list(reasons)))
 
 
-def test_summary_counts_blocks_and_the_rules_behind_them(tmp_path: Path) -> None:
+def test_summary_counts_blocks_and_the_rules_behind_them() -> None:
     settings = load_settings(REPO / "config" / "hdfs.toml")
     blocks = [f"blk_{i}" for i in range(1, 6)]
-    labels = tmp_path / "labels.csv"
-    labels.write_text("BlockId,Label\nblk_1,Anomaly\nblk_2,Anomaly\nblk_3,Normal\nblk_4,Normal\nblk_5,Normal\n")
+    labels = {"blk_1": True, "blk_2": True, "blk_3": False, "blk_4": False, "blk_5": False}
     events = {"e1": _event("blk_1", "rare_template", "unseen_template"), "e2": _event("blk_1", "rare_template"),
               "e3": _event("blk_3", "premature_end"), "e4": _event("blk_4", "rare_template")}
     s = _summarise([LINE.format(b) for b in blocks], events, 4, labels, settings, 5, 1.0, 2.0, [0])
