@@ -209,6 +209,11 @@ class DetectorSection(_Section):
     # on it). 1 keeps the other cores for the consume loop, Redis and the broker; raise it on a worker with cores
     # to spare (measured: 1.8-2x on 2 idle cores, docs/performance.md).
     score_threads: int = Field(default=1, gt=0)
+    # Every this many seconds, hand the heap's free pages back to the OS (glibc malloc_trim; 0: never). A burst of
+    # closes allocates in the scorer's and the loop's malloc arenas, and glibc keeps what was freed: measured in a
+    # 10M-line soak, RSS stepped from 381 to 490 MB and stayed there; with a trim every 5 s it stayed at 325-351 MB.
+    # A trim takes 1-2 ms (at most 17 ms there), on a thread of its own that holds no Python lock.
+    malloc_trim_interval_s: float = Field(default=5.0, ge=0)
 
 
 class KafkaSection(_Section):

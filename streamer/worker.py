@@ -25,6 +25,8 @@ worker stops with ``OutageError``. SIGTERM/SIGINT stop consumption; the batch in
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import json
 import logging
@@ -88,6 +90,15 @@ if new > old then
 end
 return redis.call('GET', KEYS[1]) or '-inf'
 """
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
 
 
 def check_bundle_settings(settings: Settings, bundle: Bundle) -> None:
@@ -438,6 +449,7 @@ class Worker:
         self.watermark = -math.inf
         self.partition_watermark: dict[TopicPartition, float] = {}  # the same per partition (its last line)
         self._future_warned = False  # a line stamped far ahead of the clock was logged once
+        self._trim_stop = threading.Event()  # ends the malloc_trim thread (``_start_trimmer``)
         # how far the log has gone on for sure: the watermark, held back to the last line read of any partition
         # that still had lines to read at the last catch-up check (``caught_up``); premature_end judges by it
         self.safe_watermark = -math.inf
@@ -653,6 +665,7 @@ class Worker:
         if isinstance(consumer, ConfluentConsumer):
             poll_ms = max(10, min(1000, int(self.s.detector.sweep_interval_s * 1000)))
         self._freeze_heap()
+        self._start_trimmer()  # until run() returns
         idle_since = time.monotonic()
         try:
             while not self.stop_event.is_set():
@@ -698,6 +711,7 @@ class Worker:
             self.finish_append()
             self.settle(wait=True)  # the batches in hand finish and commit first
         finally:
+            self._trim_stop.set()
             self.scoring.close()
             self.close()
             gc.unfreeze()  # the process may go on (tests, an embedding application): collect as usual again
@@ -710,6 +724,24 @@ class Worker:
         except redis.RedisError:
             m.REDIS_ERRORS.inc()
             return False
+
+    def _start_trimmer(self) -> threading.Thread | None:
+        """A daemon thread that returns freed heap pages to the OS every ``detector.malloc_trim_interval_s``
+        (glibc only; elsewhere nothing happens). ctypes lets go of the GIL for the call, so Python threads go on."""
+        interval = self.s.detector.malloc_trim_interval_s
+        trim = _malloc_trim()
+        if not interval or trim is None:
+            return None
+
+        done = self._trim_stop = threading.Event()
+
+        def loop() -> None:
+            while not done.wait(interval):
+                trim(0)
+
+        thread = threading.Thread(target=loop, name="logad-malloc-trim", daemon=True)
+        thread.start()
+        return thread
 
     def _freeze_heap(self) -> None:
         """Move every object alive now (torch, the model, the parser's state: they live as long as the process)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -228,3 +229,16 @@ def test_a_stale_future_group_watermark_is_not_handed_to_a_worker_with_nothing_r
     finally:
         w.scoring.close()
         w.close()
+
+
+def test_the_heap_trimmer_runs_while_the_worker_runs_and_stops_with_it(redis_url, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(worker_mod, "_malloc_trim", lambda: calls.append)
+    s = settings_for("127.0.0.1:9", redis_url, "t", "g", detector={"malloc_trim_interval_s": 0.05})
+    w = Worker(s, load_bundle(BUNDLE), consumer=FakeConsumer(), producer=FakeProducer())  # type: ignore[arg-type]
+    w.assigned = {TopicPartition("t", 0)}
+    w.run(max_idle_s=0.5)
+    assert len(calls) >= 3 and set(calls) == {0}
+    time.sleep(0.2)
+    assert "logad-malloc-trim" not in {t.name for t in threading.enumerate()}
+    assert worker_mod._malloc_trim() is not None  # glibc, here
