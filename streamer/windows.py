@@ -213,6 +213,16 @@ return {closed, out, more and 1 or 0, expired}
 """
 
 
+def left_in(client: redis.Redis, prefix: str) -> tuple[int, int, int]:
+    """``WindowStore.left`` for a prefix no store of this process serves (a bundle an earlier run was draining),
+    in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for part in ("idle", "pending", "ends"):
+        pipe.zcard(f"{prefix}:{part}")
+    idle, pending, ends = pipe.execute()
+    return int(idle), int(pending), int(ends)
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One line's contribution to one session."""
@@ -425,6 +435,10 @@ class WindowStore:
 
     def held_ends(self) -> int:
         return int(self.r.zcard(f"{self.prefix}:ends"))
+
+    def left(self) -> tuple[int, int, int]:
+        """Open sessions, pending windows and held stops: what must still be done under this prefix."""
+        return left_in(self.r, self.prefix)
 
     def open_sessions(self) -> int:
         return int(self.r.zcard(f"{self.prefix}:idle"))

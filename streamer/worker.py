@@ -63,7 +63,7 @@ from streamer.errors import OutageError, StartupError
 from streamer.events import build_event, clip_template
 from streamer.kafka_io import EventProducer
 from streamer.rdkafka import ConfluentConsumer, ConfluentProducer, rdkafka_config, rdkafka_producer_config
-from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore
+from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore, left_in
 
 log = logging.getLogger(__name__)
 PARSE_ERROR = "parse_error"  # dead-letter reason of a line whose parsing failed in a way no rule names
@@ -545,14 +545,8 @@ class Worker:
             version, where = raw_version.decode(), Path(raw_dir.decode())
             if version in running:
                 continue
-
-            def sizes(version: str = version) -> list[int]:  # a pipeline is emptied by execute(): built per try
-                pipe = self.redis.pipeline(transaction=False)
-                for part in ("idle", "pending", "ends"):
-                    pipe.zcard(f"{ns}:{version}:{part}")
-                return pipe.execute()
-
-            left = self.backoff.call("redis read", sizes, (redis.RedisError,), m.REDIS_ERRORS)
+            left = self.backoff.call("redis read", lambda: left_in(self.redis, f"{ns}:{version}"),
+                                     (redis.RedisError,), m.REDIS_ERRORS)
             if not any(left):
                 self.backoff.call("redis write", lambda: self.redis.hdel(self.bundles_key, version),
                                   (redis.RedisError,), m.REDIS_ERRORS)
@@ -942,8 +936,7 @@ class Worker:
         try:
             m.SESSIONS_OPEN.set(self.engine.store.open_sessions())
             m.PREMATURE_WAITING.set(self.engine.store.held_ends())
-            finished = [e for e in self.draining
-                        if not e.store.open_sessions() and not e.store.pending() and not e.store.held_ends()]
+            finished = [e for e in self.draining if not any(e.store.left())]
         except redis.RedisError:
             m.REDIS_ERRORS.inc()
             return total
