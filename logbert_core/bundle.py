@@ -29,6 +29,7 @@ import torch
 from drain3.drain import Node
 from safetensors.torch import load_file, save_file
 
+from logbert_core.calibration import Promise
 from logbert_core.model import LogBERT, LogBERTConfig
 from logbert_core.parsing import DrainParams, TemplateIndex
 from logbert_core.vocab import Vocabulary
@@ -52,6 +53,33 @@ class Thresholds:
     method: str  # how they were chosen, in words (e.g. "quantile 0.9975 of 812 held-out normal windows")
     rare: float = math.inf  # ... or its rarest template is rarer than this (-log frequency); inf: rule off
     premature: float = math.inf  # ... or it closes in a state normal sessions rarely rest in; inf: rule off
+    # ... or it holds a never-seen template (evidence 1 > this; inf: rule off), or a never-seen template set
+    unseen: float = 0.5
+    unseen_set: float = 0.5
+    promise: Promise | None = None  # what the calibration promises about false positives; None: an older bundle
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (``null`` for a rule that is off)."""
+        def fin(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        return {"miss_ratio": fin(self.miss_ratio), "distance": fin(self.distance), "method": self.method,
+                "rare": fin(self.rare), "premature": fin(self.premature), "unseen": fin(self.unseen),
+                "unseen_set": fin(self.unseen_set),
+                "promise": self.promise.to_json() if self.promise is not None else None}
+
+    @classmethod
+    def from_json(cls, th: Mapping[str, Any]) -> Thresholds:
+        def num(name: str, default: float | None = None) -> float:
+            if name not in th and default is not None:
+                return default  # written before the rule had a threshold of its own: on, as it was
+            v = th[name]
+            return math.inf if v is None else float(v)
+
+        promise = th.get("promise")
+        return cls(num("miss_ratio"), num("distance"), str(th["method"]), num("rare", math.inf),
+                   num("premature", math.inf), num("unseen", 0.5), num("unseen_set", 0.5),
+                   Promise.from_json(promise) if promise is not None else None)
 
 
 @dataclass(frozen=True)
@@ -110,10 +138,7 @@ def save_bundle(out_dir: str | Path, *, family: str, model_config: LogBERTConfig
         "vocab": vocab.to_json(),
         "drain": {"params": _drain_params_json(drain_params), "state": drain_state},
         "settings": dict(settings),
-        "thresholds": {"miss_ratio": thresholds.miss_ratio, "distance": thresholds.distance,
-                       "method": thresholds.method,
-                       "rare": thresholds.rare if math.isfinite(thresholds.rare) else None,
-                       "premature": thresholds.premature if math.isfinite(thresholds.premature) else None},
+        "thresholds": thresholds.to_json(),
         "known_sets": sorted(sorted(s) for s in known_sets),
         "key_counts": sorted([int(k), int(c)] for k, c in (key_counts or {}).items()),
     }
@@ -188,10 +213,7 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
     if vocab.size != cfg.vocab_size:
         raise BundleError(f"{d}: vocabulary has {vocab.size} keys but the model was built for {cfg.vocab_size}")
     with _field(path, "thresholds"):
-        th = _typed(meta["thresholds"], dict)
-        thresholds = Thresholds(float(th["miss_ratio"]), float(th["distance"]), str(th["method"]),
-                                math.inf if th.get("rare") is None else float(th["rare"]),
-                                math.inf if th.get("premature") is None else float(th["premature"]))
+        thresholds = Thresholds.from_json(_typed(meta["thresholds"], dict))
     with _field(path, "drain"):
         drain = _typed(meta["drain"], dict)
     with _field(path, "drain.params"):

@@ -152,6 +152,14 @@ class TrainSection(_Section):
     # chronological split of the normal training sessions: the last fractions are validation and calibration
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     calib_fraction: float = Field(default=0.2, gt=0, lt=0.5)
+    # The model rules are calibrated on sessions the model did not fit on. With at most this many normal sessions,
+    # every one of them gets such a score: crossfit_folds models, each fitted without one chronological fold,
+    # score that fold (a small history cannot spare a held-out slice: 12 sessions cannot place a threshold). With
+    # more, the calibration slice (calib_fraction) is held out of the fit. 0: always the slice.
+    crossfit_max_sessions: int = Field(default=2000, ge=0)
+    crossfit_folds: int = Field(default=5, ge=2)
+    # logad-train warns when the shipped decision catches fewer of the training period's labelled anomalies
+    expected_recall: float = Field(default=0.9, ge=0, le=1)
     # Train and calibrate on the windows a live detector cuts: besides full and final windows, a closing window
     # wherever a session's log went quiet for session.idle_timeout_s (it reopens with its next line). Without them
     # a live HDFS stream, whose blocks rest for hours between write and delete, meets windows training never saw.
@@ -171,20 +179,15 @@ class TrainSection(_Section):
 class ScoringSection(_Section):
     top_g: int = Field(default=5, gt=0)
     mask_copies: int = Field(default=8, gt=0)
-    target_fpr: float = Field(default=0.005, gt=0, lt=1)  # threshold = this quantile of held-out normal scores
+    # the false-positive rate on normal sessions that the whole decision may spend (logbert_core.calibration)
+    target_fpr: float = Field(default=0.005, gt=0, lt=1)
     novel_template: bool = True  # a template never seen in training flags the window
     novel_template_set: bool = True  # templates that never occurred together in a normal training window flag it
     rare_template: bool = True  # a template rarer in normal training windows than the calibrated rarity flags it
-    use_distance: bool = True  # the hypersphere distance also decides (beyond distance_margin x its quantile)
-    # Normal windows sit close to the centre and anomalous ones far out (HDFS training period: normals <= 1.5,
-    # distance-flagged anomalies >= 20); the margin keeps modest drift of normal behaviour from alerting.
-    distance_margin: float = Field(default=5.0, ge=1.0)
+    use_distance: bool = True  # the hypersphere distance also decides
     # A session that goes quiet where normal sessions keep going (judge.RestStats) flags its closing window. Not
     # learned for field_window sessions: those end at a clock boundary, not where their logs stop.
     premature_end: bool = True
-    # ... and only where the evidence is strong: 3.0 = normal sessions rested in under 5 % of their visits to the
-    # state (upper end of a one-sided 95 % interval), e.g. 0 of 52 or more visits.
-    premature_min_surprise: float = Field(default=3.0, ge=0)
     n_candidates: int = Field(default=3, gt=0)
 
 

@@ -1,26 +1,27 @@
 """The decision rule: exact evidence and the learned model, each explained.
 
-A window is anomalous when any enabled rule fires:
+A window is anomalous when a rule's evidence passes its threshold; ``logbert_core.calibration`` sets every threshold
+at once, from one false-positive budget on all normal history (its docstring says how). The rules:
 
 * ``unseen_template``: it holds a template never seen in normal training logs (key ``UNK``);
-* ``unseen_template_set``: its set of templates is not contained in the set of any normal training window, i.e. it
-  has a co-occurrence of templates never seen in normal logs. A subset of a normal set (a session still running, or
-  one that ended early) is not evidence by itself: missing steps are for the model to judge;
+* ``unseen_template_set``: its set of templates was never the set of a normal training window. A set that is part
+  of a normal one (a session that stopped half-way, or one still running) counts only once the session was seen to
+  stop: the quiet after the window was observed (``quiet_seen``); until then the verdict is pending, as for
+  ``premature_end``. A finished block followed by one delete error is such a set: every line of it is normal, and
+  no normal block ever looked like it;
 * ``rare_template``: its rarest template is rarer in normal training windows than the calibrated rarity threshold
   (``-log`` of the smoothed training frequency, as the ``rare_key`` baseline scores it);
 * ``masked_key_misses``: LogBERT's share of missed keys (true key outside the top-g predictions, each position
   masked once on a fixed schedule) exceeds the calibrated threshold;
-* ``hypersphere_distance``: the window's DIST embedding lies farther from the centre than ``distance_margin`` times
-  the calibrated quantile (it catches sessions that stop early, which masked-key prediction cannot see). The paper
-  detects with key misses only; ``use_distance = false`` restores that. The distance is always reported;
+* ``hypersphere_distance``: the window's DIST embedding lies farther from the centre than the calibrated threshold.
+  The paper detects with key misses only; ``use_distance = false`` restores that. The distance is always reported;
 * ``premature_end``: a session went quiet in a state where normal sessions keep going. For every state a normal
   training session passed through (the multiset of templates of the window that would close there), ``RestStats``
   counts how often the next line came ``quiet_s`` or more later (or never). A closing window whose state normal
   sessions reached often but almost never rested in is flagged above the calibrated surprise. This is the timing
-  half of R2Log's "complete logs": it tells a write pipeline that broke after one replica (flag) from a block that is
-  written and simply not deleted yet (no flag), which the distance rule cannot.
+  half of R2Log's "complete logs".
 
-Thresholds come from held-out normal windows only (``calibrate``); labels never choose them.
+Thresholds come from normal sessions only (``calibrated_judge``); labels never choose them.
 """
 
 from __future__ import annotations
@@ -34,17 +35,27 @@ from typing import Any
 import numpy as np
 
 from logbert_core.bundle import Bundle, Thresholds
+from logbert_core.calibration import (
+    DISTANCE,
+    KEY_MISSES,
+    PREMATURE_END,
+    RARE_TEMPLATE,
+    UNSEEN_SET,
+    UNSEEN_TEMPLATE,
+    NormalSession,
+    Promise,
+    RuleSample,
+    choose_level,
+    conformal_threshold,
+    exact_evidence,
+)
 from logbert_core.config import ScoringSection
 from logbert_core.scoring import WindowScore, WindowScorer
 from logbert_core.vocab import UNK
 from logbert_core.windows import WindowCursor
 
-UNSEEN_TEMPLATE = "unseen_template"
-UNSEEN_SET = "unseen_template_set"
-RARE_TEMPLATE = "rare_template"
-KEY_MISSES = "masked_key_misses"
-DISTANCE = "hypersphere_distance"
-PREMATURE_END = "premature_end"
+__all__ = ["DISTANCE", "KEY_MISSES", "PREMATURE_END", "RARE_TEMPLATE", "UNSEEN_SET", "UNSEEN_TEMPLATE",
+           "Calibrated", "KeyCounts", "NormalSession", "RestStats", "Verdict", "WindowJudge", "calibrated_judge"]
 
 State = tuple[tuple[int, int], ...]  # a multiset of template keys: sorted (key, count) pairs
 
@@ -75,10 +86,19 @@ class KeyCounts:
         """(key, count) of the rarest key of a window; ties go to the smaller key, so the result is stable."""
         return min(((self.counts.get(k, 0), k) for k in keys))[::-1]
 
+    @property
+    def total(self) -> float:
+        """The denominator of ``rarity``."""
+        return float(sum(self.counts.values()) + len(self.counts) + 1)
+
+    @property
+    def ceiling(self) -> float:
+        """The rarity of a key never seen in training: no window is rarer."""
+        return -math.log(1 / self.total)
+
     def rarity(self, keys: Sequence[int]) -> float:
         """``-log`` of the add-one-smoothed training frequency of the window's rarest key (higher = rarer)."""
-        total = sum(self.counts.values()) + len(self.counts) + 1
-        return -math.log((self.rarest(keys)[1] + 1) / total)
+        return -math.log((self.rarest(keys)[1] + 1) / self.total)
 
 
 def end_state(keys: Iterable[int]) -> State:
@@ -100,28 +120,46 @@ class RestStats:
     max_len: int
     stride: int
 
+    @staticmethod
+    def visits(entries: Sequence[tuple[float, int]], quiet_s: float, max_len: int, stride: int
+               ) -> dict[State, tuple[int, int]]:
+        """One session's contribution: state -> (times it reached the state, times it then rested).
+        ``entries``: the session's ``(timestamp, key)`` entries in the canonical order."""
+        seen: dict[State, tuple[int, int]] = {}
+        cursor = WindowCursor()
+        counts: Counter[int] = Counter()
+        start = 0
+        for i, (ts, key) in enumerate(entries):
+            cursor.on_append(i + 1, max_len, stride)
+            if cursor.start != start:  # the window slid: recount what is left in it
+                start = cursor.start
+                counts = Counter(k for _, k in entries[start:i + 1])
+            else:
+                counts[key] += 1
+            if i + 1 <= cursor.covered:
+                continue  # a session closing here would emit no closing window
+            rested = i + 1 == len(entries) or entries[i + 1][0] - ts >= quiet_s
+            state = tuple(sorted(counts.items()))
+            n, r = seen.get(state, (0, 0))
+            seen[state] = (n + 1, r + rested)
+        return seen
+
     @classmethod
     def of(cls, sessions: Iterable[Sequence[tuple[float, int]]], quiet_s: float, max_len: int, stride: int
            ) -> RestStats:
         """``sessions``: each normal session's ``(timestamp, key)`` entries in the canonical order."""
+        return cls.merge((cls.visits(e, quiet_s, max_len, stride) for e in sessions), quiet_s, max_len, stride)
+
+    @classmethod
+    def merge(cls, visits: Iterable[Mapping[State, tuple[int, int]]], quiet_s: float, max_len: int, stride: int
+              ) -> RestStats:
+        """The statistics of sessions whose ``visits`` are given."""
         seen: dict[State, list[int]] = {}
-        for entries in sessions:
-            cursor = WindowCursor()
-            counts: Counter[int] = Counter()
-            start = 0
-            for i, (ts, key) in enumerate(entries):
-                cursor.on_append(i + 1, max_len, stride)
-                if cursor.start != start:  # the window slid: recount what is left in it
-                    start = cursor.start
-                    counts = Counter(k for _, k in entries[start:i + 1])
-                else:
-                    counts[key] += 1
-                if i + 1 <= cursor.covered:
-                    continue  # a session closing here would emit no closing window
-                rested = i + 1 == len(entries) or entries[i + 1][0] - ts >= quiet_s
-                cell = seen.setdefault(tuple(sorted(counts.items())), [0, 0])
-                cell[0] += 1
-                cell[1] += rested
+        for v in visits:
+            for state, (n, r) in v.items():
+                cell = seen.setdefault(state, [0, 0])
+                cell[0] += n
+                cell[1] += r
         return cls({k: (v[0], v[1]) for k, v in seen.items()}, quiet_s, max_len, stride)
 
     def to_json(self) -> dict[str, Any]:
@@ -149,7 +187,11 @@ class RestStats:
         Wilson interval of the share of visits followed by quiet. Weak evidence stays near 0: a state never reached
         in training scores 0, one reached once and not rested in scores 0.31, one reached 765 times and never
         rested in scores 5.6."""
-        reached, rested = self.lookup(keys)
+        return self.surprise_of(*self.lookup(keys))
+
+    @staticmethod
+    def surprise_of(reached: int, rested: int) -> float:
+        """``surprise`` of a state reached and rested in that often."""
         return -math.log(wilson_upper(rested, reached))
 
 
@@ -178,6 +220,7 @@ class WindowJudge:
         self.use_distance = use_distance
         self.key_counts = key_counts  # None, or a bundle without a rarity threshold: the rare rule is off
         self.rest = rest  # None, or a bundle without a premature-end threshold: the rule is off
+        self.max_len = scorer.model.config.max_len  # windows shorter than this close their session
         # only the maximal sets matter for containment; most normal windows are subsets of a few lifecycles
         self._maximal = [k for k in known_sets if not any(k < other for other in known_sets)]
         self._covered: dict[frozenset[int], bool] = {}
@@ -202,22 +245,32 @@ class WindowJudge:
         """One verdict per window. ``quiet_seen[i]`` says whether the quiet after window ``i`` was observed: the
         log went on for at least the rest horizon (``RestStats.quiet_s``) after the window's last line with
         nothing more for its session. Where it was not (not yet, or the input itself stopped: the end of a
-        replayed file, a shipper outage), the session's silence is no evidence yet: ``premature_end`` is not among
-        the reasons, and ``Verdict.end_pending`` says whether it would be once the quiet is seen. The other rules
-        apply as usual. ``None``: every closing window's quiet was seen (finished sessions)."""
+        replayed file, a shipper outage), the session's silence is no evidence yet: neither ``premature_end`` nor
+        an unfinished ``unseen_template_set`` is among the reasons, and ``Verdict.end_pending`` says whether one
+        would be once the quiet is seen. The other rules apply as usual. ``None``: every closing window's quiet
+        was seen (finished sessions)."""
         if quiet_seen is not None and len(quiet_seen) != len(windows):
             raise ValueError(f"quiet_seen has {len(quiet_seen)} flags for {len(windows)} windows")
         scores = self.scorer.score(windows)
         th = self.thresholds
         counts = self.key_counts if math.isfinite(th.rare) else None
         rest = self.rest if math.isfinite(th.premature) else None
+        unseen_on = self.novel_template and 1.0 > th.unseen
+        set_on = self.novel_template_set and 1.0 > th.unseen_set
         out = []
         for i, (keys, s) in enumerate(zip(windows, scores)):
             reasons = []
-            if self.novel_template and UNK in keys:
+            seen = quiet_seen is None or quiet_seen[i]
+            pending = False
+            if unseen_on and UNK in keys:
                 reasons.append(UNSEEN_TEMPLATE)
-            if self.novel_template_set and not self.covered(frozenset(keys)):
-                reasons.append(UNSEEN_SET)
+            if set_on:
+                fs = frozenset(keys)
+                if fs not in self.known_sets:
+                    if seen or len(keys) >= self.max_len or not self.covered(fs):
+                        reasons.append(UNSEEN_SET)
+                    else:  # part of a normal set, in a session not yet seen to stop
+                        pending = True
             rarest = None
             if counts is not None:
                 rarest = counts.rarest(keys)
@@ -227,70 +280,16 @@ class WindowJudge:
                 reasons.append(KEY_MISSES)
             if self.use_distance and s.distance > th.distance:
                 reasons.append(DISTANCE)
-            quiet, pending = None, False
+            quiet = None
             if rest is not None and rest.closing(keys):
-                seen = quiet_seen is None or quiet_seen[i]
                 fires = rest.surprise(keys) > th.premature
                 if seen or fires:
                     quiet = rest.lookup(keys)
                 if fires and seen:
                     reasons.append(PREMATURE_END)
-                pending = fires and not seen
+                pending = pending or (fires and not seen)
             out.append(Verdict(bool(reasons), tuple(reasons), s, rarest, quiet, pending))
         return out
-
-
-def calibrate(scores: Iterable[WindowScore], target_fpr: float, use_distance: bool = True,
-              distance_margin: float = 1.0, rarity: Sequence[float] | None = None,
-              surprise: Sequence[float] | None = None, surprise_floor: float = 0.0) -> Thresholds:
-    """Thresholds from held-out *normal* windows: the calibrated rules in use (key misses, and the distance, rarity
-    and premature-end rules when given) may flag at most ``target_fpr`` of them together, the budget split evenly.
-    The distance threshold is ``distance_margin`` times its quantile. ``surprise`` holds the ``RestStats.surprise``
-    of the closing windows of the calibration sessions (one per session that has one); its threshold is at least
-    ``surprise_floor``, since normal sessions end where they rest and their surprises pile up at 0, where a quantile
-    alone would flag any state with the faintest evidence.
-
-    The comparison is strict (``>``), so a threshold at the quantile never flags the windows sitting on it.
-    """
-    items = list(scores)
-    if not items:
-        raise ValueError("calibration needs at least one held-out normal window")
-    rules = 1 + bool(use_distance) + (rarity is not None) + bool(surprise)
-    q = 1.0 - target_fpr / rules
-    miss = np.array([s.miss_ratio for s in items], dtype=np.float64)
-    dist = np.array([s.distance for s in items], dtype=np.float64)
-    rare = math.inf
-    if rarity is not None:
-        if len(rarity) != len(items):
-            raise ValueError(f"rarity has {len(rarity)} values for {len(items)} calibration windows")
-        rare = float(np.quantile(np.asarray(rarity, dtype=np.float64), q, method="higher"))
-    premature = math.inf
-    if surprise:
-        premature = max(surprise_floor, float(np.quantile(np.asarray(surprise, dtype=np.float64), q, method="higher")))
-    return Thresholds(
-        miss_ratio=float(np.quantile(miss, q, method="higher")),
-        distance=distance_margin * float(np.quantile(dist, q, method="higher")),
-        method=f"quantile {q:.5f} (target FPR {target_fpr} over {rules} calibrated rule(s)) of {len(items)} "
-               f"held-out normal windows; distance threshold = {distance_margin} x its quantile"
-               + (f"; premature-end threshold at least {surprise_floor}" if surprise else ""),
-        rare=rare,
-        premature=premature,
-    )
-
-
-def calibrate_rules(scores: Sequence[WindowScore], windows: Sequence[Sequence[int]], target_fpr: float, *,
-                    use_distance: bool, distance_margin: float, counts: KeyCounts | None, rest: RestStats | None,
-                    surprise_floor: float, quiet_seen: Sequence[bool] | None = None) -> Thresholds:
-    """``calibrate`` for the rules in use: the rarity of every calibration window (with ``counts``) and the surprise
-    of every closing one that the rule judges (with ``rest``: those whose quiet was seen, ``WindowJudge.judge``)
-    come from the windows themselves. ``scores`` are the windows' scores."""
-    rarity = [counts.rarity(w) for w in windows] if counts is not None else None
-    if quiet_seen is not None and len(quiet_seen) != len(windows):
-        raise ValueError(f"quiet_seen has {len(quiet_seen)} flags for {len(windows)} calibration windows")
-    seen = quiet_seen if quiet_seen is not None else [True] * len(windows)
-    surprise = ([rest.surprise(w) for w, q in zip(windows, seen) if q and rest.closing(w)] if rest is not None
-                else None)
-    return calibrate(scores, target_fpr, use_distance, distance_margin, rarity, surprise, surprise_floor)
 
 
 @dataclass(frozen=True)
@@ -299,25 +298,69 @@ class Calibrated:
     thresholds: Thresholds
     known_sets: frozenset[frozenset[int]]
     key_counts: KeyCounts
-    calib_scores: list[WindowScore]
+    calib_scores: list[WindowScore]  # the model's scores of its calibration sessions' windows, flat
+    promise: Promise
     rest: RestStats | None = None
 
 
-def calibrated_judge(scorer: WindowScorer, fit_windows: Sequence[Sequence[int]],
-                     val_windows: Sequence[Sequence[int]], calib_windows: Sequence[Sequence[int]], *,
-                     target_fpr: float, novel_template: bool = True, novel_template_set: bool = True,
-                     use_distance: bool = True, distance_margin: float = 1.0, rare_template: bool = True,
-                     rest: RestStats | None = None, surprise_floor: float = 0.0,
-                     calib_seen: Sequence[bool] | None = None) -> Calibrated:
-    """The product's decision for a trained model: exact evidence from the normal training windows (fit +
-    validation sets, fit key counts, where fit sessions went quiet) and thresholds from the normal calibration
-    windows. No labels go in. ``rest`` (timed sessions only) turns the premature-end rule on; ``calib_seen``:
-    whether the quiet after each calibration window was seen (None: all)."""
-    counts = KeyCounts.of(fit_windows)
-    calib_scores = scorer.score(calib_windows)
-    th = calibrate_rules(calib_scores, calib_windows, target_fpr, use_distance=use_distance,
-                         distance_margin=distance_margin, counts=counts if rare_template else None, rest=rest,
-                         surprise_floor=surprise_floor, quiet_seen=calib_seen)
-    known = frozenset(frozenset(w) for w in [*fit_windows, *val_windows])
+def session_scores(scores: Sequence[WindowScore], sizes: Sequence[int]) -> list[list[WindowScore]]:
+    """A flat list of window scores cut back into sessions of ``sizes`` windows."""
+    out, at = [], 0
+    for n in sizes:
+        out.append(list(scores[at:at + n]))
+        at += n
+    return out
+
+
+def calibrated_judge(scorer: WindowScorer, sessions: Sequence[NormalSession], model_rows: Sequence[int],
+                     model_scores: Sequence[Sequence[WindowScore]] | None = None, *, target_fpr: float,
+                     novel_template: bool = True, novel_template_set: bool = True, use_distance: bool = True,
+                     rare_template: bool = True, rest: RestStats | None = None) -> Calibrated:
+    """The product's decision for a trained model, from normal sessions only (``logbert_core.calibration``).
+
+    ``sessions``: every normal training session; the judge's statistics (known templates and sets, key counts;
+    ``rest``, built from the same sessions, turns the premature-end rule on) come from all of them, and each
+    session's exact evidence is taken leave-one-out. ``model_rows``: the sessions the model did not fit on, whose
+    model evidence calibrates the model rules: ``model_scores`` (one list of window scores per row, from
+    out-of-fold models), or, without it, ``scorer``'s scores of their windows (a held-out slice)."""
+    if not sessions:
+        raise ValueError("calibration needs at least one normal session")
+    counts = KeyCounts.of(w for s in sessions for w in s.windows)
+    known = frozenset(frozenset(w) for s in sessions for w in s.windows)
+    ev = exact_evidence(sessions, unk=UNK, max_len=scorer.model.config.max_len, rarity_total=counts.total,
+                        rest=rest)
+    exact = []
+    if novel_template:
+        exact.append(RuleSample(UNSEEN_TEMPLATE, ev[UNSEEN_TEMPLATE], 1.0))
+    if novel_template_set:
+        exact.append(RuleSample(UNSEEN_SET, ev[UNSEEN_SET], 1.0))
+    if rare_template:
+        exact.append(RuleSample(RARE_TEMPLATE, ev[RARE_TEMPLATE], counts.ceiling))
+    if rest is not None:
+        exact.append(RuleSample(PREMATURE_END, ev[PREMATURE_END]))
+    rows = list(model_rows)
+    if model_scores is None:
+        flat = scorer.score([w for r in rows for w in sessions[r].windows])
+        model_scores = session_scores(flat, [len(sessions[r].windows) for r in rows])
+    if len(model_scores) != len(rows):
+        raise ValueError(f"model_scores has {len(model_scores)} sessions for {len(rows)} model rows")
+    model = []
+    if rows:
+        model.append(RuleSample(KEY_MISSES, np.array([max(x.miss_ratio for x in ss) for ss in model_scores]), 1.0))
+        if use_distance:
+            model.append(RuleSample(DISTANCE, np.array([max(x.distance for x in ss) for ss in model_scores])))
+    level = choose_level(exact, model, rows, target_fpr)
+    t = level.thresholds
+    inf = math.inf
+    distance = t.get(DISTANCE, inf)
+    if not use_distance and rows:  # not part of the decision; events still show where the level would put it
+        distance = conformal_threshold([max(x.distance for x in ss) for ss in model_scores], level.promise.level)
+    th = Thresholds(
+        miss_ratio=min(1.0, t.get(KEY_MISSES, 1.0)),  # a share of missed keys never exceeds 1: 1.0 is "off"
+        distance=distance,
+        method="one level for all rules (conformal p-values, leave-one-out / out-of-fold normal sessions): "
+               + level.promise.describe(),
+        rare=t.get(RARE_TEMPLATE, inf), premature=t.get(PREMATURE_END, inf), unseen=t.get(UNSEEN_TEMPLATE, inf),
+        unseen_set=t.get(UNSEEN_SET, inf), promise=level.promise)
     judge = WindowJudge(scorer, th, known, novel_template, novel_template_set, use_distance, counts, rest)
-    return Calibrated(judge, th, known, counts, calib_scores, rest)
+    return Calibrated(judge, th, known, counts, [x for ss in model_scores for x in ss], level.promise, rest)

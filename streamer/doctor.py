@@ -12,8 +12,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from logbert_core.config import Settings, redact_url
+
+if TYPE_CHECKING:
+    from logbert_core.bundle import Bundle
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 MIN_REDIS = (5, 0)  # multi-field HSET and the scripting the window store relies on
@@ -174,12 +178,28 @@ def check_model(settings: Settings, model_dir: str | Path) -> list[Finding]:
                            "run with the config the bundle was trained with, or retrain with logad-train"))
     else:
         out.append(Finding(OK, "model", "the config agrees with the bundle (parsing, sessions, windows, scoring)"))
+    out += _promise_findings(bundle)
     try:
         device = resolve_device(settings.detector.device)
     except StartupError as exc:
         out.append(Finding(FAIL, "model", str(exc), "set detector.device = 'auto' or 'cpu'"))
     else:
         out.append(Finding(OK, "model", f"scoring device: {device}"))
+    return out
+
+
+def _promise_findings(bundle: Bundle) -> list[Finding]:
+    """What the bundle's calibration promises about false positives, and what its trainer warned about."""
+    p = bundle.thresholds.promise
+    if p is None:
+        return [Finding(WARN, "model", "the bundle states no false-positive promise (trained before calibration "
+                                       "on all normal history)", "retrain with logad-train")]
+    out = [Finding(INFO, "model", f"decision: {p.describe()}")]
+    out += [Finding(WARN, "model", f"calibration: {w}", "train on a longer normal history, or accept the rate "
+                                                        "stated above") for w in p.warnings]
+    for w in bundle.metrics.get("warnings", []):
+        if w not in p.warnings:
+            out.append(Finding(WARN, "model", f"training: {w}", "see the bundle's metrics.json"))
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -91,7 +92,8 @@ class AnomalyEvent(_Wire):
 
 _REASON_TEXT = {
     UNSEEN_TEMPLATE: "a template never seen in normal training logs",
-    UNSEEN_SET: "a combination of templates no normal training window had",
+    UNSEEN_SET: "a set of templates no normal training window had (a new combination, or a lifecycle that stopped "
+                "part-way)",
     RARE_TEMPLATE: "a template rare in normal training logs",
     KEY_MISSES: "more unexpected lines than the calibrated threshold",
     DISTANCE: "a window far from the normal hypersphere",
@@ -142,7 +144,8 @@ def build_event(*, event_id: str, session_id: str, members: tuple[str, ...], lo:
     parts.append("flagged for " + "; ".join(_REASON_TEXT.get(r, r) for r in verdict.reasons))
     return AnomalyEvent(
         event_id=event_id, session_id=session_id, score=round(s.miss_ratio, 6), threshold=miss_threshold,
-        distance=round(s.distance, 6), distance_threshold=distance_threshold, model_version=model_version,
+        distance=round(s.distance, 6), distance_threshold=min(distance_threshold, sys.float_info.max),
+        model_version=model_version,
         detected_at=datetime.fromtimestamp(cut_ms / 1000, tz=timezone.utc),
         window=WindowExtent(first_ts=datetime.fromtimestamp(first_ts, tz=timezone.utc),
                             last_ts=datetime.fromtimestamp(last_ts, tz=timezone.utc), line_count=len(members),

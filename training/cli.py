@@ -142,14 +142,19 @@ def train(config: str, inputs: tuple[str, ...], labels: str | None, out_dir: str
                f"{m['data']['templates']} templates; split {m['data']['split']}")
     click.echo(f"  training: best epoch {m['training']['best_epoch']}, {m['training']['seconds']} s on "
                f"{m['training']['device']}; total {m['total_seconds']} s")
-    click.echo(f"  thresholds: {json.dumps(m['thresholds'])}")
+    click.echo(f"  thresholds: {json.dumps({k: v for k, v in m['thresholds'].items() if k != 'promise'})}")
+    cal = m["calibration"]
+    click.echo(f"  calibration: FPR {cal['fpr']:.4f} (95 % bound {cal['fpr_upper']:.4f}, target {cal['target_fpr']}) "
+               f"from {cal['sessions']} normal sessions; model rules: {cal['mode']}")
     ev = m["in_period_eval"]
-    click.echo(f"  in-period eval (not a test): P {ev['precision']} R {ev['recall']} F1 {ev['f1']} "
-               f"FPR {ev['fpr']}")
+    click.echo(f"  in-period anomalies caught (not a test): {ev['caught']} of {ev['anomalies']}"
+               + (f" (recall {ev['recall']})" if ev["recall"] is not None else ""))
+    for w in m["warnings"]:
+        click.echo(f"  warning: {w}", err=True)
     data = {k: m["data"][k] for k in ("inputs", "sha256", "lines", "sessions", "anomalous_sessions", "labels",
                                       "split", "templates")}
-    metrics = {"in_period_eval": {k: v for k, v in ev.items() if k != "sessions"},
-               "thresholds": {k: v for k, v in m["thresholds"].items() if k != "method"},
+    metrics = {"in_period_eval": {k: v for k, v in ev.items() if k != "flagged_by_reason"},
+               "thresholds": {k: v for k, v in m["thresholds"].items() if k not in ("method", "promise")},
                "training": {k: m["training"][k] for k in ("best_epoch", "seconds")},
                "final_val_loss": min(h["val_loss"] for h in m["training"]["history"])}
     _record("train", _params(settings, config=config, labels=labels, out=out_dir), data, metrics, report.version,
@@ -205,6 +210,9 @@ def split(config: str, inputs: tuple[str, ...], labels: str | None, test_fractio
               help="Raw logs: LogBERT judges the windows a live stream cuts at the log's own pace (a session closes "
                    "whenever it is quiet for session.idle_timeout_s and reopens with its next line), not those of "
                    "a fast replay.")
+@click.option("--history", type=click.IntRange(3), default=None,
+              help="Train on the first N normal sessions of the training part only: what a new deployment with a "
+                   "small history would ship.")
 @click.option("--title", default=None, help="Report title.")
 @click.option("--goal-f1", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Test F1 the shipped decision is held to: the report says whether it is met, and if not, by how "
@@ -215,7 +223,8 @@ def split(config: str, inputs: tuple[str, ...], labels: str | None, test_fractio
 @_runs_options
 def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_fraction: float,
              sequences_train: str | None, sequences_abnormal: str | None, sequences_normal: str | None,
-             normal_ids: str | None, methods: str, baseline_epochs: int, live: bool, title: str | None,
+             normal_ids: str | None, methods: str, baseline_epochs: int, live: bool, history: int | None,
+             title: str | None,
              goal_f1: float | None, out_dir: str, no_progress: bool, runs_file: str, mlflow: bool | None) -> None:
     """LogBERT against the baselines on one split: results table (Markdown, JSON), plots, fingerprint, split.
 
@@ -236,15 +245,15 @@ def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_frac
     try:
         if inputs:
             ev = protocols.evaluate_raw(settings, inputs, labels, test_fraction, out_dir, chosen, not no_progress,
-                                        baseline, live)
+                                        baseline, live, history)
         else:
             assert sequences_train and sequences_abnormal and sequences_normal
             ev = protocols.evaluate_sequences(settings, sequences_train, sequences_abnormal, sequences_normal,
-                                              normal_ids, chosen, not no_progress, baseline)
+                                              normal_ids, chosen, not no_progress, baseline, history)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     options = {"config": config, "inputs": list(inputs), "labels": labels, "test_fraction": test_fraction,
-               "sequences": list(seq), "normal_ids": normal_ids, "methods": chosen, "live": live,
+               "sequences": list(seq), "normal_ids": normal_ids, "methods": chosen, "live": live, "history": history,
                "baseline_epochs": baseline_epochs, "goal_f1": goal_f1}
     params = {**_params(settings, **options)}
     name = title or f"{settings.log.family}: {ev.data.protocol} protocol"

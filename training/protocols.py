@@ -34,22 +34,14 @@ import torch
 
 from logbert_core.bundle import Bundle, Thresholds, load_bundle
 from logbert_core.config import ScoringSection, Settings
-from logbert_core.judge import (
-    DISTANCE,
-    KEY_MISSES,
-    RestStats,
-    Verdict,
-    WindowJudge,
-    calibrate_rules,
-    calibrated_judge,
-)
-from logbert_core.model import LogBERT, LogBERTConfig
+from logbert_core.judge import DISTANCE, KEY_MISSES, NormalSession, RestStats, Verdict, WindowJudge
 from logbert_core.parsing import LineFormatError
-from logbert_core.scoring import WindowScore, WindowScorer
+from logbert_core.scoring import WindowScore
 from logbert_core.vocab import FIRST_KEY, UNK
 from logbert_core.windows import session_windows
 from training.baselines import BASELINES, BaselineConfig, Calibrated, Session, calibrate_threshold, fit_and_calibrate
 from training.complete_logs import CompleteConfig, CompleteLogDetector, ParamExtractor, SessionLines, line_features
+from training.crossfit import fit_decision, model_config, resolve_device
 from training.data import (
     Corpus,
     SessionWindows,
@@ -64,15 +56,15 @@ from training.data import (
     split_chronological,
 )
 from training.evaluate import bundle_judge, learned_pause
-from training.fit import TrainConfig, fit
 from training.split import split_files
-from training.train import judge_sessions, resolve_device, train_bundle
+from training.train import judge_sessions, train_bundle
 
 log = logging.getLogger(__name__)
 
 LOGBERT = "logbert"  # the product's decision: every enabled rule of logbert_core.judge
 LOGBERT_MODEL = "logbert_model_rules"  # the learned rules only (key misses, and distance where enabled)
 LOGBERT_KEYS = "logbert_key_misses"  # the paper's rule: masked-key misses only
+LOGBERT_EXACT = "logbert_without_model"  # the shipped decision's exact rules only: what the model adds is the rest
 LOGBERT_COMPLETE = "logbert_complete"  # key + time gap + parameters per line (training.complete_logs); raw only
 COMPLETE_MEAN = "logbert_complete_mean"  # the same fit, key, gap and parameter misses pooled into one ratio
 COMPLETE_KEYS = "logbert_complete_key_misses"  # the same fit, key misses only
@@ -191,12 +183,10 @@ def _tail_rank(calib: np.ndarray, x: np.ndarray) -> np.ndarray:
 @dataclass
 class LogBERTRun:
     judge: WindowJudge
-    calib_scores: list[WindowScore]
+    calib_scores: list[WindowScore]  # model scores of calibration windows: where a session's score ranks (PR)
     history: list[dict[str, float]]
     seconds: float
     notes: str = ""
-    calib_windows: list[list[int]] | None = None  # what the thresholds came from, where not the replay windows
-    calib_seen: list[bool] | None = None  # ... and whether the quiet after each of them was seen (None: all)
 
 
 def logbert_results(run: LogBERTRun, data: EvalData, scoring: ScoringSection, include_test: bool = True
@@ -204,14 +194,12 @@ def logbert_results(run: LogBERTRun, data: EvalData, scoring: ScoringSection, in
     """The product decision and its learned parts, on the validation (and, with ``include_test``, test) sessions.
 
     Session score for the PR curve: 2 if an exact-evidence rule fired in any window, plus the largest of the window's
-    model scores expressed as a rank among calibration windows (``_tail_rank``; distances are ranked against the
-    calibration distances times ``distance_margin``, so both model rules cut at the same rank); the decision itself
-    is the judge's.
+    model scores expressed as a rank among calibration windows (``_tail_rank``); the decision itself is the judge's.
     """
     th = run.judge.thresholds
     use_distance = scoring.use_distance
     cal_miss = np.array([s.miss_ratio for s in run.calib_scores])
-    cal_dist = np.array([s.distance for s in run.calib_scores]) * scoring.distance_margin
+    cal_dist = np.array([s.distance for s in run.calib_scores])
     test_ids = data.split.test if include_test else []
     ids = data.validation_ids + test_ids
     sub = {sid: SessionWindows(sid, data.windows[sid], 0.0, 0.0, len(data.sessions[sid]), seen=data.quiet.get(sid))
@@ -228,8 +216,9 @@ def logbert_results(run: LogBERTRun, data: EvalData, scoring: ScoringSection, in
         exact = any(r not in (KEY_MISSES, DISTANCE) for v in vs for r in v.reasons)
         r_keys = _tail_rank(cal_miss, miss)
         r_model = np.maximum(r_keys, _tail_rank(cal_dist, dist)) if use_distance else r_keys
-        flags = (any(v.anomalous for v in vs), bool(model.any()), bool(keys.any()))
-        return flags, (float(r_model.max()) + (2.0 if exact else 0.0), float(r_model.max()), float(r_keys.max()))
+        flags = (any(v.anomalous for v in vs), bool(model.any()), bool(keys.any()), exact)
+        return flags, (float(r_model.max()) + (2.0 if exact else 0.0), float(r_model.max()), float(r_keys.max()),
+                       1.0 if exact else 0.0)
 
     table = {sid: columns(verdicts[sid]) for sid in ids}
     fired = {sid: tuple(sorted({r for v in verdicts[sid] if v.anomalous for r in v.reasons})) for sid in ids}
@@ -237,9 +226,12 @@ def logbert_results(run: LogBERTRun, data: EvalData, scoring: ScoringSection, in
     out = []
     specs = ((LOGBERT, "all enabled rules of logbert_core.judge (the shipped decision)"),
              (LOGBERT_MODEL, "learned rules only: masked-key misses" + (" or distance" if use_distance else "")),
-             (LOGBERT_KEYS, "masked-key misses only (the LogBERT paper's rule), our calibration"))
+             (LOGBERT_KEYS, "masked-key misses only (the LogBERT paper's rule), our calibration"),
+             (LOGBERT_EXACT, "the shipped decision without the model: its exact rules, at the same thresholds"))
     shown = {"miss_ratio": th.miss_ratio, **({"distance": th.distance} if use_distance else {})}
-    rules = {**shown, **{k: v for k, v in (("rare", th.rare), ("premature", th.premature)) if math.isfinite(v)}}
+    rules = {**shown, **{k: v for k, v in (("rare", th.rare), ("premature", th.premature), ("unseen", th.unseen),
+                                           ("unseen_set", th.unseen_set)) if math.isfinite(v)},
+             **({"promise": th.promise.to_json()} if th.promise is not None else {})}
     for col, (name, note) in enumerate(specs):
         flags = np.array([table[s][0][col] for s in ids], dtype=bool)
         scores = np.array([table[s][1][col] for s in ids], dtype=np.float64)
@@ -254,85 +246,33 @@ def logbert_results(run: LogBERTRun, data: EvalData, scoring: ScoringSection, in
 
 
 def fit_logbert(data: EvalData, settings: Settings, vocab_size: int, progress: bool = False) -> LogBERTRun:
-    """LogBERT fitted and calibrated on windows directly, with the product's own pieces (as ``train_bundle`` does)."""
+    """LogBERT fitted and calibrated on windows directly, with the product's own pieces (``fit_decision``, as
+    ``train_bundle`` does)."""
     s = settings
     t0 = time.perf_counter()
     sp = data.split
-    model_cfg = LogBERTConfig(vocab_size=vocab_size, max_len=s.model.max_len, n_layer=s.model.n_layer,
-                              n_head=s.model.n_head, n_embd=s.model.n_embd, dropout=s.model.dropout,
-                              hypersphere_weight=s.model.hypersphere_weight)
-    tc = TrainConfig(epochs=s.train.epochs, batch_size=s.train.batch_size, lr=s.train.lr,
-                     mask_ratio=s.train.mask_ratio, patience=s.train.patience, seed=s.train.seed,
-                     device=s.train.device, bf16=s.train.bf16, progress=progress)
-    result = fit(data.flat_windows(sp.fit), data.flat_windows(sp.val), model_cfg, tc)
-    device = resolve_device(s.train.device)
-    model = LogBERT(model_cfg)
-    model.load_state_dict(result.state_dict)
-    scorer = WindowScorer(model, result.center.to(device), top_g=s.scoring.top_g, mask_copies=s.scoring.mask_copies,
-                          device=device, n_candidates=s.scoring.n_candidates, threads=s.train.scoring_threads,
-                          buckets=tuple(b for b in s.detector.buckets if b < s.model.max_len) + (s.model.max_len,))
-    sc = s.scoring
+    normal_ids = sp.fit + sp.val + sp.calib
+    ml, st = s.model.max_len, s.model.stride
+    visits: dict[str, dict[Any, tuple[int, int]]] = {}
     rest = None
-    if data.protocol == "sequences" and sc.premature_end:
+    if data.protocol == "sequences" and s.scoring.premature_end:
         # Each sequence is a whole session and carries no timestamps: its end is where it rested, and it rested
         # nowhere else (a live detector would also see pauses; with none known, the rule only gets stricter).
-        rest = RestStats.of(([(float(i), k) for i, k in enumerate(data.sessions[sid])] for sid in sp.fit),
-                            quiet_s=math.inf, max_len=s.model.max_len, stride=s.model.stride)
-    cal = calibrated_judge(scorer, data.flat_windows(sp.fit), data.flat_windows(sp.val),
-                           data.flat_windows(sp.calib), target_fpr=sc.target_fpr, novel_template=sc.novel_template,
-                           novel_template_set=sc.novel_template_set, use_distance=sc.use_distance,
-                           distance_margin=sc.distance_margin, rare_template=sc.rare_template, rest=rest,
-                           surprise_floor=sc.premature_min_surprise)
-    judge, calib_scores = cal.judge, cal.calib_scores
-    return LogBERTRun(judge, calib_scores, result.history, time.perf_counter() - t0)
-
-
-def _calibration(data: EvalData, windows: list[list[int]] | None, seen: list[bool] | None
-                 ) -> tuple[list[list[int]], list[bool] | None]:
-    """The windows thresholds are calibrated on, with their quiet flags: those given (the trainer's live windows)
-    or the calibration split's windows of ``data``."""
-    if windows is not None:
-        return windows, seen
-    return data.flat_windows(data.split.calib), data.flat_quiet(data.split.calib)
+        visits = {sid: RestStats.visits([(float(i), k) for i, k in enumerate(data.sessions[sid])], math.inf, ml, st)
+                  for sid in normal_ids}
+        rest = RestStats.merge(visits.values(), math.inf, ml, st)
+    normal = [NormalSession(data.windows[sid], data.quiet.get(sid), visits.get(sid, {})) for sid in normal_ids]
+    fd = fit_decision(s, model_config(s, vocab_size), normal_ids, normal, rest, progress)
+    return LogBERTRun(fd.cal.judge, fd.cal.calib_scores, fd.result.history, time.perf_counter() - t0,
+                      "model rules calibrated on " + fd.mode)
 
 
 def bundle_run(bundle: Bundle, settings: Settings, data: EvalData, history: list[dict[str, float]],
-               seconds: float, calib_windows: list[list[int]] | None = None,
-               calib_seen: list[bool] | None = None) -> LogBERTRun:
-    """The shipped bundle's judge; calibration windows are re-scored to place scores (and to check determinism).
-
-    ``calib_windows``: the windows the trainer calibrated on, where they differ from the replay windows of
-    ``data`` (``train.live_windows``)."""
+               seconds: float, mode: str) -> LogBERTRun:
+    """The shipped bundle's judge. Calibration windows are scored only to rank sessions for the PR curve."""
     judge = bundle_judge(bundle, settings, resolve_device(settings.train.device))
-    calib, seen = _calibration(data, calib_windows, calib_seen)
-    calib_scores = judge.scorer.score(calib)
-    sc = settings.scoring
-    again = calibrate_rules(calib_scores, calib, sc.target_fpr, use_distance=sc.use_distance,
-                            distance_margin=sc.distance_margin, counts=judge.key_counts, rest=judge.rest,
-                            surprise_floor=sc.premature_min_surprise, quiet_seen=seen)
-    th = bundle.thresholds
-    same = ((again.miss_ratio, again.distance, again.rare, again.premature)
-            == (th.miss_ratio, th.distance, th.rare, th.premature))
-    note = "thresholds re-derived from the calibration split: " + ("identical" if same else "DIFFERENT")
-    return LogBERTRun(judge, calib_scores, history, seconds, note, calib_windows, calib_seen)
-
-
-def recalibrated(run: LogBERTRun, settings: Settings, data: EvalData, top_g: int) -> LogBERTRun:
-    """The same model with another ``top_g``: calibration windows re-scored, thresholds re-derived (no labels)."""
-    old = run.judge.scorer
-    scorer = WindowScorer(old.model, old.center, top_g=top_g, mask_copies=old.mask_copies, device=old.device,
-                          buckets=old.buckets, n_candidates=old.n_candidates, threads=old.threads)
-    calib, seen = _calibration(data, run.calib_windows, run.calib_seen)
-    calib_scores = scorer.score(calib)
-    sc = settings.scoring
-    j = run.judge
-    th = calibrate_rules(calib_scores, calib, sc.target_fpr, use_distance=sc.use_distance,
-                         distance_margin=sc.distance_margin, counts=j.key_counts, rest=j.rest,
-                         surprise_floor=sc.premature_min_surprise, quiet_seen=seen)
-    judge = WindowJudge(scorer, th, j.known_sets, j.novel_template, j.novel_template_set, j.use_distance,
-                        j.key_counts, j.rest)
-    return LogBERTRun(judge, calib_scores, run.history, run.seconds, f"recalibrated for top_g={top_g}",
-                      run.calib_windows, run.calib_seen)
+    calib_scores = judge.scorer.score(data.flat_windows(data.split.calib))
+    return LogBERTRun(judge, calib_scores, history, seconds, f"model rules calibrated on {mode}")
 
 
 # -- baselines ---------------------------------------------------------------------------------------------------
@@ -420,9 +360,28 @@ class RawRun:
     train_metrics: dict[str, Any]
 
 
+def keep_history(settings: Settings, path: Path, labels_csv: str | Path | None, history: int) -> dict[str, int]:
+    """Rewrite the training part ``path`` to hold only its first ``history`` normal sessions (by first timestamp)
+    and the anomalous sessions that began before the next normal one: the history a new deployment has."""
+    if history < 3:
+        raise ValueError(f"history={history}: need at least 3 normal sessions (fit, validation, calibration)")
+    corpus = read_corpus([path], settings.line_format())
+    labels = load_labels(labels_csv) if labels_csv else inline_labels(corpus)
+    order = corpus.chronological()
+    normal = [sid for sid in order if not labels.get(sid, False)]
+    if len(normal) <= history:
+        return {"normal": len(normal), "anomalous": len(order) - len(normal)}
+    cutoff = corpus.records[corpus.sessions[normal[history]][0]].timestamp
+    keep = set(normal[:history]) | {sid for sid in order if labels.get(sid, False)
+                                    and corpus.records[corpus.sessions[sid][0]].timestamp < cutoff}
+    rows = sorted({i for sid in keep for i in corpus.sessions[sid]})
+    path.write_text("".join(corpus.records[i].line.rstrip("\n") + "\n" for i in rows))
+    return {"normal": history, "anomalous": len(keep) - history}
+
+
 def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | Path | None,
                  test_fraction: float, bundle_dir: str | Path, progress: bool = False,
-                 line_feats: bool = False, live: bool = False) -> RawRun:
+                 line_feats: bool = False, live: bool = False, history: int | None = None) -> RawRun:
     """Chronological split of raw log files; LogBERT trained by ``train_bundle`` on the earlier part.
 
     ``live``: LogBERT judges the windows a live detector would cut at the log's own pace (a closing window wherever
@@ -437,6 +396,9 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
     with tempfile.TemporaryDirectory(prefix="logad-eval-") as tmp:
         work = Path(tmp)
         summary = split_files(s, inputs, labels_csv, test_fraction, work)
+        if history is not None:  # a new deployment's history: the first sessions of the training part only
+            summary["history"] = keep_history(s, work / "train.log", work / "train.labels.csv" if labels_csv
+                                              else None, history)
         train_labels = work / "train.labels.csv" if labels_csv else None
         report = train_bundle(s, [work / "train.log"], bundle_dir, train_labels, progress=progress,
                               source=f"the earlier part of {describe(inputs)}")
@@ -455,9 +417,9 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
     normal = [sid for sid in order if not labels.get(sid, False)]
     fit_ids, val_ids, calib_ids = split_chronological(normal, [s.train.val_fraction, s.train.calib_fraction])
     made = report.metrics["data"]["split"]
-    if (made["train"], made["val"], made["calib"]) != (len(fit_ids), len(val_ids), len(calib_ids)):
-        raise RuntimeError(f"split drifted from train_bundle's: {made} vs {len(fit_ids)}/{len(val_ids)}/"
-                           f"{len(calib_ids)}")
+    if (made["normal"], made["val"]) != (len(normal), len(val_ids)):
+        raise RuntimeError(f"split drifted from train_bundle's: {made} vs {len(normal)} normal, {len(val_ids)} "
+                           "validation")
     shared = set(train_w) & set(test_w)  # a line naming sessions of both parts is written to both files
     test_ids = [sid for sid in test_corpus.chronological() if sid not in shared]
     split = Split(fit_ids, val_ids, calib_ids, test_ids, [sid for sid in order if labels.get(sid, False)],
@@ -487,14 +449,8 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
               "unseen_template_sessions_test": sum(UNK in sessions[x] for x in test_ids)},
         lines=lines, quiet={k: v.seen for k, v in lw.items() if v.seen is not None and not all(v.seen)})
     history = report.metrics["training"]["history"]
-    calib_live = calib_live_seen = None
-    if report.metrics["data"].get("live_windows"):  # the trainer calibrated on live windows: re-derive on those
-        live = build_windows(train_corpus, calib_ids, bundle.template_index(), bundle.vocab,
-                             s.parser.unknown == "nearest", bundle.model_config.max_len, s.model.stride,
-                             s.session.idle_timeout_s, rest_s=learned_pause(bundle))
-        calib_live = [w for sid in calib_ids for w in live[sid].windows]
-        calib_live_seen = [q for sid in calib_ids for q in live[sid].quiet_seen()]
-    run = bundle_run(bundle, s, data, history, report.metrics["training"]["seconds"], calib_live, calib_live_seen)
+    run = bundle_run(bundle, s, data, history, report.metrics["training"]["seconds"],
+                     report.metrics["calibration"]["mode"])
     log.info("raw protocol ready in %.1f s (bundle %s)", fit_seconds, bundle.version)
     return RawRun(data, bundle, run, report.metrics)
 
@@ -524,53 +480,90 @@ def read_sequence_csv(path: str | Path, keep: set[str] | None = None) -> list[tu
     return out
 
 
+def read_id_sequences(path: str | Path) -> list[tuple[str, list[str]]]:
+    """``session_id,space-separated event ids`` per line (ait's Hadoop files) -> (session id, event ids)."""
+    out = []
+    with open(path) as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            sid, sep, seq = line.rstrip("\n").partition(",")
+            if not sep:
+                raise ValueError(f"{path}:{n}: expected 'session_id,event ids', got {line[:80]!r}")
+            out.append((sid, seq.split()))
+    return out
+
+
 def sequence_protocol(settings: Settings, train_path: str | Path, abnormal_path: str | Path,
-                      normal_csv: str | Path, normal_ids_csv: str | Path | None = None) -> EvalData:
+                      normal_csv: str | Path, normal_ids_csv: str | Path | None = None,
+                      history: int | None = None) -> EvalData:
     """Fit / validation / calibration from the normal training file (file order); test = the anomalous file plus
-    the *normal* rows of ``normal_csv`` (restricted to the block ids listed in ``normal_ids_csv`` when given)."""
-    s = settings
+    the *normal* rows of ``normal_csv`` (restricted to the block ids listed in ``normal_ids_csv`` when given).
+    ``history``: train on the first this many normal sessions only (a new deployment's small history)."""
     train = read_sequences(train_path)
     abnormal = read_sequences(abnormal_path)
     keep = set(load_labels(normal_ids_csv)) if normal_ids_csv else None
     normal_rows = [r for r in read_sequence_csv(normal_csv, keep) if not r[1]]
     if keep is not None and not normal_rows:
         raise ValueError(f"{normal_ids_csv}: none of its ids names a normal row of {normal_csv}")
+    test = [(f"normal:{b}", False, seq) for b, _, seq in normal_rows]
+    test += [(f"abnormal:{i}", True, seq) for i, seq in enumerate(abnormal)]
+    data = sequence_data(settings, train, test, history)
+    data.data.update({
+        "inputs": _sha([train_path, abnormal_path, normal_csv]),
+        "normal_ids_from": _sha([normal_ids_csv]) if normal_ids_csv else None,
+        "sessions": {"train_file": len(train), "abnormal_file": len(abnormal), "normal_rows_used": len(normal_rows)}})
+    data.split.rule += ("; test = every session of the anomalous file + the normal rows of the normal file"
+                        + (f" whose block id is listed in {normal_ids_csv}" if normal_ids_csv else ""))
+    return data
+
+
+def sequence_data(settings: Settings, train: Sequence[Sequence[str]], test: Sequence[tuple[str, bool, Sequence[str]]],
+                  history: int | None = None) -> EvalData:
+    """Pre-parsed sessions of event ids: normal training sessions in time (file) order, and labelled test sessions
+    ``(id, anomalous, event ids)``. Event ids never seen in the normal training sessions become ``UNK``."""
+    s = settings
+    if history is not None:
+        if history < 3:
+            raise ValueError(f"history={history}: need at least 3 normal sessions (fit, validation, calibration)")
+        train = train[:history]
     train_ids = [f"train:{i}" for i in range(len(train))]
     fit_ids, val_ids, calib_ids = split_chronological(train_ids, [s.train.val_fraction, s.train.calib_fraction])
-    raw: dict[str, list[str]] = dict(zip(train_ids, train))
-    fit_events = sorted({e for sid in fit_ids for e in raw[sid]}, key=lambda e: (len(e), e))
-    key_of = {e: FIRST_KEY + i for i, e in enumerate(fit_events)}  # events never in the fit split -> UNK
+    raw: dict[str, Sequence[str]] = dict(zip(train_ids, train))
+    events = sorted({e for sid in train_ids for e in raw[sid]}, key=lambda e: (len(e), e))
+    key_of = {e: FIRST_KEY + i for i, e in enumerate(events)}  # events never in normal training -> UNK
     labels: dict[str, bool] = {}
-    for i, seq in enumerate(abnormal):
-        raw[f"abnormal:{i}"] = seq
-        labels[f"abnormal:{i}"] = True
-    for block, _, seq in normal_rows:
-        raw[f"normal:{block}"] = seq
-    test_ids = [f"normal:{b}" for b, _, _ in normal_rows] + [f"abnormal:{i}" for i in range(len(abnormal))]
+    for sid, anomalous, seq in test:
+        if sid in raw:
+            raise ValueError(f"test session id {sid!r} is given twice")
+        raw[sid] = seq
+        if anomalous:
+            labels[sid] = True
     sessions = {sid: [key_of.get(e, UNK) for e in seq] for sid, seq in raw.items() if seq}
     empty = [sid for sid, seq in raw.items() if not seq]
-    test_ids = [sid for sid in test_ids if sid in sessions]
+    test_ids = [sid for sid, _, _ in test if sid in sessions]
     ml, st = s.model.max_len, s.model.stride
     windows = {sid: [keys[sp.lo : sp.hi] for sp in session_windows(len(keys), ml, st)]
                for sid, keys in sessions.items()}
     lengths = np.array([len(v) for v in sessions.values()])
     split = Split(fit_ids, val_ids, calib_ids, test_ids, [],
-                  rule=f"training file in file order: last {s.train.calib_fraction} calibration, "
-                       f"{s.train.val_fraction} before that validation, the rest fit; test = every session of the "
-                       "anomalous file + the normal rows of the normal file"
-                       + (f" whose block id is listed in {normal_ids_csv}" if normal_ids_csv else ""))
+                  rule=f"normal training sessions in file order{f' (the first {history} only)' if history else ''}: "
+                       f"last {s.train.val_fraction} validation, the rest fit and calibration "
+                       "(train.crossfit_max_sessions says how the model rules are calibrated)")
     return EvalData(
         protocol="sequences", sessions=sessions, windows=windows, labels=labels, labelled=True, split=split,
-        data={"inputs": _sha([train_path, abnormal_path, normal_csv]),
-              "normal_ids_from": _sha([normal_ids_csv]) if normal_ids_csv else None,
-              "sessions": {"train_file": len(train), "abnormal_file": len(abnormal),
-                           "normal_rows_used": len(normal_rows)},
-              "empty_sessions_dropped": len(empty), "templates": len(fit_events),
+        data={"empty_sessions_dropped": len(empty), "templates": len(events), "history": history,
               "event_id_to_key": key_of,
               "unseen_event_ids_in_test": sorted({e for sid in test_ids for e in raw[sid]} - set(key_of),
                                                  key=lambda e: (len(e), e)),
               "session_length": {"p50": float(np.percentile(lengths, 50)), "p99": float(np.percentile(lengths, 99)),
                                  "max": int(lengths.max())}})
+
+
+def run_mode(settings: Settings, data: EvalData) -> bool:
+    """Whether ``fit_decision`` cross-fits the model on this data's normal training sessions."""
+    sp = data.split
+    return len(sp.fit) + len(sp.val) + len(sp.calib) <= settings.train.crossfit_max_sessions
 
 
 def sequence_vocab_size(data: EvalData) -> int:
@@ -585,11 +578,7 @@ def baseline_config(settings: Settings, **overrides: Any) -> BaselineConfig:
 
 def thresholds_json(th: Thresholds) -> dict[str, Any]:
     """The bundle's thresholds; ``None`` for a rule the bundle has no threshold for (it is off)."""
-    def fin(x: float) -> float | None:
-        return x if math.isfinite(x) else None
-
-    return {"miss_ratio": th.miss_ratio, "distance": th.distance, "rare": fin(th.rare),
-            "premature": fin(th.premature), "method": th.method}
+    return th.to_json()
 
 
 # -- whole runs ----------------------------------------------------------------------------------------------------
@@ -681,14 +670,14 @@ def complete_results(data: EvalData, cfg: CompleteConfig, target_fpr: float) -> 
 
 def evaluate_raw(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | Path | None,
                  test_fraction: float, out_dir: str | Path, methods: Sequence[str] = METHODS,
-                 progress: bool = False, baseline: Mapping[str, Any] | None = None, live: bool = False
-                 ) -> Evaluation:
+                 progress: bool = False, baseline: Mapping[str, Any] | None = None, live: bool = False,
+                 history: int | None = None) -> Evaluation:
     """Protocol (a)/(c)/(d): raw lines -> sessions; LogBERT as ``logad-train`` ships it, baselines beside it.
     ``live``: LogBERT judges live-stream windows (``raw_protocol``)."""
     use_logbert, baselines = _split_methods(methods)
     use_complete = LOGBERT_COMPLETE in methods
     raw = raw_protocol(settings, inputs, labels_csv, test_fraction, Path(out_dir) / "bundle", progress,
-                       line_feats=use_complete, live=live)
+                       line_feats=use_complete, live=live, history=history)
     results = logbert_results(raw.logbert, raw.data, settings.scoring) if use_logbert else []
     if use_complete:
         results += complete_results(raw.data, complete_config(settings, raw.bundle.vocab.size),
@@ -725,10 +714,11 @@ def evaluate_raw(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
 
 def evaluate_sequences(settings: Settings, train_path: str | Path, abnormal_path: str | Path,
                        normal_csv: str | Path, normal_ids_csv: str | Path | None, methods: Sequence[str] = METHODS,
-                       progress: bool = False, baseline: Mapping[str, Any] | None = None) -> Evaluation:
+                       progress: bool = False, baseline: Mapping[str, Any] | None = None,
+                       history: int | None = None) -> Evaluation:
     """Protocol (b): pre-parsed event-id sessions, the paper-comparable model-level setting."""
     use_logbert, baselines = _split_methods(methods, raw=False)
-    data = sequence_protocol(settings, train_path, abnormal_path, normal_csv, normal_ids_csv)
+    data = sequence_protocol(settings, train_path, abnormal_path, normal_csv, normal_ids_csv, history)
     results: list[MethodResult] = []
     extra: dict[str, Any] = {}
     if use_logbert:
@@ -753,9 +743,11 @@ def evaluate_sequences(settings: Settings, train_path: str | Path, abnormal_path
         "measured FPR, not a measurement.",
         "Thresholds come from held-out normal training sessions at the target FPR; the papers' code picks its "
         "threshold on the test labels.",
-        "The 4,855 normal training sessions are split in file order: the fit split is "
-        f"{len(data.split.fit)} sessions (the papers train on all 4,855); validation ({len(data.split.val)}) stops "
-        f"training early, calibration ({len(data.split.calib)}) sets thresholds.",
+        f"The {len(data.split.fit) + len(data.split.val) + len(data.split.calib)} normal training sessions are split "
+        f"in file order (the papers train on all 4,855): validation ({len(data.split.val)}) stops training early; "
+        "templates, sets and counts come from all of them; the model's thresholds from "
+        + ("out-of-fold models" if len(data.sessions) and run_mode(settings, data) else
+           f"the last {len(data.split.calib)}, kept out of the fit") + ".",
         f"Models are small (LogBERT {settings.model.n_layer} layers x {settings.model.n_embd}, windows of "
         f"{settings.model.max_len} keys with stride {settings.model.stride}; LSTMs of 2 x 64) and trained for "
         "minutes on a CPU; top-g is the config's scoring.top_g "

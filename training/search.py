@@ -26,7 +26,6 @@ from training.protocols import (
     MethodResult,
     logbert_results,
     raw_protocol,
-    recalibrated,
 )
 
 log = logging.getLogger(__name__)
@@ -34,9 +33,9 @@ log = logging.getLogger(__name__)
 SHORT_NAMES = {"top_g": "scoring.top_g", "n_embd": "model.n_embd", "mask_ratio": "train.mask_ratio",
                "n_layer": "model.n_layer", "n_head": "model.n_head", "max_len": "model.max_len",
                "stride": "model.stride", "lr": "train.lr", "epochs": "train.epochs",
-               "hypersphere_weight": "model.hypersphere_weight", "distance_margin": "scoring.distance_margin"}
+               "hypersphere_weight": "model.hypersphere_weight"}
 DEFAULT_GRID = {"scoring.top_g": [3, 5, 8], "model.n_embd": [32, 64], "train.mask_ratio": [0.15, 0.3]}
-RECALIBRATED = "scoring.top_g"  # grid keys that need no retraining
+RECALIBRATED = "scoring.top_g"  # every grid point retrains: cross-fitted calibration needs the fold models again
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
@@ -122,8 +121,7 @@ def search(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | P
            grid: Mapping[str, Sequence[Any]], out_dir: str | Path, progress: bool = False) -> SearchResult:
     out = Path(out_dir)
     grid = checked_grid(settings, grid)
-    retrain_keys = [k for k in grid if k != RECALIBRATED]
-    top_gs = list(grid.get(RECALIBRATED, [settings.scoring.top_g]))
+    retrain_keys = list(grid)
     candidates: list[Candidate] = []
     runs: dict[str, Any] = {}
     data: EvalData | None = None
@@ -135,13 +133,12 @@ def search(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | P
         if data is not None and (raw.data.split.test, raw.data.split.val) != (data.split.test, data.split.val):
             raise RuntimeError("the split changed between grid points; search needs one split")
         data = raw.data
-        for g in top_gs:
-            run = raw.logbert if g == s.scoring.top_g else recalibrated(raw.logbert, s, raw.data, g)
-            res = logbert_results(run, raw.data, s.scoring, include_test=False)[0]
-            params = {**fixed, RECALIBRATED: g}
-            candidates.append(Candidate(params, res.validation, str(bundle_dir / "bundle"), raw.bundle.version))
-            runs[json.dumps(params, sort_keys=True)] = (run, s)
-            log.info("candidate %s: validation %s", params, res.validation)
+        run = raw.logbert
+        res = logbert_results(run, raw.data, s.scoring, include_test=False)[0]
+        params = {**fixed, RECALIBRATED: s.scoring.top_g}
+        candidates.append(Candidate(params, res.validation, str(bundle_dir / "bundle"), raw.bundle.version))
+        runs[json.dumps(params, sort_keys=True)] = (run, s)
+        log.info("candidate %s: validation %s", params, res.validation)
     assert data is not None, "empty grid"
     winner = min(candidates, key=_rank)  # min() keeps the first of equals: grid order breaks ties
     run, s = runs[json.dumps(winner.params, sort_keys=True)]
@@ -179,10 +176,7 @@ def write_search_report(out_dir: str | Path, result: SearchResult, grid: Mapping
     lines += ["", f"Winner {result.winner.params} on the test split (scored once): P {t['precision']} "
                   f"R {t['recall']} F1 {t['f1']} FPR {t['fpr']} AUC-PR {t['auc_pr']} "
                   f"(tp {t['tp']} fp {t['fp']} fn {t['fn']} tn {t['tn']}).", ""]
-    lines += [f"The winner's bundle is `{result.winner.bundle_dir}`"
-              + (f" (its thresholds were re-derived for top_g {result.winner.params[RECALIBRATED]} on the calibration "
-                 "split; the bundle itself holds those of the base top_g)"
-                 if result.winner.params[RECALIBRATED] != base.get(RECALIBRATED) else "")
-              + ". To ship it, put the winning values in the config and train with `logad-train`.", ""]
+    lines += [f"The winner's bundle is `{result.winner.bundle_dir}`. To ship it, put the winning values in the "
+              "config and train with `logad-train`.", ""]
     (out / "search.md").write_text("\n".join(lines))
     return doc

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -13,15 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from logbert_core.bundle import save_bundle
+from logbert_core.calibration import State
 from logbert_core.config import Settings, bundle_fields
-from logbert_core.judge import RestStats, Verdict, WindowJudge, calibrated_judge
-from logbert_core.model import LogBERT, LogBERTConfig
+from logbert_core.judge import NormalSession, RestStats, Verdict, WindowJudge
 from logbert_core.parsing import TemplateIndex
-from logbert_core.scoring import WindowScorer
 from logbert_core.vocab import Vocabulary
+from training.crossfit import fit_decision, model_config, resolve_device
 from training.data import (
     Corpus,
     SessionWindows,
@@ -34,9 +32,7 @@ from training.data import (
     mine_templates,
     no_sessions,
     read_corpus,
-    split_chronological,
 )
-from training.fit import FitResult, TrainConfig, fit
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +42,6 @@ class TrainReport:
     version: str
     out_dir: Path
     metrics: dict[str, Any]
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def session_metrics(verdicts: Mapping[str, Sequence[Verdict]], labels: Mapping[str, bool]) -> dict[str, Any]:
@@ -94,16 +84,16 @@ def frequent_windows(windows: Iterable[Sequence[int]], limit: int, min_count: in
     return [list(w) for w, _ in ranked[:limit]]
 
 
-def rest_stats(settings: Settings, corpus: Corpus, fit_ids: Sequence[str], index: TemplateIndex,
-               vocab: Vocabulary) -> RestStats | None:
-    """Where the fit sessions went quiet (``session.rest_s`` or longer), for the premature-end rule; None
+def rest_visits(settings: Settings, corpus: Corpus, ids: Sequence[str], index: TemplateIndex, vocab: Vocabulary
+                ) -> dict[str, dict[State, tuple[int, int]]] | None:
+    """Where each of these sessions went quiet (``session.rest_s`` or longer), for the premature-end rule; None
     when the rule is off or sessions are clock windows (they end at a window boundary, not where their logs stop)."""
     s = settings
     if not s.scoring.premature_end or s.session.kind == "field_window":
         return None
-    lines = canonical_lines(corpus, fit_ids, index, vocab, s.parser.unknown == "nearest")
-    timed = [[(x.timestamp, x.key) for x in entries] for entries in lines.values()]
-    return RestStats.of(timed, s.session.rest_s, s.model.max_len, s.model.stride)
+    lines = canonical_lines(corpus, ids, index, vocab, s.parser.unknown == "nearest")
+    return {sid: RestStats.visits([(x.timestamp, x.key) for x in entries], s.session.rest_s, s.model.max_len,
+                                  s.model.stride) for sid, entries in lines.items()}
 
 
 def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str | Path,
@@ -125,72 +115,72 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
     order = corpus.chronological()
     anomalous = [sid for sid in order if labels.get(sid, False)]
     normal = [sid for sid in order if not labels.get(sid, False)]
-    train_ids, val_ids, calib_ids = split_chronological(normal, [s.train.val_fraction, s.train.calib_fraction])
-    if not train_ids or not val_ids or not calib_ids:
-        raise ValueError(f"{name}: too few normal sessions ({len(normal)}) to split into train/validation/"
-                         "calibration")
-    log.info("%d lines, %d sessions (%d anomalous kept out of training); train %d, val %d, calib %d",
-             len(corpus.records), len(order), len(anomalous), len(train_ids), len(val_ids), len(calib_ids))
+    log.info("%d lines, %d sessions (%d anomalous kept out of training, %d normal)", len(corpus.records),
+             len(order), len(anomalous), len(normal))
 
+    # Every statistic the bundle judges by comes from all normal history: templates first.
     index = TemplateIndex(s.drain_params())
-    vocab = mine_templates(corpus, train_ids, index)
+    vocab = mine_templates(corpus, normal, index)
     nearest = s.parser.unknown == "nearest"
     live = s.train.live_windows and s.session.kind != "field_window"  # clock windows end at the clock, not in quiet
     windows = build_windows(corpus, order, index, vocab, nearest, s.model.max_len, s.model.stride,
                             s.session.idle_timeout_s if live else None, rest_s=s.session.rest_s)
     t_parse = time.perf_counter() - t0
-
-    def flat(ids: Sequence[str]) -> list[list[int]]:
-        return [w for sid in ids for w in windows[sid].windows]
-
-    model_cfg = LogBERTConfig(vocab_size=vocab.size, max_len=s.model.max_len, n_layer=s.model.n_layer,
-                              n_head=s.model.n_head, n_embd=s.model.n_embd, dropout=s.model.dropout,
-                              hypersphere_weight=s.model.hypersphere_weight)
-    tc = TrainConfig(epochs=s.train.epochs, batch_size=s.train.batch_size, lr=s.train.lr,
-                     mask_ratio=s.train.mask_ratio, patience=s.train.patience, seed=s.train.seed,
-                     device=s.train.device, bf16=s.train.bf16, progress=progress)
-    result: FitResult = fit(flat(train_ids), flat(val_ids), model_cfg, tc)
-
-    device = resolve_device(s.train.device)
-    model = LogBERT(model_cfg)
-    model.load_state_dict(result.state_dict)
-    model.to(device).eval()
-    scorer = WindowScorer(model, result.center.to(device), top_g=s.scoring.top_g, mask_copies=s.scoring.mask_copies,
-                          device=device, n_candidates=s.scoring.n_candidates, threads=s.train.scoring_threads,
-                          buckets=tuple(b for b in s.detector.buckets if b < s.model.max_len) + (s.model.max_len,))
-    sc = s.scoring
-    rest = rest_stats(s, corpus, train_ids, index, vocab)
-    cal = calibrated_judge(scorer, flat(train_ids), flat(val_ids), flat(calib_ids), target_fpr=sc.target_fpr,
-                           novel_template=sc.novel_template, novel_template_set=sc.novel_template_set,
-                           use_distance=sc.use_distance, distance_margin=sc.distance_margin,
-                           rare_template=sc.rare_template, rest=rest, surprise_floor=sc.premature_min_surprise,
-                           calib_seen=[q for sid in calib_ids for q in windows[sid].quiet_seen()])
+    visits = rest_visits(s, corpus, normal, index, vocab)
+    rest = (RestStats.merge(visits.values(), s.session.rest_s, s.model.max_len, s.model.stride)
+            if visits is not None else None)
+    sessions = [NormalSession(windows[sid].windows, windows[sid].quiet_seen(), visits[sid] if visits else {})
+                for sid in normal]
+    model_cfg = model_config(s, vocab.size)
+    try:
+        fd = fit_decision(s, model_cfg, normal, sessions, rest, progress)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from exc
+    result, cal = fd.result, fd.cal
     judge, thresholds, known_sets = cal.judge, cal.thresholds, cal.known_sets
 
-    # In-period evaluation: held-out normal sessions (calibration set) against the anomalies of the same period.
-    # Thresholds were fixed above without these labels; the real test is later logs streamed through `logad run`.
-    eval_ids = calib_ids + anomalous
-    verdicts = judge_sessions(judge, {sid: windows[sid] for sid in eval_ids})
-    ev = session_metrics(verdicts, labels)
-    lengths = np.array([windows[sid].n_lines for sid in train_ids])
+    # In-period evaluation: the anomalies of the training period, judged by the shipped decision (no anomaly is in
+    # any statistic); the false-positive side is the calibration's own leave-one-out / out-of-fold estimate.
+    verdicts = judge_sessions(judge, {sid: windows[sid] for sid in anomalous})
+    caught = sum(any(v.anomalous for v in vs) for vs in verdicts.values())
+    recall = caught / len(anomalous) if anomalous else None
+    promise = cal.promise
+    warnings = list(promise.warnings)
+    if recall is not None and recall < s.train.expected_recall:
+        warnings.append(f"in-period recall {recall:.3f} ({caught} of {len(anomalous)} anomalies of the training "
+                        f"period) is below train.expected_recall = {s.train.expected_recall}")
+    for w in warnings:
+        log.warning("%s: %s", name, w)
+    by_reason: dict[str, int] = {}
+    for vs in verdicts.values():
+        for r in {r for v in vs for r in v.reasons}:
+            by_reason[r] = by_reason.get(r, 0) + 1
+    lengths = np.array([windows[sid].n_lines for sid in normal])
     metrics: dict[str, Any] = {
         "data": {"inputs": [str(p) for p in inputs], "sha256": corpus.fingerprint, "lines": len(corpus.records),
                  "rejected_lines": dict(corpus.rejected), "sessions": len(order), "anomalous_sessions": len(anomalous),
                  "labels": str(labels_csv) if labels_csv else "inline" if labels else "none",
-                 "split": {"train": len(train_ids), "val": len(val_ids), "calib": len(calib_ids),
-                           "rule": "normal sessions ordered by first timestamp; last "
-                                   f"{s.train.calib_fraction} calibration, {s.train.val_fraction} before it validation"},
-                 "templates": vocab.size - 4, "train_windows": len(flat(train_ids)), "live_windows": live,
+                 "split": {"train": fd.split["fit"], "val": fd.split["val"], "calib": fd.split["calib"],
+                           "normal": len(normal),
+                           "rule": "normal sessions ordered by first timestamp; templates, template sets, key counts "
+                                   "and rests from all of them; the last "
+                                   f"{s.train.val_fraction} validation (early stopping); model calibration: "
+                                   + fd.mode},
+                 "templates": vocab.size - 4, "train_windows": sum(len(x.windows) for x in sessions),
+                 "live_windows": live,
                  "train_session_len_p50_p99": [float(np.percentile(lengths, 50)), float(np.percentile(lengths, 99))]},
         "training": {"best_epoch": result.best_epoch, "history": result.history, "seconds": round(result.seconds, 1),
-                     "parse_seconds": round(t_parse, 1), "device": device},
-        "thresholds": {"miss_ratio": thresholds.miss_ratio, "distance": thresholds.distance,
-                       "rare": thresholds.rare if math.isfinite(thresholds.rare) else None,
-                       "premature": thresholds.premature if math.isfinite(thresholds.premature) else None,
-                       "method": thresholds.method},
-        "in_period_eval": {"sessions": "calibration normals + anomalies of the training period", **ev},
+                     "crossfit_seconds": round(fd.fold_seconds, 1), "parse_seconds": round(t_parse, 1),
+                     "device": resolve_device(s.train.device)},
+        "thresholds": thresholds.to_json(),
+        "calibration": {"mode": fd.mode, **promise.to_json()},
+        "in_period_eval": {"anomalies": len(anomalous), "caught": caught,
+                           "recall": round(recall, 4) if recall is not None else None,
+                           "fpr_estimate": round(promise.fpr, 5), "fpr_upper_95": round(promise.fpr_upper, 5),
+                           "flagged_by_reason": dict(sorted(by_reason.items()))},
+        "warnings": warnings,
     }
-    warm = frequent_windows(flat(train_ids + val_ids + calib_ids), s.train.warm_windows)
+    warm = frequent_windows((w for x in sessions for w in x.windows), s.train.warm_windows)
     version = save_bundle(out_dir, family=s.log.family, model_config=model_cfg, state_dict=result.state_dict,
                           center=result.center, vocab=vocab, drain_params=s.drain_params(),
                           drain_state=index.state(), settings=bundle_fields(s), thresholds=thresholds,

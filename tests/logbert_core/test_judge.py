@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,7 +17,6 @@ from logbert_core.judge import (
     KeyCounts,
     RestStats,
     WindowJudge,
-    calibrate,
     end_state,
     wilson_upper,
 )
@@ -28,8 +27,9 @@ from logbert_core.vocab import UNK
 class FixedScorer:
     """Stands in for WindowScorer: a fixed score per window (the judge's rules are what is tested here)."""
 
-    def __init__(self, by_window: dict[tuple[int, ...], WindowScore]) -> None:
+    def __init__(self, by_window: dict[tuple[int, ...], WindowScore], max_len: int = 64) -> None:
         self.by_window = by_window
+        self.model = SimpleNamespace(config=SimpleNamespace(max_len=max_len))
 
     def score(self, windows):
         return [self.by_window[tuple(w)] for w in windows]
@@ -43,11 +43,12 @@ def test_each_rule_fires_on_its_own_evidence():
     counts = KeyCounts({4: 100, 5: 100, 6: 100, 7: 1})
     windows = {(4, 5, 6): ws(), (4, 5, UNK): ws(), (4, 6): ws(), (5, 6, 4): ws(), (4, 5, 7): ws(),
                (6, 5): ws(miss=0.5), (5, 4): ws(dist=9.0)}
-    known = frozenset({frozenset({4, 5, 6}), frozenset({4, 5, 7})})
+    known = frozenset({frozenset({4, 5, 6}), frozenset({4, 5, 7}), frozenset({5, 6}), frozenset({4, 5})})
     th = Thresholds(miss_ratio=0.2, distance=5.0, method="test", rare=counts.rarity([4]) + 0.1)
     judge = WindowJudge(FixedScorer(windows), th, known, key_counts=counts)
     got = {w: v.reasons for w, v in zip(windows, judge.judge([list(w) for w in windows]))}
-    assert got[(4, 5, 6)] == () and got[(4, 6)] == () and got[(5, 6, 4)] == ()  # subsets of a normal set
+    assert got[(4, 5, 6)] == () and got[(5, 6, 4)] == ()  # the set of a normal window, in any order
+    assert got[(4, 6)] == (UNSEEN_SET,)  # part of a normal set, and the session stopped there: never seen
     assert got[(4, 5, UNK)] == (UNSEEN_TEMPLATE, UNSEEN_SET, RARE_TEMPLATE)
     assert got[(4, 5, 7)] == (RARE_TEMPLATE,)  # known combination, but template 7 is rare
     assert got[(6, 5)] == (KEY_MISSES,) and got[(5, 4)] == (DISTANCE,)
@@ -61,18 +62,19 @@ def test_rare_rule_is_off_without_a_rarity_threshold():
     assert judge.judge([[4, 7]])[0].reasons == ()
 
 
-def test_calibration_splits_the_fpr_budget_and_uses_quantiles():
-    scores = [ws(miss=i / 1000, dist=i / 100) for i in range(1000)]
-    rarity = [i / 10 for i in range(1000)]
-    th = calibrate(scores, 0.03, use_distance=True, distance_margin=2.0, rarity=rarity)
-    assert th.miss_ratio == pytest.approx(0.990) and th.distance == pytest.approx(2 * 9.90)
-    assert th.rare == pytest.approx(99.0) and "3 calibrated rule(s)" in th.method
-    flagged = sum(s.miss_ratio > th.miss_ratio or s.distance > th.distance or r > th.rare
-                  for s, r in zip(scores, rarity))
-    assert flagged <= 0.03 * len(scores)
-    assert math.isinf(calibrate(scores, 0.03).rare)
-    with pytest.raises(ValueError):
-        calibrate([], 0.01)
+def test_a_part_of_a_normal_set_waits_for_the_quiet():
+    """A closing window whose set is part of a normal one (a block written, not yet deleted; or one that stopped
+    half-way) is judged once the session is seen to stop; a full window or a never-covered set is judged at once."""
+    windows = {(4, 6): ws(), (4, 9): ws(), (4, 5, 6, 4): ws()}
+    known = frozenset({frozenset({4, 5, 6})})
+    judge = WindowJudge(FixedScorer(windows, max_len=4), Thresholds(0.5, 5.0, "test"), known)
+    part, novel, full = judge.judge([[4, 6], [4, 9], [4, 5, 6, 4]], [False, False, False])
+    assert part.reasons == () and part.end_pending  # still running, or stopped: not known yet
+    assert novel.reasons == (UNSEEN_SET,) and not novel.end_pending  # 9 never came with 4: no wait needed
+    assert full.reasons == ()  # a full window's set is {4, 5, 6}: known
+    assert judge.judge([[4, 6]], [True])[0].reasons == (UNSEEN_SET,)
+    off = WindowJudge(FixedScorer(windows), Thresholds(0.5, 5.0, "test", unseen_set=float("inf")), known)
+    assert off.judge([[4, 9]])[0].reasons == ()  # the calibration turned the rule off
 
 
 # -- premature end: where normal sessions go quiet ----------------------------------------------------------------
@@ -112,13 +114,14 @@ def test_premature_end_flags_only_closing_windows_with_strong_evidence():
     broken, unfinished, rare_stop = [4, 5], [4, 4, 4, 5, 8, 8, 8], [4, 4, 4, 5, 8, 8, 8, 10]
     windows = {tuple(w): ws() for w in (broken, unfinished, rare_stop)}
     known = frozenset({frozenset({4, 5, 8, 10})})
-    th = Thresholds(0.5, 5.0, "test", premature=3.0)
-    judge = WindowJudge(FixedScorer(windows), th, known, rest=rest)
+    th = Thresholds(0.5, 5.0, "test", premature=3.0, unseen_set=float("inf"))  # the timing rule alone
+    judge = WindowJudge(FixedScorer(windows, max_len=8), th, known, rest=rest)
     got = judge.judge([broken, unfinished, rare_stop])
     assert got[0].reasons == (PREMATURE_END,) and got[0].quiet == (60, 0)  # pipeline broke after the allocation
     assert got[1].reasons == ()  # written, not deleted yet: normal blocks rest here
     assert got[2].reasons == () and got[2].quiet is None  # a full window (max_len 8) is not a closing window
-    off = WindowJudge(FixedScorer(windows), Thresholds(0.5, 5.0, "old bundle"), known, rest=rest)
+    off = WindowJudge(FixedScorer(windows, max_len=8), Thresholds(0.5, 5.0, "old bundle", unseen_set=float("inf")),
+                      known, rest=rest)
     assert off.judge([broken])[0].reasons == ()  # no premature threshold in the bundle: the rule is off
 
 
@@ -129,10 +132,10 @@ def test_premature_end_waits_where_the_quiet_was_not_seen():
     rest = RestStats.of([lifecycle(i * 10_000.0) for i in range(60)], quiet_s=30, max_len=8, stride=4)
     broken, novel, resting = [4, 5], [4, 5, 11], [4, 4, 4, 5, 8, 8, 8]
     windows = {tuple(w): ws() for w in (broken, novel, resting)}
-    judge = WindowJudge(FixedScorer(windows), Thresholds(0.5, 5.0, "test", premature=3.0),
-                        frozenset({frozenset({4, 5, 8, 10})}), rest=rest)
+    judge = WindowJudge(FixedScorer(windows, max_len=8), Thresholds(0.5, 5.0, "test", premature=3.0),
+                        frozenset({frozenset({4, 5, 8, 10}), frozenset({4, 5, 8})}), rest=rest)
     seen, unseen = judge.judge([broken, broken], [True, False])
-    assert seen.reasons == (PREMATURE_END,) and seen.quiet == (60, 0) and not seen.end_pending
+    assert seen.reasons == (UNSEEN_SET, PREMATURE_END) and seen.quiet == (60, 0) and not seen.end_pending
     assert not unseen.anomalous and unseen.reasons == () and unseen.end_pending and unseen.quiet == (60, 0)
     (other,) = judge.judge([novel], [False])
     assert other.reasons == (UNSEEN_SET,)  # the exact rules do not depend on the quiet
@@ -141,15 +144,6 @@ def test_premature_end_waits_where_the_quiet_was_not_seen():
     assert not rests.anomalous and not rests.end_pending and rests.quiet is None
     with pytest.raises(ValueError, match="2 flags for 1 windows"):
         judge.judge([broken], [True, True])
-
-
-def test_premature_threshold_has_a_floor_above_weak_evidence():
-    scores = [ws() for _ in range(100)]
-    th = calibrate(scores, 0.01, use_distance=False, surprise=[0.0] * 99 + [0.31], surprise_floor=3.0)
-    assert th.premature == 3.0 and "2 calibrated rule(s)" in th.method
-    th = calibrate(scores, 0.01, use_distance=False, surprise=[0.0] * 95 + [4.0] * 5, surprise_floor=3.0)
-    assert th.premature == 4.0
-    assert math.isinf(calibrate(scores, 0.01).premature)
 
 
 def test_wilson_upper_bound():

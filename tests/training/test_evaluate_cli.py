@@ -45,12 +45,12 @@ def test_evaluate_raw_logs_writes_the_report_and_a_run_record(tmp_path: Path, sl
         assert (out / name).is_file(), name
     doc = json.loads((out / "results.json").read_text())
     assert [m["name"] for m in doc["methods"]] == ["logbert", "logbert_model_rules", "logbert_key_misses",
-                                                   "deeplog", "pca", "unseen_set_subset"]
+                                                   "logbert_without_model", "deeplog", "pca", "unseen_set_subset"]
     split = json.loads((out / "split.json").read_text())
     parts = [set(split[k]) for k in ("fit", "val", "calib", "test")]
     assert all(a.isdisjoint(b) for i, a in enumerate(parts) for b in parts[i + 1 :])
     assert doc["split"]["test"] == len(split["test"]) > 0
-    assert "identical" in " ".join(doc["notes"])  # the bundle's thresholds re-derive bit for bit
+    assert "model rules calibrated on" in " ".join(doc["notes"])  # how the thresholds were calibrated
     assert "premature_end does not judge" in " ".join(doc["notes"])  # the slice cuts its last blocks off
     (record,) = read_runs(runs)
     assert record["command"] == "evaluate" and record["bundle_version"].startswith("hdfs-")
@@ -77,10 +77,10 @@ def test_evaluate_sequences_protocol(tmp_path: Path) -> None:
     assert {m["name"] for m in doc["methods"]} >= {"logbert", "deeplog", "loganomaly", "pca", "iforest"}
     assert "precision_at_paper_prevalence" in doc["methods"][0]["test"]
     assert doc["data"]["unseen_event_ids_in_test"] == ["3", "18"]
-    # "5 22" holds only known keys, in a set that is part of every normal lifecycle: only the end rule can tell
-    # that normal sessions never end there (whole sequences end where they rested)
+    # "5 22" holds only known keys, in a set that is part of every normal lifecycle: the set rule (no normal session
+    # ever was just that) and the end rule (no normal session stopped there) tell
     logbert = doc["methods"][0]
-    assert logbert["threshold"]["premature"] >= 3.0
+    assert logbert["threshold"]["premature"] is not None and logbert["threshold"]["promise"]["sessions"] == 180
     assert (logbert["test"]["tp"], logbert["test"]["fp"]) == (3, 0)
 
 
@@ -113,7 +113,7 @@ def test_train_appends_a_run_record(tmp_path: Path, slice_file: Path) -> None:
     (record,) = read_runs(runs)
     assert record["command"] == "train" and record["params"]["model.n_embd"] == 32
     assert record["data"]["sha256"] and record["bundle_version"].startswith("hdfs-")
-    assert set(record["metrics"]["in_period_eval"]) >= {"precision", "recall", "f1", "fpr"}
+    assert set(record["metrics"]["in_period_eval"]) >= {"anomalies", "caught", "recall", "fpr_estimate"}
 
 
 def test_evaluate_live_judges_live_windows_and_says_so(tmp_path: Path, slice_file: Path) -> None:
@@ -123,5 +123,17 @@ def test_evaluate_live_judges_live_windows_and_says_so(tmp_path: Path, slice_fil
             "--live"])
     doc = json.loads((out / "results.json").read_text())
     notes = " ".join(doc["notes"])
-    assert "Live windows" in notes and "identical" in notes  # thresholds re-derive on the trainer's live windows
+    assert "Live windows" in notes and "model rules calibrated on" in notes
     assert doc["params"]["option.live"] is True
+
+
+def test_evaluate_history_trains_on_the_first_normal_sessions_only(tmp_path: Path, slice_file: Path) -> None:
+    out = tmp_path / "report"
+    invoke(["evaluate", "--config", str(CONFIG), "--input", str(slice_file), "--labels", str(LABELS), "--out",
+            str(out), "--no-progress", "--methods", "logbert", "--history", "30", "--runs-file", ""])
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["fit"]) + len(split["val"]) + len(split["calib"]) == 30
+    doc = json.loads((out / "results.json").read_text())
+    promise = doc["methods"][0]["threshold"]["promise"]
+    assert promise["sessions"] == 30 and promise["model_sessions"] == 30  # a small history: cross-fitted
+    assert any("cannot vouch" in w for w in promise["warnings"])

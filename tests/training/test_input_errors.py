@@ -72,7 +72,7 @@ def test_train_refuses_too_few_sessions_naming_the_input(tmp_path: Path, small: 
     one = tmp_path / "one.log"
     one.write_text(small.read_text().splitlines()[0] + "\n")
     assert fails("train", [one], tmp_path / "out") == (
-        f"Error: {one}: too few normal sessions (1) to split into train/validation/calibration")
+        f"Error: {one}: too few normal sessions (1) to split into fit/validation/calibration")
 
 
 def test_split_refuses_too_few_sessions(tmp_path: Path, small: Path) -> None:
@@ -234,7 +234,7 @@ def test_evaluate_names_the_users_input(tmp_path: Path, small: Path) -> None:
     assert fails("evaluate", [empty], tmp_path / "out") == f"Error: {empty}: no log lines (empty input)"
     few = write(tmp_path, "".join(small.read_text().splitlines(keepends=True)[:8]), "few.log")  # 3 blocks
     assert fails("evaluate", [few], tmp_path / "out") == (f"Error: the earlier part of {few}: too few normal "
-                                                          "sessions (2) to split into train/validation/calibration")
+                                                          "sessions (2) to split into fit/validation/calibration")
 
 
 # -- 6: split writes nothing when nothing parses -----------------------------------------------------------------

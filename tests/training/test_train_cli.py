@@ -52,7 +52,8 @@ def test_bundle_is_complete_and_loads(bundles):
     assert {p.name for p in a.iterdir()} >= {"model.safetensors", "bundle.json", "metrics.json"}
     bundle = load_bundle(a)
     assert bundle.model_config.vocab_size == bundle.vocab.size and bundle.model_config.n_embd == 32
-    assert bundle.thresholds.method.startswith("quantile") and bundle.known_sets
+    assert bundle.thresholds.method.startswith("one level for all rules") and bundle.known_sets
+    assert bundle.thresholds.promise is not None and bundle.thresholds.promise.sessions > 0
     assert bundle.settings["session.key_regex"] == r"blk_-?\d+"
     metrics = json.loads((a / "metrics.json").read_text())
     assert metrics["data"]["anomalous_sessions"] > 0 and len(metrics["training"]["history"]) >= 1

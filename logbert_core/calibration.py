@@ -1,0 +1,333 @@
+"""One decision, one false-positive budget: the judge's rules calibrated together on all normal history.
+
+Every rule of ``logbert_core.judge`` turns a window into a number, higher = stranger:
+
+============================  ===========================================================================
+rule                          evidence of a window
+============================  ===========================================================================
+``unseen_template``           1 if it holds a template that no normal training session had, else 0
+``unseen_template_set``       1 if its set of templates was never the set of a normal training window
+                              (a part of one counts only once the session was seen to stop), else 0
+``rare_template``             rarity of its rarest template (``KeyCounts.rarity``)
+``masked_key_misses``         LogBERT's share of missed keys
+``hypersphere_distance``      LogBERT's distance to the centre
+``premature_end``             how strange a place to stop (``RestStats.surprise``), closing windows only
+============================  ===========================================================================
+
+A session's evidence on a rule is the largest over its windows (a session is flagged when any window is).
+
+**Cross-fitting.** The statistics a final bundle judges by (known templates and template sets, key counts, where
+sessions rest) come from *every* normal training session. A calibration score must come from a session those
+statistics did not include, so each normal session's exact evidence is computed *leave-one-out*: against the
+statistics of all the other sessions (cheap: what a session contributed is subtracted). The model's evidence comes
+from sessions the model did not fit on (a held-out slice, or out-of-fold models). No labels go in.
+
+**One level for all rules.** For a new session with evidence ``x`` on rule ``r``, the conformal p-value is
+``(1 + #{calibration sessions with evidence >= x}) / (n_r + 1)``. The verdict is anomalous when some rule's p-value
+is at most the level ``alpha``, and the rules that reach it are the reasons. ``alpha`` is the largest level (at most
+``target_fpr``) at which the combined rule flags at most ``target_fpr`` of the calibration sessions, each judged
+against the others; so correlated rules share the budget instead of adding up. Each rule's threshold follows from
+``alpha`` (``conformal_threshold``): the judge still compares numbers to thresholds, and the decision is this one.
+
+**What it promises** (``Promise``): the level, the sessions behind it, the share of calibration sessions flagged and
+a one-sided 95 % upper bound of the false-positive rate. A history too small for the target cannot vouch for it:
+the level is then ``1 / (n + 1)`` (a session must be stranger than every normal one on some rule), and a warning
+says so. A rule whose threshold sits at its ceiling can never fire; a warning names it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+UNSEEN_TEMPLATE = "unseen_template"
+UNSEEN_SET = "unseen_template_set"
+RARE_TEMPLATE = "rare_template"
+KEY_MISSES = "masked_key_misses"
+DISTANCE = "hypersphere_distance"
+PREMATURE_END = "premature_end"
+EXACT_RULES = (UNSEEN_TEMPLATE, UNSEEN_SET, RARE_TEMPLATE, PREMATURE_END)
+MODEL_RULES = (KEY_MISSES, DISTANCE)
+CONFIDENCE = 0.95  # of the stated false-positive bound
+MIN_TAIL = 10  # sessions a rule's tail needs before it is extrapolated
+
+
+def conformal_threshold(sample: Sequence[float] | np.ndarray, level: float) -> float:
+    """The threshold ``t`` with ``(1 + #{sample >= x}) / (n + 1) <= level`` exactly when ``x > t``.
+
+    ``inf`` when no ``x`` reaches the level (``level < 1 / (n + 1)``), ``-inf`` when every ``x`` does.
+    """
+    x = np.asarray(sample, dtype=np.float64)
+    n = x.size
+    k = math.floor(level * (n + 1) + 1e-9) - 1  # at most k calibration values may be >= x
+    if k < 0:
+        return math.inf
+    if k >= n:
+        return -math.inf
+    return float(np.sort(x)[::-1][k])
+
+
+def loo_pvalues(sample: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Each sample value's conformal p-value against the others: ``(1 + #{j != i: x_j >= x_i}) / n``."""
+    x = np.asarray(sample, dtype=np.float64)
+    n = x.size
+    if n < 2:
+        return np.ones(n)
+    ge = n - np.searchsorted(np.sort(x), x, side="left")  # includes x_i itself
+    return ge / n
+
+
+def tail_threshold(sample: Sequence[float] | np.ndarray, rate: float) -> float:
+    """The value a normal session exceeds with probability ``rate``, extrapolated past the sample's largest values
+    by an exponential tail fitted to the excesses of the top ``k`` over the next one (peaks over threshold with a
+    generalised Pareto tail of shape 0, as SPOT does: Siffer et al., KDD 2017). For rates a small sample cannot show
+    by counting; ``nan`` below ``MIN_TAIL`` values."""
+    x = np.sort(np.asarray(sample, dtype=np.float64))[::-1]
+    n = x.size
+    if n < MIN_TAIL:
+        return math.nan
+    k = max(5, n // 5)
+    u = float(x[k])  # the (k+1)-th largest: the tail starts above it
+    beta = float(np.mean(x[:k] - u))
+    if beta <= 0:  # no spread in the tail: nothing to extrapolate
+        return float(x[0])
+    return u + beta * math.log(k / (n * rate))
+
+
+def binomial_upper(k: int, n: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided Clopper-Pearson upper bound of a rate seen ``k`` times in ``n`` trials."""
+    if n <= 0:
+        return 1.0
+    if k >= n:
+        return 1.0
+
+    def cdf(p: float) -> float:  # P(X <= k) for X ~ Binomial(n, p), summed in log space
+        lp, lq = math.log(p), math.log1p(-p)
+        return sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
+                   for i in range(k + 1))
+
+    lo, hi = k / n, 1.0
+    for _ in range(60):  # bisection: cdf falls as p grows
+        mid = (lo + hi) / 2
+        if mid <= 0.0 or cdf(mid) > 1 - confidence:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+@dataclass(frozen=True)
+class Promise:
+    """What a calibration can promise about false positives on normal sessions, and why."""
+
+    target_fpr: float
+    level: float  # alpha: a rule fires when its conformal p-value is at most this
+    sessions: int  # normal sessions behind the exact rules (every normal training session, leave-one-out)
+    model_sessions: int  # sessions behind the model rules (the model did not fit on them); 0: no model rule
+    flagged: int  # calibration sessions the combined decision flags, each judged against the others
+    fpr: float  # the estimated false-positive rate (flagged share; exact and model parts added)
+    fpr_upper: float  # one-sided 95 % upper bound of the false-positive rate
+    rules: tuple[str, ...]  # the rules that can fire at this level
+    warnings: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        model = f" and {self.model_sessions} the model did not fit on" if self.model_sessions else ""
+        return (f"FPR {self.fpr:.4f} (95 % bound {self.fpr_upper:.4f}, target {self.target_fpr}) from "
+                f"{self.sessions} normal sessions{model}; level {self.level:.5f}; rules: {', '.join(self.rules)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target_fpr": self.target_fpr, "level": self.level, "sessions": self.sessions,
+                "model_sessions": self.model_sessions, "flagged": self.flagged, "fpr": self.fpr,
+                "fpr_upper": self.fpr_upper, "rules": list(self.rules), "warnings": list(self.warnings)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Promise:
+        return cls(float(d["target_fpr"]), float(d["level"]), int(d["sessions"]), int(d["model_sessions"]),
+                   int(d["flagged"]), float(d["fpr"]), float(d["fpr_upper"]), tuple(str(r) for r in d["rules"]),
+                   tuple(str(w) for w in d.get("warnings", ())))
+
+
+@dataclass(frozen=True)
+class RuleSample:
+    """One rule's calibration evidence: one value per calibration session, and the largest value the rule's
+    evidence can take (``inf``: unbounded), so that a threshold at the ceiling is known to never fire."""
+
+    name: str
+    values: np.ndarray  # (n,)
+    ceiling: float = math.inf
+
+
+@dataclass(frozen=True)
+class Level:
+    """The chosen level, each rule's threshold at it, and the promise."""
+
+    thresholds: Mapping[str, float]  # rule -> evidence threshold (fires when evidence > threshold); inf: never
+    promise: Promise
+
+
+def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model_rows: Sequence[int] | np.ndarray,
+                 target_fpr: float) -> Level:
+    """The largest level at most ``target_fpr`` whose estimated false-positive rate stays within it.
+
+    ``exact`` samples hold one value per normal session (leave-one-out evidence); ``model`` samples one value per
+    session the model did not fit on, which are the normal sessions ``model_rows`` (indices into the exact samples).
+    The estimate adds the share of normal sessions an exact rule flags and the share of model sessions only a
+    model rule flags, each session's p-values taken against the other sessions.
+    """
+    if not 0 < target_fpr < 1:
+        raise ValueError(f"target_fpr={target_fpr} must be in (0, 1)")
+    rows = np.asarray(model_rows, dtype=np.int64)
+    n_e = len(exact[0].values) if exact else 0
+    n_m = len(rows) if model else 0
+    for s in exact:
+        if len(s.values) != n_e:
+            raise ValueError(f"rule {s.name} has {len(s.values)} calibration values, expected {n_e}")
+    for s in model:
+        if len(s.values) != n_m:
+            raise ValueError(f"rule {s.name} has {len(s.values)} calibration values, expected {n_m}")
+    if n_e == 0 and n_m == 0:
+        raise ValueError("calibration needs at least one normal session and one rule")
+    p_exact = np.min([loo_pvalues(s.values) for s in exact], axis=0) if exact else np.ones(n_e)
+    p_model = np.min([loo_pvalues(s.values) for s in model], axis=0) if model else np.ones(n_m)
+    p_exact_of_model = p_exact[rows] if exact and n_m else np.ones(n_m)
+
+    def estimate(a: float) -> tuple[int, int, float]:
+        fe = int((p_exact <= a).sum())
+        fm = int(((p_model <= a) & ~(p_exact_of_model <= a)).sum())
+        return fe, fm, (fe / n_e if n_e else 0.0) + (fm / n_m if n_m else 0.0)
+
+    n_min = min(n for n in (n_e, n_m) if n)
+    floor = 1.0 / (max(n_e, n_m) + 1)  # below this no rule can fire
+    candidates = sorted({*(p_exact[p_exact <= target_fpr]), *(p_model[p_model <= target_fpr]), target_fpr, floor})
+    level = floor
+    for a in candidates:
+        if a >= floor and estimate(a)[2] <= target_fpr:
+            level = max(level, a)
+    fe, fm, est = estimate(level)
+    warnings = []
+    small = floor > target_fpr
+    # A history too small to count the target: a rule fires only on a session stranger than every normal one (a
+    # binary rule: only if no normal session had it, leave-one-out); a model rule, whose scores are continuous,
+    # also only past its tail extrapolated to its share of the target. Exact evidence is a function of counts
+    # (templates, sets, visits): it has no tail to extrapolate, and counting is all a small history gives.
+    graded = [s for s in model if np.unique(s.values).size > 2]
+    if small:
+        warnings.append(f"{n_min if n_m else n_e} normal sessions cannot vouch for target_fpr {target_fpr} by "
+                        f"counting: a rule fires only on a session stranger than every normal one (level "
+                        f"{floor:.4f}), and a model rule only past its tail extrapolated to "
+                        f"{target_fpr / max(1, len(graded)):.5f}; about {math.ceil(1 / target_fpr - 1)} normal "
+                        "sessions are needed for the target")
+    thresholds: dict[str, float] = {}
+    for s in (*exact, *model):
+        t = conformal_threshold(s.values, level)
+        if small and any(s is g for g in graded):
+            tail = tail_threshold(s.values, target_fpr / len(graded))
+            if not math.isnan(tail):
+                t = max(t, tail)
+        if t >= s.ceiling:
+            t = math.inf
+            at = int((s.values >= s.ceiling).sum())
+            warnings.append(f"rule {s.name} can never fire: {at} of {len(s.values)} normal sessions already reach "
+                            f"its ceiling ({s.ceiling:g}), more than level {level:.5f} allows")
+        thresholds[s.name] = t
+    upper = (binomial_upper(fe, n_e) if n_e else 0.0) + (binomial_upper(fm, n_m) if n_m else 0.0)
+    if model and n_m and 1.0 / (n_m + 1) > level:
+        warnings.append(f"the model rules rest on {n_m} sessions the model did not fit on: they can never fire at "
+                        f"level {level:.5f} (cross-fit the model to give them every normal session)")
+    fired = tuple(name for name, t in thresholds.items() if math.isfinite(t))
+    promise = Promise(target_fpr, level, n_e, n_m, fe + fm, est, min(1.0, upper), fired, tuple(warnings))
+    return Level(thresholds, promise)
+
+
+# -- leave-one-out exact evidence ---------------------------------------------------------------------------------
+State = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class NormalSession:
+    """One normal training session as the judge sees it: its windows, whether the quiet after each was seen, and
+    (for the premature-end rule) its own visits to rest states: state -> (times reached, times rested)."""
+
+    windows: Sequence[Sequence[int]]
+    seen: Sequence[bool] | None = None  # None: every window's quiet was seen
+    visits: Mapping[State, tuple[int, int]] = field(default_factory=dict)
+
+    def quiet_seen(self) -> Sequence[bool]:
+        return self.seen if self.seen is not None else [True] * len(self.windows)
+
+
+@dataclass
+class ExactHistory:
+    """The exact statistics of all normal sessions, with what each one contributed, for leave-one-out evidence."""
+
+    key_sessions: Counter[int]  # key -> sessions holding it
+    set_sessions: Counter[frozenset[int]]  # window set -> sessions with a window of exactly that set
+    key_counts: Counter[int]  # key -> occurrences over all windows (``KeyCounts``)
+    set_owner: dict[frozenset[int], int]  # sets of a single session -> that session
+
+    @classmethod
+    def of(cls, sessions: Sequence[NormalSession]) -> ExactHistory:
+        key_sessions: Counter[int] = Counter()
+        set_sessions: Counter[frozenset[int]] = Counter()
+        key_counts: Counter[int] = Counter()
+        owner: dict[frozenset[int], int] = {}
+        for i, s in enumerate(sessions):
+            key_sessions.update({k for w in s.windows for k in w})
+            sets = {frozenset(w) for w in s.windows}
+            set_sessions.update(sets)
+            for st in sets:
+                owner[st] = i
+            for w in s.windows:
+                key_counts.update(w)
+        return cls(key_sessions, set_sessions, key_counts, {s: i for s, i in owner.items() if set_sessions[s] == 1})
+
+    def covered_by_others(self, keys: frozenset[int], me: int) -> bool:
+        """Whether a window of another session held all of these templates (and maybe more)."""
+        for other, n in self.set_sessions.items():
+            if keys <= other and (n > 1 or self.set_owner.get(other) != me):
+                return True
+        return False
+
+
+def exact_evidence(sessions: Sequence[NormalSession], *, unk: int, max_len: int, rarity_total: float,
+                   rest: Any | None = None) -> dict[str, np.ndarray]:
+    """Leave-one-out evidence of every normal session on the exact rules: each session judged by the statistics of
+    all the *other* sessions, as a session the bundle never saw would be judged by all of them.
+
+    ``rarity_total`` is the denominator of ``KeyCounts.rarity``; ``rest`` (a ``RestStats`` of all sessions) turns
+    the premature-end evidence on. Returns rule name -> (n,) array."""
+    h = ExactHistory.of(sessions)
+    n = len(sessions)
+    unseen = np.zeros(n)
+    novel_set = np.zeros(n)
+    rarity = np.zeros(n)
+    surprise = np.zeros(n)
+    for i, s in enumerate(sessions):
+        own = Counter(k for w in s.windows for k in w)
+        own_keys = set(own)
+        for w, seen in zip(s.windows, s.quiet_seen()):
+            if not w:
+                continue
+            if unk in w or any(h.key_sessions[k] <= 1 for k in own_keys.intersection(w)):
+                unseen[i] = 1.0
+            ws = frozenset(w)
+            if h.set_sessions[ws] <= 1:  # only this session had this set
+                closing = len(w) < max_len
+                if not h.covered_by_others(ws, i) or not closing or seen:
+                    novel_set[i] = 1.0
+            c = min(h.key_counts[k] - own[k] for k in w)
+            rarity[i] = max(rarity[i], -math.log((c + 1) / rarity_total))
+            if rest is not None and seen and rest.closing(w):
+                state = tuple(sorted(Counter(w).items()))
+                reached, rested = rest.seen.get(state, (0, 0))
+                mine = s.visits.get(state, (0, 0))
+                surprise[i] = max(surprise[i], rest.surprise_of(reached - mine[0], rested - mine[1]))
+    out = {UNSEEN_TEMPLATE: unseen, UNSEEN_SET: novel_set, RARE_TEMPLATE: rarity}
+    if rest is not None:
+        out[PREMATURE_END] = surprise
+    return out

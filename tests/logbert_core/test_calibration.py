@@ -1,0 +1,186 @@
+"""One level for all rules: conformal thresholds, leave-one-out evidence, the promise and its warnings."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from logbert_core.calibration import (
+    KEY_MISSES,
+    PREMATURE_END,
+    RARE_TEMPLATE,
+    UNSEEN_SET,
+    UNSEEN_TEMPLATE,
+    NormalSession,
+    RuleSample,
+    binomial_upper,
+    choose_level,
+    conformal_threshold,
+    exact_evidence,
+    loo_pvalues,
+)
+from logbert_core.judge import RestStats, calibrated_judge
+from logbert_core.scoring import WindowScore
+from logbert_core.vocab import UNK
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 20), min_size=1, max_size=40), st.floats(0.001, 0.999), st.integers(-1, 22))
+def test_conformal_threshold_is_the_p_value_rule(sample, level, x):
+    """``x > t`` exactly when the conformal p-value of ``x`` is at most ``level``."""
+    t = conformal_threshold(sample, level)
+    p = (1 + sum(v >= x for v in sample)) / (len(sample) + 1)
+    assert (x > t) == (p <= level + 1e-12)
+
+
+def test_loo_pvalues_judge_each_value_against_the_others():
+    assert loo_pvalues([1.0, 2.0, 3.0, 3.0]).tolist() == [1.0, 0.75, 0.5, 0.5]
+    assert loo_pvalues([5.0]).tolist() == [1.0]
+
+
+def test_binomial_upper_bound():
+    assert binomial_upper(0, 100) == pytest.approx(1 - 0.05 ** (1 / 100), rel=1e-6)  # the "rule of three"
+    assert 0.05 < binomial_upper(5, 100) < 0.11
+    assert binomial_upper(3, 3) == 1.0 and binomial_upper(0, 0) == 1.0
+
+
+def test_the_level_holds_the_false_positive_rate_on_fresh_normals():
+    """Three continuous rules on 2,000 calibration normals; on 100,000 fresh normals the combined rule flags about
+    the target, not three times it (the rules share one budget)."""
+    rng = np.random.default_rng(0)
+    cal = rng.normal(size=(2000, 3))
+    exact = [RuleSample(f"r{i}", cal[:, i]) for i in range(3)]
+    lv = choose_level(exact, [], [], 0.01)
+    fresh = rng.normal(size=(100_000, 3))
+    flags = np.zeros(len(fresh), dtype=bool)
+    for i in range(3):
+        flags |= fresh[:, i] > lv.thresholds[f"r{i}"]
+    assert 0.006 < flags.mean() < 0.013
+    assert lv.promise.flagged <= 20 and lv.promise.fpr <= 0.01 < lv.promise.fpr_upper < 0.02
+    assert lv.promise.level < 0.01 and not lv.promise.warnings
+
+
+def test_correlated_rules_spend_less_of_the_budget_than_a_split():
+    """Two copies of one rule: the level is the target itself (one rule's worth of false positives), where an
+    even split would halve each rule's share."""
+    x = np.arange(1000, dtype=float)
+    lv = choose_level([RuleSample("a", x), RuleSample("b", x)], [], [], 0.01)
+    assert lv.promise.level == pytest.approx(0.01, abs=1e-3)
+
+
+def test_a_small_history_cannot_vouch_for_the_target_and_says_so():
+    x = np.arange(50, dtype=float)
+    lv = choose_level([RuleSample("r", x)], [RuleSample(KEY_MISSES, x)], list(range(50)), 0.005)
+    assert lv.promise.level == pytest.approx(1 / 51)
+    assert lv.thresholds["r"] == 49.0  # an exact rule: stranger than every normal session
+    # a model rule: past every normal session, and past the tail of the top 10 (mean excess 5.5 over 39)
+    # extrapolated to 0.005
+    assert lv.thresholds[KEY_MISSES] == pytest.approx(39 + 5.5 * math.log(10 / (50 * 0.005)))
+    assert any("cannot vouch for target_fpr 0.005" in w and "199" in w for w in lv.promise.warnings)
+    # a binary rule no normal session had stays on; too few values to fit a tail: past the largest
+    lv = choose_level([RuleSample("b", np.zeros(50), 1.0)], [], [], 0.005)
+    assert lv.thresholds["b"] == 0.0
+    few = choose_level([], [RuleSample(KEY_MISSES, np.arange(8.0))], list(range(8)), 0.005)
+    assert few.thresholds[KEY_MISSES] == 7.0
+
+
+def test_an_extrapolated_tail_holds_the_rate_on_fresh_normals():
+    """50 sessions cannot count a 0.5 % rate; an exponential tail extrapolates to it (SPOT's peaks over threshold).
+    On exponential scores the threshold lands near the true quantile, averaged over many small histories."""
+    rng = np.random.default_rng(3)
+    rates = []
+    for _ in range(200):
+        lv = choose_level([], [RuleSample(KEY_MISSES, rng.exponential(size=50))], list(range(50)), 0.005)
+        rates.append(math.exp(-lv.thresholds[KEY_MISSES]))  # P(X > t) for X ~ Exp(1)
+    assert 0.002 < float(np.mean(rates)) < 0.012
+
+
+def test_a_rule_at_its_ceiling_is_off_and_named():
+    """A binary rule that fires on 5 % of normal sessions cannot fire at a 1 % level: it is off, and said."""
+    ones = np.array([1.0] * 50 + [0.0] * 950)
+    lv = choose_level([RuleSample("novel", ones, 1.0), RuleSample("cont", np.arange(1000.0))], [], [], 0.01)
+    assert math.isinf(lv.thresholds["novel"]) and "novel" not in lv.promise.rules
+    assert any("rule novel can never fire" in w for w in lv.promise.warnings)
+    rare = np.array([1.0] * 2 + [0.0] * 998)  # 0.2 %: fits in the budget, and fires on any new session that has it
+    lv = choose_level([RuleSample("novel", rare, 1.0)], [], [], 0.01)
+    assert lv.thresholds["novel"] == 0.0
+
+
+def test_model_rules_on_a_slice_too_small_for_the_level_are_named():
+    exact = [RuleSample("e", np.arange(1000.0))]
+    model = [RuleSample(KEY_MISSES, np.arange(12.0), 1.0)]
+    lv = choose_level(exact, model, list(range(988, 1000)), 0.005)
+    assert math.isinf(lv.thresholds[KEY_MISSES])
+    assert any("model rules rest on 12 sessions" in w for w in lv.promise.warnings)
+
+
+def test_exact_evidence_is_leave_one_out():
+    """Each session is judged by the statistics of the others."""
+    a = NormalSession([[4, 5, 6]])
+    b = NormalSession([[4, 5, 6]])
+    c = NormalSession([[4, 5, 7]])  # template 7 and its set: in no other session
+    d = NormalSession([[4, 5]], seen=[False])  # part of the others' set, not seen to stop: no evidence yet
+    e = NormalSession([[4, 6]], seen=[True])  # part of the others' set, and stopped there
+    f = NormalSession([[4, UNK]])
+    ev = exact_evidence([a, b, c, d, e, f], unk=UNK, max_len=8, rarity_total=100.0)
+    assert ev[UNSEEN_TEMPLATE].tolist() == [0, 0, 1, 0, 0, 1]
+    assert ev[UNSEEN_SET].tolist() == [0, 0, 1, 0, 1, 1]
+    # rarity of the rarest key counted in the other sessions only: 7 is then unseen (count 0)
+    assert ev[RARE_TEMPLATE][2] == pytest.approx(-math.log(1 / 100.0))
+    assert ev[RARE_TEMPLATE][0] < ev[RARE_TEMPLATE][2]
+
+
+def test_premature_evidence_subtracts_the_sessions_own_visits():
+    """A state where only this session stopped: against the others it is a state they passed and never rested."""
+    ok = [(0.0, 5), (1.0, 4), (2.0, 8), (3600.0, 10)]
+    stop = [(0.0, 5), (1.0, 4)]
+    visits = [RestStats.visits(e, 30.0, 8, 4) for e in [ok] * 40 + [stop]]
+    rest = RestStats.merge(visits, 30.0, 8, 4)
+    sessions = [NormalSession([[5, 4, 8, 10]], visits=v) for v in visits[:40]] + [NormalSession([[5, 4]],
+                                                                                                visits=visits[40])]
+    ev = exact_evidence(sessions, unk=UNK, max_len=8, rarity_total=1000.0, rest=rest)
+    assert ev[PREMATURE_END][40] == pytest.approx(RestStats.surprise_of(40, 0))
+    assert ev[PREMATURE_END][:40].max() == 0.0
+
+
+class FixedScorer:
+    def __init__(self, miss: dict[tuple[int, ...], float], max_len: int = 8) -> None:
+        self.miss = miss
+        self.model = SimpleNamespace(config=SimpleNamespace(max_len=max_len))
+
+    def score(self, windows):
+        return [WindowScore(len(w), 0, self.miss.get(tuple(w), 0.0), 0.0, ()) for w in windows]
+
+
+def test_calibrated_judge_fires_past_each_threshold_and_spares_the_normals():
+    """Every calibrated rule fires on a window made to pass its threshold, and the calibration normals are flagged
+    at no more than the target."""
+    sessions, miss = [], {}
+    for i in range(400):
+        w = [4, 5, 6, 100 + i % 40]  # 40 lifecycles, 10 sessions each; each with its own miss ratio
+        miss[tuple(w)] = 0.3 * (i % 40) / 40
+        sessions.append(NormalSession([w, [4, 5, 6]]))
+    scorer = FixedScorer(miss)
+    scorer.miss[(4, 5, 6, 7)] = 0.9  # past every normal
+    cal = calibrated_judge(scorer, sessions, list(range(300, 400)), target_fpr=0.05, use_distance=False,
+                           rare_template=False)
+    th = cal.thresholds
+    assert 0.0 < th.miss_ratio < 0.9 and th.promise is not None and th.promise.model_sessions == 100
+    assert th.unseen == 0.0 and th.unseen_set == 0.0 and not th.promise.warnings
+    normal = cal.judge.judge([w for s in sessions for w in s.windows])
+    assert sum(v.anomalous for v in normal) <= 0.05 * 800
+    (v,) = cal.judge.judge([[4, 5, 6, 7]])
+    assert KEY_MISSES in v.reasons and UNSEEN_SET in v.reasons  # 7 never came with 4, 5, 6
+    (v,) = cal.judge.judge([[4, 9, UNK]])
+    assert v.reasons == (UNSEEN_TEMPLATE, UNSEEN_SET)
+    # every session with a template of its own: under leave-one-out each one's is unseen, so the rule is off
+    lonely = [NormalSession([[4, 5, 1000 + i]]) for i in range(400)]
+    cal = calibrated_judge(FixedScorer({}), lonely, list(range(300, 400)), target_fpr=0.05, use_distance=False,
+                           rare_template=False)
+    assert math.isinf(cal.thresholds.unseen) and math.isinf(cal.thresholds.unseen_set)
+    assert any("unseen_template can never fire" in w for w in cal.promise.warnings)
