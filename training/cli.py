@@ -318,5 +318,35 @@ def search(config: str, inputs: tuple[str, ...], labels: str | None, test_fracti
             metrics, w["bundle_version"], {"report": out_dir}, runs_file, mlflow)
 
 
+@main.command()
+@click.option("--shared", "shared", type=click.Path(exists=True, file_okay=False), default="../shared/data",
+              show_default=True, help="The shared data folder (hdfs/, hdfs_sequences/, bgl/, hadoop_sequences/).")
+@click.option("--only", default="", help="Comma-separated suites: hdfs_raw, hdfs_sequences, bgl_raw, "
+                                         "hadoop_sequences (default: all).")
+@click.option("--no-small", is_flag=True, help="Skip the small-history variants (first 50 normal sessions).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports/benchmark", show_default=True,
+              callback=_out_dir, help="Directory for benchmark.md, benchmark.json and each suite's bundle.")
+def benchmark(shared: str, only: str, no_small: bool, out_dir: str) -> None:
+    """Every labelled data set, full and small history: the shipped decision, LogBERT alone, the one-line rules.
+
+    Each suite trains as logad-train does on its training part and scores its test part once; nothing is tuned on
+    a test part. About 15-25 minutes on two CPU cores.
+    """
+    from training.benchmark import markdown, run_benchmark
+
+    root = Path(__file__).resolve().parent.parent
+
+    def load(config: str | None) -> Settings:
+        return _settings(str(root / config) if config else None)
+
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    try:
+        results = run_benchmark(load, Path(shared), Path(out_dir), names, small=not no_small)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(markdown(results))
+    click.echo(f"written to {out_dir}/benchmark.md and benchmark.json")
+
+
 if __name__ == "__main__":
     main()

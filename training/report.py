@@ -79,6 +79,20 @@ def _rule_counts(reasons: Mapping[str, tuple[str, ...]], ids: Sequence[str]) -> 
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def rule_catches(reasons: Mapping[str, tuple[str, ...]], anomalous: Sequence[str], normal: Sequence[str]
+                 ) -> dict[str, dict[str, int]]:
+    """Per rule: the anomalies it fired on (its solo catch), those no other rule caught (its marginal catch), the
+    anomalies it missed, and the normal sessions it fired on."""
+    names = sorted({r for sid in [*anomalous, *normal] for r in reasons.get(sid, ())})
+    out = {}
+    for name in names:
+        solo = sum(name in reasons.get(sid, ()) for sid in anomalous)
+        only = sum(reasons.get(sid, ()) == (name,) for sid in anomalous)
+        out[name] = {"catches": solo, "only_catch": only, "misses": len(anomalous) - solo,
+                     "normal_flagged": sum(name in reasons.get(sid, ()) for sid in normal)}
+    return out
+
+
 def analyse(data: EvalData, results: Sequence[MethodResult], goal_f1: float | None = None) -> dict[str, Any]:
     """How the shipped decision stands, and why it errs: empty without labels or without the ``logbert`` row.
 
@@ -127,7 +141,9 @@ def analyse(data: EvalData, results: Sequence[MethodResult], goal_f1: float | No
     fn = [s for s, y, f in zip(test, truth, flags) if not f and y]
     out["errors"] = {"false_positives": len(fp), "false_positives_by_rule": _rule_counts(product.reasons, fp),
                      "true_positives": len(tp), "true_positives_by_rule": _rule_counts(product.reasons, tp),
-                     "false_negatives": len(fn)}
+                     "false_negatives": len(fn),
+                     "by_rule": rule_catches(product.reasons, [s for s, y in zip(test, truth) if y],
+                                             [s for s, y in zip(test, truth) if not y])}
     groups = {"calibration normals": data.split.calib,
               "test normals": [s for s, y in zip(test, truth) if not y],
               "test anomalies": [s for s, y in zip(test, truth) if y],
@@ -180,6 +196,12 @@ def analysis_markdown(a: Mapping[str, Any]) -> list[str]:
            f"| false positives | {e['false_positives']} | {rules(e['false_positives_by_rule'])} |",
            f"| true positives | {e['true_positives']} | {rules(e['true_positives_by_rule'])} |",
            f"| false negatives | {e['false_negatives']} | - |", "",
+           "Each rule alone: the test anomalies it catches, those only it catches (what the decision would lose "
+           "without it), those it misses, and the test normals it flags:", "",
+           "| rule | catches | only it | misses | normals flagged |", "|---|---|---|---|---|"]
+    md += [f"| `{k}` | {v['catches']} | {v['only_catch']} | {v['misses']} | {v['normal_flagged']} |"
+           for k, v in e.get("by_rule", {}).items()]
+    md += ["",
            "Sessions holding a template the training period never had (`UNK`: it fires `unseen_template`):", "",
            "| sessions | count | with an unseen template | share |", "|---|---|---|---|"]
     md += [f"| {k} | {v['sessions']} | {v['with_unseen_template']} | {_pct(v['share'])} |" for k, v in u.items()]
@@ -234,9 +256,17 @@ def write_report(out_dir: str | Path, data: EvalData, results: Sequence[MethodRe
         md += ["Parse and session statistics:", ""] + [f"- {k}: {json.dumps(v)}" for k, v in stats.items()] + [""]
     what = "test split" if data.labelled else "test split (no labels: flag rates only)"
     md += [f"## Results on the {what}", "",
-           "Every threshold comes from the calibration split (held-out normal sessions) at target FPR "
-           f"{params.get('target_fpr')}; no label chose any threshold.", "",
+           "Every threshold comes from normal training sessions only, at target FPR "
+           f"{params.get('target_fpr')} (LogBERT: one level for all its rules, leave-one-out and out-of-fold; "
+           "baselines: their calibration split); no label chose any threshold.", "",
            markdown_table(results, "test", data.labelled), ""]
+    shipped = next((r for r in results if isinstance(r.threshold, dict) and "promise" in r.threshold), None)
+    if shipped is not None:
+        p = shipped.threshold["promise"]
+        md += [f"What the shipped decision promised before the test: FPR {p['fpr']:.4f} (95 % bound "
+               f"{p['fpr_upper']:.4f}, target {p['target_fpr']}) from {p['sessions']} normal sessions and "
+               f"{p['model_sessions']} model-calibration sessions; rules that can fire: {', '.join(p['rules'])}.", ""]
+        md += [f"- warning: {w}" for w in p["warnings"]] + ([""] if p["warnings"] else [])
     if data.split.val_anomalous or data.labelled:
         md += ["## Validation (model selection only: validation normals + anomalies of the earlier period)", "",
                markdown_table(results, "validation", data.labelled), ""]
@@ -253,7 +283,7 @@ def write_report(out_dir: str | Path, data: EvalData, results: Sequence[MethodRe
 
 def _fmt_th(th: Any) -> str:
     if isinstance(th, dict):
-        return ", ".join(f"{k} {_fmt(v)}" for k, v in th.items())
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in th.items() if k != "promise")
     return _fmt(th)
 
 

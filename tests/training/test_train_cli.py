@@ -120,3 +120,15 @@ def test_frequent_windows_are_ranked_by_count_then_keys():
     assert frequent_windows(windows, 2) == [[5, 6], [4]]
     assert frequent_windows(windows, 10, min_count=1)[-1] == [7]
     assert frequent_windows(windows, 0) == []
+
+
+def test_training_states_its_promise_and_warns_where_it_falls_short(bundles):
+    a, _ = bundles
+    m = json.loads((a / "metrics.json").read_text())
+    cal, ev = m["calibration"], m["in_period_eval"]
+    assert cal["sessions"] == m["data"]["split"]["normal"] and 0 <= cal["fpr"] <= cal["fpr_upper"] <= 1
+    assert cal["target_fpr"] == 0.005 and cal["rules"] and "held-out slice" in cal["mode"] or "cross-fit" in cal["mode"]
+    assert ev["anomalies"] == m["data"]["anomalous_sessions"] and 0 <= ev["caught"] <= ev["anomalies"]
+    low = ev["recall"] < 0.9  # train.expected_recall's default
+    assert low == any("in-period recall" in w for w in m["warnings"])
+    assert set(cal["warnings"]) <= set(m["warnings"])

@@ -1,0 +1,33 @@
+"""logad doctor states what the bundle's calibration promises, and what its trainer warned about."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from e2e_harness import BUNDLE, CONFIG
+
+from logbert_core.bundle import Thresholds
+from logbert_core.calibration import Promise
+from logbert_core.config import load_settings
+from streamer.doctor import INFO, WARN, _promise_findings, check_model
+
+
+def test_doctor_states_the_shipped_bundles_promise() -> None:
+    findings = check_model(load_settings(str(CONFIG)), BUNDLE)
+    (decision,) = [f for f in findings if f.message.startswith("decision: ")]
+    assert decision.status == INFO and "from 4638 normal sessions" in decision.message
+    assert "target 0.005" in decision.message and "masked_key_misses" in decision.message
+
+
+def test_doctor_warns_about_a_small_history_and_an_old_bundle() -> None:
+    promise = Promise(0.005, 1 / 51, 50, 50, 0, 0.0, 0.058, ("unseen_template",),
+                      ("50 normal sessions cannot vouch for target_fpr 0.005 by counting",))
+    small = SimpleNamespace(thresholds=Thresholds(0.5, 1.0, "test", promise=promise),
+                            metrics={"warnings": [*promise.warnings, "in-period recall 0.500 is below 0.9"]})
+    got = [(f.status, f.message) for f in _promise_findings(small)]  # type: ignore[arg-type]
+    assert got[0][0] == INFO and got[0][1].startswith("decision: FPR 0.0000 (95 % bound 0.0580")
+    assert (WARN, "calibration: 50 normal sessions cannot vouch for target_fpr 0.005 by counting") in got
+    assert (WARN, "training: in-period recall 0.500 is below 0.9") in got and len(got) == 3
+    old = SimpleNamespace(thresholds=Thresholds(0.5, 1.0, "quantile"), metrics={})
+    (finding,) = _promise_findings(old)  # type: ignore[arg-type]
+    assert finding.status == WARN and "retrain" in finding.fix

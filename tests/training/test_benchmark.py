@@ -1,0 +1,56 @@
+"""logad-train benchmark on a tiny shared-data folder, and evaluate --history on the small real slice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from training.benchmark import SMALL_HISTORY, SUITES
+from training.cli import main
+
+FAST = {"LOGAD_TRAIN__EPOCHS": "2", "LOGAD_MODEL__N_EMBD": "32", "LOGAD_TRAIN__SEED": "5"}
+LIFECYCLE = "1 2 3 4 5 6"
+
+
+def shared_folder(root: Path) -> Path:
+    d = root / "hadoop_sequences"
+    d.mkdir(parents=True)
+    (root / "README.md").write_text("tiny stand-in for ../shared/data\n")
+    (d / "hadoop_train").write_text("".join(f"app/c{i},{LIFECYCLE}\n" for i in range(20)))
+    (d / "hadoop_test_normal").write_text("".join(f"app/n{i},{LIFECYCLE}\n" for i in range(6)))
+    (d / "hadoop_test_abnormal").write_text("app/a0,1 2 3 99 99\napp/a1,1 2 98\napp/a2,1 2 3 4 5 6 97\n")
+    return root
+
+
+def test_benchmark_writes_one_table_with_the_shipped_decision_and_the_one_line_rules(tmp_path: Path) -> None:
+    shared, out = shared_folder(tmp_path / "shared"), tmp_path / "out"
+    result = CliRunner().invoke(main, ["benchmark", "--shared", str(shared), "--only", "hadoop_sequences",
+                                       "--out", str(out)], env=FAST, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "benchmark.json").read_text())
+    (suite,) = doc["suites"]
+    rows = {r["method"]: r for r in suite["rows"]}
+    assert list(rows) == ["logbert", "logbert_without_model", "logbert_key_misses", "rule_unseen_event",
+                          "rule_unseen_set", "flag_all"]
+    # every anomaly holds an event id no training container had: the one-line rule and the shipped decision see it
+    assert rows["rule_unseen_event"]["tp"] == 3 and rows["rule_unseen_event"]["fp"] == 0
+    assert rows["logbert"]["tp"] == 3 and rows["logbert"]["fp"] == 0
+    # 20 sessions cannot vouch for target 0.005: the promise says so, and the model rules were cross-fitted
+    assert suite["promise"]["sessions"] == 20 and suite["promise"]["model_sessions"] == 20
+    assert any("cannot vouch" in w for w in suite["promise"]["warnings"])
+    assert suite["training"]["val_loss"] and "machine" in doc
+    md = (out / "benchmark.md").read_text()
+    assert "| hadoop_sequences | all (20) | 6 / 3 | **logbert** |" in md and "Machine:" in md
+
+
+def test_benchmark_refuses_an_unknown_suite(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["benchmark", "--shared", str(shared_folder(tmp_path / "s")), "--only", "nope",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "unknown suite(s) ['nope']" in result.output
+
+
+def test_every_suite_but_the_smallest_has_a_small_history_variant() -> None:
+    assert SMALL_HISTORY == 50
+    assert {n for n, (_, _, small) in SUITES.items() if small} == {"hdfs_raw", "hdfs_sequences", "bgl_raw"}
