@@ -67,9 +67,11 @@ class Verdict:
     score: WindowScore
     rarest: tuple[int, int] | None = None  # (key, occurrences in normal training windows) of the rarest key
     quiet: tuple[int, int] | None = None  # closing windows: (times normal sessions reached this state, rested in it)
-    # premature_end would fire, but the quiet after the window was not seen yet: a live detector holds this
-    # verdict until the log has gone on for the rest horizon without the session (and drops it if it comes back)
+    # premature_end (or an unfinished unseen_template_set) would fire, but the quiet after the window was not seen
+    # yet: a live detector holds this verdict until the log has gone on for the rest horizon without the session
+    # (and drops it if it comes back)
     end_pending: bool = False
+    pending_reasons: tuple[str, ...] = ()  # the rules that fire once the quiet is seen (``end_pending``)
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,7 @@ class WindowJudge:
         for i, (keys, s) in enumerate(zip(windows, scores)):
             reasons = []
             seen = quiet_seen is None or quiet_seen[i]
-            pending = False
+            waits: list[str] = []
             if unseen_on and UNK in keys:
                 reasons.append(UNSEEN_TEMPLATE)
             if set_on:
@@ -270,7 +272,7 @@ class WindowJudge:
                     if seen or len(keys) >= self.max_len or not self.covered(fs):
                         reasons.append(UNSEEN_SET)
                     else:  # part of a normal set, in a session not yet seen to stop
-                        pending = True
+                        waits.append(UNSEEN_SET)
             rarest = None
             if counts is not None:
                 rarest = counts.rarest(keys)
@@ -287,8 +289,9 @@ class WindowJudge:
                     quiet = rest.lookup(keys)
                 if fires and seen:
                     reasons.append(PREMATURE_END)
-                pending = pending or (fires and not seen)
-            out.append(Verdict(bool(reasons), tuple(reasons), s, rarest, quiet, pending))
+                elif fires:
+                    waits.append(PREMATURE_END)
+            out.append(Verdict(bool(reasons), tuple(reasons), s, rarest, quiet, bool(waits), tuple(waits)))
         return out
 
 

@@ -52,7 +52,7 @@ from kafka.structs import OffsetAndMetadata
 
 from logbert_core.bundle import Bundle, BundleError, load_bundle
 from logbert_core.config import Settings, bundle_fields
-from logbert_core.judge import PREMATURE_END, Verdict, WindowJudge
+from logbert_core.judge import Verdict, WindowJudge
 from logbert_core.parsing import LineFormat, LineFormatError, TemplateIndex, key_of
 from logbert_core.scoring import WindowScorer
 from logbert_core.vocab import UNK
@@ -1039,8 +1039,9 @@ class Worker:
         flagged = [(w, v, k) for w, v, k in zip(chunk, verdicts, keys) if v.anomalous]
         # a window that only a stop would flag: its event is held until the quiet is seen (other reasons: published
         # now, without the unconfirmed stop)
-        waiting = [(w, replace(v, anomalous=True, reasons=(PREMATURE_END,), end_pending=False), k)
-                   for w, v, k in zip(chunk, verdicts, keys) if v.end_pending and not v.anomalous]
+        # (premature_end, or an unseen_template_set that is part of a normal set: what fires once the quiet is seen)
+        waiting = [(w, replace(v, anomalous=True, reasons=v.pending_reasons, end_pending=False, pending_reasons=()),
+                    k) for w, v, k in zip(chunk, verdicts, keys) if v.end_pending and not v.anomalous]
         if not flagged and not waiting:
             return []
         texts = self.backoff.call("redis read", lambda: engine.store.unseen_texts([w for w, _, k in flagged + waiting

@@ -70,6 +70,7 @@ def test_a_part_of_a_normal_set_waits_for_the_quiet():
     judge = WindowJudge(FixedScorer(windows, max_len=4), Thresholds(0.5, 5.0, "test"), known)
     part, novel, full = judge.judge([[4, 6], [4, 9], [4, 5, 6, 4]], [False, False, False])
     assert part.reasons == () and part.end_pending  # still running, or stopped: not known yet
+    assert part.pending_reasons == (UNSEEN_SET,)  # what a live detector publishes once the quiet is seen
     assert novel.reasons == (UNSEEN_SET,) and not novel.end_pending  # 9 never came with 4: no wait needed
     assert full.reasons == ()  # a full window's set is {4, 5, 6}: known
     assert judge.judge([[4, 6]], [True])[0].reasons == (UNSEEN_SET,)
@@ -137,6 +138,7 @@ def test_premature_end_waits_where_the_quiet_was_not_seen():
     seen, unseen = judge.judge([broken, broken], [True, False])
     assert seen.reasons == (UNSEEN_SET, PREMATURE_END) and seen.quiet == (60, 0) and not seen.end_pending
     assert not unseen.anomalous and unseen.reasons == () and unseen.end_pending and unseen.quiet == (60, 0)
+    assert unseen.pending_reasons == (UNSEEN_SET, PREMATURE_END)  # both wait for the quiet, as the seen one fired
     (other,) = judge.judge([novel], [False])
     assert other.reasons == (UNSEEN_SET,)  # the exact rules do not depend on the quiet
     assert not other.end_pending  # a state no normal session reached is no evidence of a stop

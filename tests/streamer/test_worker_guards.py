@@ -242,3 +242,50 @@ def test_the_heap_trimmer_runs_while_the_worker_runs_and_stops_with_it(redis_url
     time.sleep(0.2)
     assert "logad-malloc-trim" not in {t.name for t in threading.enumerate()}
     assert worker_mod._malloc_trim() is not None  # glibc, here
+
+
+def test_a_block_that_stopped_part_way_is_held_then_published_for_its_unfinished_set(redis_url):
+    """A block whose first lines form a set that is part of a normal lifecycle, but never a whole window of one,
+    and a state where normal blocks do rest now and then (premature_end does not fire): it may still be running, so
+    its unseen_template_set verdict is held; once the log has gone on for the rest horizon without it, the event is
+    published with that reason (not premature_end's)."""
+    import gzip
+
+    from e2e_harness import HOLDOUT
+
+    s = settings_for("127.0.0.1:9", redis_url, "t", "g-part")
+    bundle = load_bundle(BUNDLE)
+    fmt = s.line_format()
+    with gzip.open(HOLDOUT, "rt") as fh:
+        lines = [next(fh).rstrip("\n") for _ in range(3000)]
+    blk = "blk_-2831794248157108436"
+    mine = sorted((line for line in lines if blk + " " in line + " "), key=lambda x: fmt.parse(x).timestamp)
+    part = [line.replace(blk, "blk_778") for line in mine[:9]]  # allocated, received, not finished
+    producer = FakeProducer()
+    w = Worker(s, bundle, consumer=FakeConsumer(), producer=producer)  # type: ignore[arg-type]
+    w.assigned = {TopicPartition("t", 0)}
+    try:
+        last = max(fmt.parse(line).timestamp for line in part)
+        later = time.strftime("%y%m%d %H%M%S", time.gmtime(last + 400))
+        filler = f"{later} 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_999 terminating"
+        w.process([SimpleNamespace(topic="t", partition=0, offset=i, key=None, value=v.encode())
+                   for i, v in enumerate(part)])
+        w.finish_append()
+        w.caught_up()
+        time.sleep(s.session.idle_timeout_s + 0.5)
+        w.sweep()  # the block closes; the log has not gone on past it: held
+        w.settle(wait=True)
+        assert not [v for _, _, v, _ in producer.sent if json.loads(v)["session_id"] == "blk_778"]
+        w.process([SimpleNamespace(topic="t", partition=0, offset=len(part), key=None, value=filler.encode())])
+        w.finish_append()
+        w.caught_up()
+        w.sweep()
+        w.settle(wait=True)
+        w.sweep()  # the held verdict is confirmed here
+        w.settle(wait=True)
+        (event,) = [json.loads(v) for _, _, v, _ in producer.sent if json.loads(v)["session_id"] == "blk_778"]
+        assert event["explanation"]["reasons"] == ["unseen_template_set"]
+        assert event["model_version"] == bundle.version
+    finally:
+        w.scoring.close()
+        w.close()
