@@ -27,8 +27,10 @@ TEMPLATES_NEW = Counter("logad_templates_new_total",
 TEMPLATES_NEW_CAPPED = Counter("logad_templates_new_capped_total",
                                "Lines whose new template was not registered because the registry is at its cap")
 SESSIONS_OPEN = Gauge("logad_sessions_open", "Sessions open in Redis (not yet idle-closed)")
-PREMATURE_WAITING = Gauge("logad_premature_end_waiting", "Closed sessions whose premature_end verdict is held in "
-                          "Redis until the log has gone on for the rest horizon (all workers)")
+PREMATURE_WAITING = Gauge("logad_premature_end_waiting",
+                          "Closed sessions whose verdict that they stopped (premature_end, or an unfinished "
+                          "unseen_template_set) is held in Redis until the log has gone on for the rest horizon "
+                          "(all workers)")
 SESSIONS_CLOSED = Counter("logad_sessions_closed_total", "Sessions closed after the idle timeout by this worker")
 WINDOWS_SCORED = Counter("logad_windows_scored_total", "Windows scored by this worker", ["cause"])
 SCORE_BATCH = Histogram("logad_score_batch_windows", "Windows per scoring batch",
@@ -66,13 +68,13 @@ FUTURE_ENTRIES = Counter("logad_future_timestamps_total",
 WATERMARK = Gauge("logad_watermark_timestamp_seconds",
                   "Latest log timestamp (Unix seconds) among the lines this worker has stored")
 PREMATURE_HELD = Counter("logad_premature_end_held_total",
-                         "premature_end verdicts held because the log had not gone on past the session for the rest "
-                         "horizon yet (published once it has, dropped if the session comes back)")
+                         "Verdicts that a session stopped (premature_end, or an unfinished unseen_template_set) held "
+                         "because the log had not gone on past the session for the rest horizon yet (published once "
+                         "it has, dropped if the session comes back)")
 PREMATURE_CONFIRMED = Counter("logad_premature_end_confirmed_total",
-                              "Held premature_end verdicts published: the log went on for the rest horizon without "
-                              "the session")
+                              "Held stop verdicts published: the log went on for the rest horizon without the session")
 PREMATURE_DROPPED = Counter("logad_premature_end_dropped_total",
-                            "Held premature_end verdicts dropped because their session came back")
+                            "Held stop verdicts dropped because their session came back")
 CONSUMER_LAG = Gauge("logad_consumer_lag", "Records behind the end of the input topic", ["partition"])
 REDIS_ERRORS = Counter("logad_redis_errors_total", "Failed Redis round trips (retried with back-off)")
 BROKER_ERRORS = Counter("logad_broker_errors_total", "Failed broker operations (retried with back-off)")
