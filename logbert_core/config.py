@@ -146,6 +146,8 @@ class TrainSection(_Section):
     lr: float = Field(default=1e-3, gt=0)
     mask_ratio: float = Field(default=0.15, gt=0, lt=1)
     patience: int = Field(default=3, gt=0)
+    # each epoch takes at least this many optimizer steps (passing over a small data set again); 0: one pass
+    min_epoch_steps: int = Field(default=50, ge=0)
     seed: int = 1234
     device: Device = "auto"  # "auto": cuda when available, else cpu
     bf16: bool = True

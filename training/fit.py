@@ -34,6 +34,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     mask_ratio: float = 0.15
     patience: int = 4  # epochs without a better validation loss before stopping
+    # An epoch takes at least this many optimizer steps, passing over the data again (reshuffled, new masks) when
+    # one pass has fewer batches: 50 sessions make one batch, and 20 one-step epochs leave the model untrained.
+    min_epoch_steps: int = 50
     seed: int = 1234
     device: str = "auto"  # "auto": cuda if available, else cpu
     bf16: bool = True  # mixed precision: bf16 autocast where supported (CUDA without bf16: fp16 + GradScaler)
@@ -50,6 +53,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.weight_decay={self.weight_decay} must be >= 0")
         if not 0.0 < self.mask_ratio <= 1.0:
             raise ValueError(f"TrainConfig.mask_ratio={self.mask_ratio} must be in (0, 1]")
+        if self.min_epoch_steps < 0:
+            raise ValueError(f"TrainConfig.min_epoch_steps={self.min_epoch_steps} must be >= 0")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"TrainConfig.num_threads={self.num_threads} must be >= 1 or None")
         if self.device != "auto":
@@ -209,6 +214,8 @@ def fit(
                 e0 = time.perf_counter()
                 model.train()
                 batches = _batches(train_len, cfg.batch_size, shuffle_gen)
+                while len(batches) < cfg.min_epoch_steps:  # a small data set: pass over it again
+                    batches += _batches(train_len, cfg.batch_size, shuffle_gen)
                 sums = torch.zeros(3, device=device)  # loss, mlm, hyper summed over batches
                 for masked, pad_mask, labels in tqdm(
                     _masked_batches(train_keys, train_len, batches, cfg.mask_ratio, mask_gen),

@@ -103,3 +103,14 @@ def test_fit_rejects_bad_windows() -> None:
         fit([[4] * 33], good, CFG, cfg)
     with pytest.raises(ValueError, match=r"train_windows\[1\] holds keys"):
         fit([[4], [4, 12]], good, CFG, cfg)
+
+
+def test_a_small_data_set_gets_at_least_min_epoch_steps_per_epoch():
+    """Five windows make one batch: with one step an epoch, twenty epochs would barely move the weights. An epoch
+    passes over the data again until it has taken ``min_epoch_steps`` steps."""
+    train, val = normal_windows(5, 16), normal_windows(6, 4)
+    one = fit(train, val, CFG, TrainConfig(epochs=1, patience=1, min_epoch_steps=0, seed=3, progress=False))
+    many = fit(train, val, CFG, TrainConfig(epochs=1, patience=1, min_epoch_steps=40, seed=3, progress=False))
+    assert many.history[0]["val_loss"] < one.history[0]["val_loss"]
+    with pytest.raises(ValueError, match="min_epoch_steps"):
+        TrainConfig(min_epoch_steps=-1)
