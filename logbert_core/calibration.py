@@ -51,8 +51,6 @@ RARE_TEMPLATE = "rare_template"
 KEY_MISSES = "masked_key_misses"
 DISTANCE = "hypersphere_distance"
 PREMATURE_END = "premature_end"
-EXACT_RULES = (UNSEEN_TEMPLATE, UNSEEN_SET, RARE_TEMPLATE, PREMATURE_END)
-MODEL_RULES = (KEY_MISSES, DISTANCE)
 CONFIDENCE = 0.95  # of the stated false-positive bound
 MIN_TAIL = 10  # sessions a rule's tail needs before it is extrapolated
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from logbert_core.config import Settings
-from logbert_core.judge import Calibrated, NormalSession, RestStats, calibrated_judge
+from logbert_core.judge import Calibrated, NormalSession, RestStats, calibrated_judge, session_scores
 from logbert_core.model import LogBERT, LogBERTConfig
 from logbert_core.scoring import WindowScore, WindowScorer
 from training.data import split_chronological
@@ -62,13 +62,15 @@ def make_scorer(settings: Settings, cfg: LogBERTConfig, result: FitResult) -> Wi
                         buckets=tuple(b for b in s.detector.buckets if b < cfg.max_len) + (cfg.max_len,))
 
 
+def crossfits(settings: Settings, normal_sessions: int) -> bool:
+    """Whether ``fit_decision`` calibrates the model rules on out-of-fold models (else on the held-out slice)."""
+    return normal_sessions <= settings.train.crossfit_max_sessions
+
+
 @dataclass
 class FittedDecision:
     result: FitResult  # the shipped model's fit
-    scorer: WindowScorer
-    cal: Calibrated
-    normal: list[NormalSession]  # every normal session, in ``order``
-    model_rows: list[int]  # the rows whose model scores calibrated the model rules
+    cal: Calibrated  # its decision (``cal.judge`` holds the model's scorer)
     mode: str  # how the model rules were calibrated, in words
     split: dict[str, int]
     fold_seconds: float = 0.0
@@ -84,7 +86,7 @@ def fit_decision(settings: Settings, cfg: LogBERTConfig, order: Sequence[str], n
     fit_ids, val_ids, calib_ids = split_chronological(list(order), [s.train.val_fraction, s.train.calib_fraction])
     if not fit_ids or not val_ids or not calib_ids:
         raise ValueError(f"too few normal sessions ({len(order)}) to split into fit/validation/calibration")
-    crossfit = len(order) <= s.train.crossfit_max_sessions
+    crossfit = crossfits(s, len(order))
 
     def flat(ids: Sequence[str]) -> list[list[int]]:
         return [list(w) for sid in ids for w in normal[row[sid]].windows]
@@ -106,13 +108,9 @@ def fit_decision(settings: Settings, cfg: LogBERTConfig, order: Sequence[str], n
             # the same schedule as the shipped model, no early stop: the fold is never looked at while fitting
             fold = fit(train_w, train_w[:_FOLD_VAL_WINDOWS], cfg,
                        train_config(s, False, epochs=epochs, patience=epochs, seed=s.train.seed + 1 + f))
-            fold_scorer = make_scorer(s, cfg, fold)
-            flat_scores = fold_scorer.score(flat(held))
-            at = 0
-            for sid in held:
-                n = len(normal[row[sid]].windows)
-                per_row[row[sid]] = list(flat_scores[at:at + n])
-                at += n
+            flat_scores = make_scorer(s, cfg, fold).score(flat(held))
+            for sid, scores in zip(held, session_scores(flat_scores, [len(normal[row[sid]].windows) for sid in held])):
+                per_row[row[sid]] = scores
             log.info("cross-fit fold %d/%d: %d sessions held out", f + 1, k, len(held))
         model_rows = list(range(len(order)))
         model_scores = per_row
@@ -128,4 +126,4 @@ def fit_decision(settings: Settings, cfg: LogBERTConfig, order: Sequence[str], n
                            novel_template=sc.novel_template, novel_template_set=sc.novel_template_set,
                            use_distance=sc.use_distance, rare_template=sc.rare_template, rest=rest)
     split = {"fit": len(train_ids), "val": len(val_ids), "calib": len(model_rows), "normal": len(order)}
-    return FittedDecision(result, scorer, cal, list(normal), model_rows, mode, split, fold_seconds)
+    return FittedDecision(result, cal, mode, split, fold_seconds)

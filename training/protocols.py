@@ -41,7 +41,7 @@ from logbert_core.vocab import FIRST_KEY, UNK
 from logbert_core.windows import session_windows
 from training.baselines import BASELINES, BaselineConfig, Calibrated, Session, calibrate_threshold, fit_and_calibrate
 from training.complete_logs import CompleteConfig, CompleteLogDetector, ParamExtractor, SessionLines, line_features
-from training.crossfit import fit_decision, model_config, resolve_device
+from training.crossfit import crossfits, fit_decision, model_config, resolve_device
 from training.data import (
     Corpus,
     SessionWindows,
@@ -116,10 +116,6 @@ class EvalData:
 
     def flat_windows(self, ids: Iterable[str]) -> list[list[int]]:
         return [w for s in ids for w in self.windows[s]]
-
-    def flat_quiet(self, ids: Iterable[str]) -> list[bool]:
-        """``quiet`` flags in the order of ``flat_windows``."""
-        return [q for s in ids for q in self.quiet.get(s, [True] * len(self.windows[s]))]
 
     def truth(self, ids: Sequence[str]) -> np.ndarray:
         return np.array([self.labels.get(s, False) for s in ids], dtype=bool)
@@ -560,12 +556,6 @@ def sequence_data(settings: Settings, train: Sequence[Sequence[str]], test: Sequ
                                  "max": int(lengths.max())}})
 
 
-def run_mode(settings: Settings, data: EvalData) -> bool:
-    """Whether ``fit_decision`` cross-fits the model on this data's normal training sessions."""
-    sp = data.split
-    return len(sp.fit) + len(sp.val) + len(sp.calib) <= settings.train.crossfit_max_sessions
-
-
 def sequence_vocab_size(data: EvalData) -> int:
     return FIRST_KEY + int(data.data["templates"])
 
@@ -746,7 +736,8 @@ def evaluate_sequences(settings: Settings, train_path: str | Path, abnormal_path
         f"The {len(data.split.fit) + len(data.split.val) + len(data.split.calib)} normal training sessions are split "
         f"in file order (the papers train on all 4,855): validation ({len(data.split.val)}) stops training early; "
         "templates, sets and counts come from all of them; the model's thresholds from "
-        + ("out-of-fold models" if len(data.sessions) and run_mode(settings, data) else
+        + ("out-of-fold models" if crossfits(settings, len(data.split.fit) + len(data.split.val)
+                                             + len(data.split.calib)) else
            f"the last {len(data.split.calib)}, kept out of the fit") + ".",
         f"Models are small (LogBERT {settings.model.n_layer} layers x {settings.model.n_embd}, windows of "
         f"{settings.model.max_len} keys with stride {settings.model.stride}; LSTMs of 2 x 64) and trained for "

@@ -141,8 +141,8 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
 
     # In-period evaluation: the anomalies of the training period, judged by the shipped decision (no anomaly is in
     # any statistic); the false-positive side is the calibration's own leave-one-out / out-of-fold estimate.
-    verdicts = judge_sessions(judge, {sid: windows[sid] for sid in anomalous})
-    caught = sum(any(v.anomalous for v in vs) for vs in verdicts.values())
+    ev = session_metrics(judge_sessions(judge, {sid: windows[sid] for sid in anomalous}), labels)
+    caught = ev["tp"]
     recall = caught / len(anomalous) if anomalous else None
     promise = cal.promise
     warnings = list(promise.warnings)
@@ -151,10 +151,6 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
                         f"period) is below train.expected_recall = {s.train.expected_recall}")
     for w in warnings:
         log.warning("%s: %s", name, w)
-    by_reason: dict[str, int] = {}
-    for vs in verdicts.values():
-        for r in {r for v in vs for r in v.reasons}:
-            by_reason[r] = by_reason.get(r, 0) + 1
     lengths = np.array([windows[sid].n_lines for sid in normal])
     metrics: dict[str, Any] = {
         "data": {"inputs": [str(p) for p in inputs], "sha256": corpus.fingerprint, "lines": len(corpus.records),
@@ -177,7 +173,7 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
         "in_period_eval": {"anomalies": len(anomalous), "caught": caught,
                            "recall": round(recall, 4) if recall is not None else None,
                            "fpr_estimate": round(promise.fpr, 5), "fpr_upper_95": round(promise.fpr_upper, 5),
-                           "flagged_by_reason": dict(sorted(by_reason.items()))},
+                           "flagged_by_reason": ev["flagged_by_reason"]},
         "warnings": warnings,
     }
     warm = frequent_windows((w for x in sessions for w in x.windows), s.train.warm_windows)
