@@ -294,6 +294,32 @@ class ServeSection(_Section):
     port: int = Field(default=8000, ge=0, le=65535)  # 0: any free port (logged at start-up)
     max_lines: int = Field(default=10_000, gt=0)  # more lines in one request: 413
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)  # a larger request body: 413
+    # What one request may cost (docs/operations.md, "Limits of logad serve"). Sessions are counted while the lines
+    # are parsed, and windows before any is scored, so an oversized request is refused (413) before its work is done.
+    max_sessions: int = Field(default=2_000, gt=0)
+    max_windows: int = Field(default=2_000, gt=0)
+    max_response_bytes: int = Field(default=16 * 1024 * 1024, gt=0)  # a larger answer: 413
+    request_timeout_s: float = Field(default=10.0, gt=0)  # from the whole body received to the answer: 503 past it
+    max_in_flight: int = Field(default=8, gt=0)  # /detect requests admitted at once; more: 429 with Retry-After
+    # Sockets: a request's head and body must arrive within header_timeout_s of its first byte (or of the connection),
+    # an idle keep-alive connection is closed after keep_alive_s, and past max_connections open connections (or
+    # requests in progress) uvicorn answers 503.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    keep_alive_s: int = Field(default=5, gt=0)
+    max_connections: int = Field(default=128, gt=0)
+    # Bearer token for every route but /health, /ready, /metrics and the API docs: the value itself (e.g. env
+    # LOGAD_SERVE__TOKEN) or a file holding it (read at start-up). Neither set: no authentication.
+    token: str | None = Field(default=None, repr=False)  # never logged or shown in repr
+    token_file: str | None = None
+
+    @model_validator(mode="after")
+    def _check_token(self) -> ServeSection:
+        # messages name the setting, never the value
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("serve.token and serve.token_file are both set: keep one")
+        if self.token is not None and (not self.token.strip() or self.token != self.token.strip()):
+            raise ValueError("serve.token is empty or has leading/trailing whitespace")
+        return self
 
 
 class Settings(BaseSettings):

@@ -214,20 +214,26 @@ def serve(config: str, model_dir: str, host: str | None, port: int | None) -> No
     """HTTP API: POST /detect judges raw lines on demand; /health, /ready, /metrics; OpenAPI docs at /docs."""
     from logbert_core.bundle import BundleError, load_bundle
     from streamer.errors import StartupError
-    from streamer.service import SessionDetector, serve_forever
+    from streamer.service import SessionDetector, is_loopback, load_token, serve_forever
 
     s = _settings(config)
     try:
+        token = load_token(s.serve)
         detector = SessionDetector(s, load_bundle(model_dir))
     except (BundleError, StartupError) as exc:
         click.echo(f"logad serve: {exc}", err=True)
         sys.exit(2)
+    bind = host or s.serve.host
+    if token is None and not is_loopback(bind):
+        click.echo(f"logad serve: warning: {bind} is not loopback and no serve.token is set, so whoever reaches the "
+                   "port may call /detect; set LOGAD_SERVE__TOKEN or serve.token_file (docs/operations.md)", err=True)
 
     def bound(h: str, p: int) -> None:
+        auth = "bearer token required" if token is not None else "no authentication"
         click.echo(f"logad serve: model {detector.bundle.version} on {detector.device}, listening on "
-                   f"http://{h}:{p} (API docs at /docs)", err=True)
+                   f"http://{h}:{p} (API docs at /docs; {auth})", err=True)
 
-    serve_forever(detector, host, port, on_bound=bound)
+    serve_forever(detector, host, port, on_bound=bound, token=token)
 
 
 @main.command()

@@ -7,32 +7,49 @@ ones ``logad run`` cuts when these lines are all the session has and it then goe
 offline evaluation of the same lines (a test holds the two equal).
 
 The API is stateless: nothing is kept between requests, and a session split over two requests is judged twice, on
-each part. Requests are limited in body size and line count (``[serve]``; 413 beyond); scoring is serialised by a
-lock, so concurrent requests queue instead of oversubscribing the CPU.
+each part.
+
+What one request may cost is bounded (``[serve]``, docs/operations.md "Limits of logad serve"): body size and line
+count (413); sessions, counted while the lines are parsed, and windows, counted before any is scored (413, before
+the work is done); the answer's size (413); the time from a received body to the answer (503). Scoring goes in
+chunks of a few thousand window positions under a lock granted in arrival order, so concurrent requests take turns
+chunk by chunk and a large request cannot hold the model for seconds while a small one waits. At most
+``serve.max_in_flight`` requests are worked on at once (429 with ``Retry-After`` beyond). Only ``application/json``
+bodies are read (415), an optional bearer token guards every route but health, readiness, metrics and the API docs
+(401), and a connection whose request does not arrive within ``serve.header_timeout_s`` is closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import ipaddress
 import logging
+import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from logbert_core.bundle import Bundle
-from logbert_core.config import Settings
+from logbert_core.config import ServeSection, Settings
 from logbert_core.judge import Verdict
 from logbert_core.parsing import LineFormatError, key_of, line_digest
 from logbert_core.vocab import UNK
 from logbert_core.windows import canonical_entries, session_windows, window_keys
 from streamer import metrics as m
 from streamer.decode import Rejected, ValueDecoder
+from streamer.errors import LogadError, StartupError
 from streamer.events import Explanation, WindowExtent, build_event
 from streamer.worker import check_bundle_settings, resolve_device
 from training.evaluate import bundle_judge
@@ -44,6 +61,107 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Requests refused, by reason. Here rather than in streamer.metrics because only this module refuses them; they join
+# the API's own registry, so /metrics of logad serve shows them. Every reason exists from the start, at 0.
+REFUSALS = ("unauthorized", "unsupported_media_type", "busy", "body_too_large", "too_many_lines",
+            "too_many_sessions", "too_many_windows", "response_too_large", "over_time_budget")
+SERVE_REFUSED = Counter("logad_serve_requests_refused_total", "Requests refused instead of answered, by reason",
+                        ["reason"], registry=m.SERVE_REGISTRY)
+for _reason in REFUSALS:
+    SERVE_REFUSED.labels(_reason)
+SERVE_IN_FLIGHT = Gauge("logad_serve_detect_in_flight", "POST /detect requests admitted and not yet answered "
+                        "(at most serve.max_in_flight)", registry=m.SERVE_REGISTRY)
+SERVE_LOCK_WAIT = Counter("logad_serve_score_wait_seconds_total", "Time /detect requests waited for their turn at "
+                          "the model, summed over chunks", registry=m.SERVE_REGISTRY)
+SERVE_READ_TIMEOUTS = Counter("logad_serve_connections_timed_out_total", "Connections closed because a request's "
+                              "head or body did not arrive within serve.header_timeout_s", registry=m.SERVE_REGISTRY)
+
+# A chunk scored in one turn at the model holds at most this many window positions (64 full HDFS windows, about
+# 0.1 s on two CPU cores) and at most detector.max_batch windows.
+CHUNK_POSITIONS = 4096
+# The requests that stay open when a token is set: probes, metrics and the API's description.
+OPEN_ROUTES = frozenset({"/health", "/ready", "/metrics", "/docs", "/openapi.json"})
+RETRY_AFTER_S = 1
+
+
+# -- refusals ------------------------------------------------------------------------------------------------------
+
+class Refused(LogadError):
+    """A request answered with an error instead of a verdict; ``reason`` labels ``logad_serve_requests_refused_total``
+    and the message names the limit and its setting."""
+
+    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.headers = status, reason, message, headers or {}
+
+    def response(self) -> JSONResponse:
+        SERVE_REFUSED.labels(self.reason).inc()
+        return JSONResponse({"error": self.message, "reason": self.reason}, status_code=self.status,
+                            headers=self.headers)
+
+
+class Budget:
+    """A request's time: ``check`` raises ``Refused`` (503) once the deadline (``time.monotonic``) has passed."""
+
+    def __init__(self, deadline: float | None, timeout_s: float) -> None:
+        self.deadline = math.inf if deadline is None else deadline
+        self.timeout_s = timeout_s
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def check(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise self.expired()
+
+    def expired(self) -> Refused:
+        return Refused(503, "over_time_budget", f"the request was not answered within {self.timeout_s:g} s "
+                       "(serve.request_timeout_s): send fewer lines per request, or retry when the server is "
+                       "less busy", {"Retry-After": str(RETRY_AFTER_S)})
+
+
+class FairLock:
+    """A lock granted in arrival order.
+
+    ``threading.Lock`` is not fair: a thread that releases it and asks again at once usually gets it back, so a
+    request scoring chunk after chunk would keep out one that arrived meanwhile. Here each request waits behind
+    every request already waiting, so concurrent requests take turns chunk by chunk."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+        self._held = False
+
+    def acquire(self, timeout: float) -> bool:
+        """Waits at most ``timeout`` seconds (``math.inf``: for ever) for this caller's turn."""
+        me = object()
+        wait = None if math.isinf(timeout) else max(timeout, 0.0)
+        with self._cond:
+            self._queue.append(me)
+            granted = self._cond.wait_for(lambda: not self._held and self._queue[0] is me, wait)
+            self._queue.remove(me)
+            if granted:
+                self._held = True
+            else:  # the one behind may be first now
+                self._cond.notify_all()
+            return granted
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    @contextmanager
+    def turn(self, budget: Budget) -> Iterator[None]:
+        t0 = time.monotonic()
+        if not self.acquire(budget.remaining()):
+            raise budget.expired()
+        SERVE_LOCK_WAIT.inc(time.monotonic() - t0)
+        try:
+            yield
+        finally:
+            self.release()
 
 
 # -- the wire ------------------------------------------------------------------------------------------------------
@@ -89,7 +207,9 @@ class DetectResponse(_Wire):
 # -- detection -----------------------------------------------------------------------------------------------------
 
 class SessionDetector:
-    """Lines -> per-session verdicts with the bundle's judge. Thread-safe (one request scores at a time)."""
+    """Lines -> per-session verdicts with the bundle's judge, within the limits of ``settings.serve``. Thread-safe:
+    requests parse and build their answers concurrently (the template lookup changes no Drain state; its caches are
+    plain dicts) and take turns at the model (``FairLock``)."""
 
     def __init__(self, settings: Settings, bundle: Bundle, device: str | None = None) -> None:
         check_bundle_settings(settings, bundle)
@@ -101,19 +221,22 @@ class SessionDetector:
         self.decoder = ValueDecoder(settings.log.json_fields, settings.log.max_line_bytes)
         self.index = bundle.template_index()
         self.nearest = settings.parser.unknown == "nearest"
-        self._lock = threading.Lock()
+        self._lock = FairLock()
 
-    def detect(self, lines: Sequence[str]) -> DetectResponse:
-        with self._lock:
-            return self._detect(lines)
-
-    def _detect(self, lines: Sequence[str]) -> DetectResponse:
+    def detect(self, lines: Sequence[str], deadline: float | None = None) -> bytes:
+        """The JSON of a ``DetectResponse`` for these lines; raises ``Refused`` past a limit of ``serve`` or past
+        ``deadline`` (``time.monotonic``; None: no time limit)."""
+        s = self.settings.serve
+        budget = Budget(deadline, s.request_timeout_s)
         vocab, max_len, stride = self.bundle.vocab, self.bundle.model_config.max_len, self.settings.model.stride
         rejected: list[RejectedLine] = []
         entries: dict[str, list[tuple[float, int, str]]] = {}
         unseen: dict[str, str] = {}  # line digest -> masked text, for lines whose template the model never saw
         order: dict[str, tuple[float, int]] = {}
+        max_sessions = s.max_sessions
         for i, raw in enumerate(lines):
+            if not i & 255:
+                budget.check()
             line = self.decoder.decode(raw.encode("utf-8", "surrogatepass"))
             if isinstance(line, Rejected):
                 rejected.append(RejectedLine(index=i, reason=line.reason, detail=line.detail))
@@ -125,8 +248,15 @@ class SessionDetector:
                 continue
             key, found = key_of(self.index, vocab, rec.content, self.nearest)
             for sid in rec.session_ids:
-                entries.setdefault(sid, []).append((rec.timestamp, key, line))
-                order.setdefault(sid, (rec.timestamp, len(order)))
+                got = entries.get(sid)
+                if got is None:
+                    if len(entries) >= max_sessions:  # refused before the next session costs anything
+                        raise Refused(413, "too_many_sessions", f"line {i} names session {len(entries) + 1}, over "
+                                      f"the limit of {max_sessions} sessions per request (serve.max_sessions): "
+                                      "split the lines over several requests")
+                    got = entries[sid] = []
+                    order[sid] = (rec.timestamp, len(order))
+                got.append((rec.timestamp, key, line))
             if key == UNK:
                 unseen[line_digest(line)] = found.template
         for r in rejected:
@@ -137,25 +267,56 @@ class SessionDetector:
         flat: list[tuple[str, int, int]] = []
         keys_of: list[list[int]] = []
         canon_of: dict[str, list[tuple[float, str]]] = {}
-        for sid in sessions:
+        for n, sid in enumerate(sessions):
+            if not n & 255:
+                budget.check()
             canon = canon_of[sid] = canonical_entries(entries[sid])
             ks = window_keys([mem for _, mem in canon])
             for span in session_windows(len(ks), max_len, stride):
                 flat.append((sid, span.lo, span.hi))
                 keys_of.append(ks[span.lo:span.hi])
+            if len(flat) > s.max_windows:
+                raise Refused(413, "too_many_windows", f"the sessions of the request make more than {s.max_windows} "
+                              f"windows to score (serve.max_windows; a session of n entries makes about "
+                              f"n/{stride} windows): split the lines over several requests")
+        verdicts = self._score(keys_of, budget)
+        return self._answer(sessions, flat, verdicts, canon_of, unseen, rejected, budget)
+
+    def _score(self, keys_of: list[list[int]], budget: Budget) -> list[Verdict]:
+        """Verdicts in chunks, one turn at the model per chunk, so concurrent requests interleave."""
         verdicts: list[Verdict] = []
         step = self.settings.detector.max_batch
-        for i in range(0, len(keys_of), step):
-            verdicts += self.judge.judge(keys_of[i:i + step])
-        m.SERVE_WINDOWS.inc(len(verdicts))
+        i, n = 0, len(keys_of)
+        while i < n:
+            j, positions = i, 0
+            while j < n and j - i < step and (j == i or positions + len(keys_of[j]) <= CHUNK_POSITIONS):
+                positions += len(keys_of[j])
+                j += 1
+            with self._lock.turn(budget):
+                budget.check()
+                verdicts += self.judge.judge(keys_of[i:j])
+            m.SERVE_WINDOWS.inc(j - i)
+            i = j
+        return verdicts
 
+    def _answer(self, sessions: list[str], flat: list[tuple[str, int, int]], verdicts: list[Verdict],
+                canon_of: dict[str, list[tuple[float, str]]], unseen: dict[str, str], rejected: list[RejectedLine],
+                budget: Budget) -> bytes:
+        vocab, max_len = self.bundle.vocab, self.bundle.model_config.max_len
+        limit = self.settings.serve.max_response_bytes
         per: dict[str, list[tuple[int, int, Verdict]]] = {sid: [] for sid in sessions}
         for (sid, lo, hi), v in zip(flat, verdicts):
             per[sid].append((lo, hi, v))
         th = self.bundle.thresholds
         now_ms = int(time.time() * 1000)
-        out = []
-        for sid in sessions:
+        head = b'{"model_version":' + to_json(self.bundle.version) + b',"sessions":['
+        tail = b'],"rejected":' + to_json(rejected) + b"}"
+        parts: list[bytes] = []
+        size = len(head) + len(tail)
+        anomalous = 0
+        for n, sid in enumerate(sessions):
+            if not n & 63:
+                budget.check()
             ws = per[sid]
             canon = canon_of[sid]
             flagged = [(lo, hi, v) for lo, hi, v in ws if v.anomalous]
@@ -172,17 +333,25 @@ class SessionDetector:
                     cut_ms=now_ms, verdict=v, vocab=vocab, unseen_text=unseen, miss_threshold=th.miss_ratio,
                     distance_threshold=th.distance, model_version=self.bundle.version)
                 explanation, window = event.explanation, event.window
+                anomalous += 1
             else:
                 explanation = Explanation(
                     summary=f"{len(ws)} window(s), none flagged (highest score {best_score:.3f} vs threshold "
                             f"{th.miss_ratio:.3f}; largest distance {best_dist:.2f} vs {th.distance:.2f})",
                     reasons=[], unexpected_positions=[], templates=[])
-            m.SERVE_SESSIONS.labels("anomalous" if flagged else "normal").inc()
-            out.append(SessionResult(
+            part = to_json(SessionResult(
                 session_id=sid, anomalous=bool(flagged), score=round(best_score, 6), threshold=th.miss_ratio,
                 distance=round(best_dist, 6), distance_threshold=th.distance, line_count=len(canon), windows=len(ws),
                 flagged_windows=len(flagged), reasons=reasons, explanation=explanation, window=window))
-        return DetectResponse(model_version=self.bundle.version, sessions=out, rejected=rejected)
+            size += len(part) + 1
+            if size > limit:  # explanations repeat the text of their lines: a line naming many sessions multiplies
+                raise Refused(413, "response_too_large", f"the answer would be over {limit} bytes "
+                              f"(serve.max_response_bytes) after {n} of {len(sessions)} sessions: split the lines "
+                              "over several requests")
+            parts.append(part)
+        m.SERVE_SESSIONS.labels("anomalous").inc(anomalous)
+        m.SERVE_SESSIONS.labels("normal").inc(len(sessions) - anomalous)
+        return head + b",".join(parts) + tail
 
 
 # -- HTTP ----------------------------------------------------------------------------------------------------------
@@ -252,42 +421,146 @@ class BodyLimit:
                 return
 
     async def _too_big(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _error(413, f"request body over {self.max_bytes} bytes (serve.max_body_bytes)")(scope, receive, send)
+        refused = Refused(413, "body_too_large", f"request body over {self.max_bytes} bytes (serve.max_body_bytes)")
+        await refused.response()(scope, receive, send)
+
+
+class Gate:
+    """ASGI middleware in front of the body limit, so that neither check waits for a body: the bearer token on every
+    route but ``OPEN_ROUTES`` (401), and a JSON content type on ``POST /detect`` (415)."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = None if token is None else token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        refused = None
+        if self.token is not None and scope["path"] not in OPEN_ROUTES:
+            refused = self._unauthorized(headers.get(b"authorization"))
+        if refused is None and scope["path"] == "/detect" and scope["method"] == "POST":
+            ctype = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+            if ctype != b"application/json":
+                refused = Refused(415, "unsupported_media_type", "POST /detect takes Content-Type: "
+                                  f"application/json, not {ctype.decode('latin-1')[:100] or 'none'}")
+        if refused is not None:
+            await refused.response()(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _unauthorized(self, header: bytes | None) -> Refused | None:
+        assert self.token is not None
+        scheme, _, given = (header or b"").strip().partition(b" ")
+        if header and scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token):
+            return None
+        challenge = 'Bearer realm="logad"' + (', error="invalid_token"' if header else "")
+        return Refused(401, "unauthorized", "a bearer token is required (Authorization: Bearer <serve.token>)"
+                       if not header else "the bearer token is not the configured one (serve.token)",
+                       {"WWW-Authenticate": challenge})
+
+
+class Admission:
+    """ASGI middleware behind the body limit: at most ``max_in_flight`` ``POST /detect`` requests are worked on at
+    once; one more is answered 429 with ``Retry-After``. A request takes its place once its whole body is in (a slow
+    upload holds a connection, not a place) and keeps it until it is answered."""
+
+    def __init__(self, app: ASGIApp, max_in_flight: int) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # only the event loop's thread touches it
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/detect" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight:
+            refused = Refused(429, "busy", f"{self.in_flight} requests are being judged, the limit "
+                              "(serve.max_in_flight): retry later", {"Retry-After": str(RETRY_AFTER_S)})
+            await refused.response()(scope, receive, send)
+            return
+        self.in_flight += 1
+        SERVE_IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            SERVE_IN_FLIGHT.dec()
 
 
 _ROUTES = ("/detect", "/health", "/ready", "/metrics", "/docs", "/openapi.json")
 
 
-def create_app(detector: SessionDetector) -> FastAPI:
-    """The FastAPI app of ``logad serve`` around a loaded detector."""
+class RequestCounter:
+    """ASGI middleware: every answer counted by route and status code, and timed. A request whose client went away
+    before it was answered (a body cut off, a read deadline) has no answer and is not counted; an exception counts
+    as the 500 it becomes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"] if scope["path"] in _ROUTES else "other"
+        t0 = time.perf_counter()
+        status: int | None = None
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        except Exception:
+            status = status or 500
+            raise
+        finally:
+            if status is not None:
+                m.SERVE_REQUEST_SECONDS.labels(route).observe(time.perf_counter() - t0)
+                m.SERVE_REQUESTS.labels(route, str(status)).inc()
+
+
+def create_app(detector: SessionDetector, token: str | None = None) -> FastAPI:
+    """The FastAPI app of ``logad serve`` around a loaded detector; ``token``: the bearer token (``load_token``)."""
     s = detector.settings.serve
     app = FastAPI(title="logad", version=detector.bundle.version,
                   description="On-demand log anomaly detection with the streaming detector's model and rules. "
                               "POST raw lines to /detect; they are grouped into sessions and judged.")
     m.SERVE_MODEL.info({"version": detector.bundle.version, "device": detector.device})
-    app.add_middleware(BodyLimit, max_bytes=s.max_body_bytes)  # inside the counter below: 413s are counted
+    # the last added is outermost: the counter sees every answer, the gate answers before the body is read, and a
+    # request is admitted once its body is in (a pure ASGI counter: BaseHTTPMiddleware raises when a client leaves
+    # before it is answered)
+    app.add_middleware(Admission, max_in_flight=s.max_in_flight)
+    app.add_middleware(BodyLimit, max_bytes=s.max_body_bytes)
+    app.add_middleware(Gate, token=token)
+    app.add_middleware(RequestCounter)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        route = request.url.path if request.url.path in _ROUTES else "other"
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        m.SERVE_REQUEST_SECONDS.labels(route).observe(time.perf_counter() - t0)
-        m.SERVE_REQUESTS.labels(route, str(response.status_code)).inc()
-        return response
-
-    # The body is parsed here rather than by a typed parameter: any Content-Type is read as JSON (curl -d sends a
-    # form type), and malformed JSON is told apart (400) from JSON of the wrong shape (422).
+    # The body is parsed here rather than by a typed parameter, so that malformed JSON is told apart (400) from
+    # JSON of the wrong shape (422). Content-Type: application/json is required (415, in Gate): a browser page may
+    # post text/plain or a form to a loopback port without asking first, never JSON.
     @app.post("/detect", response_model=DetectResponse,
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": DetectRequest.model_json_schema()}}}},
               responses={400: {"description": "the body is not JSON"},
-                         413: {"description": "body size or line count over the configured limit"},
-                         422: {"description": "JSON, but not {\"lines\": [string, ...]}"}})
+                         401: {"description": "serve.token is set and the request does not carry it"},
+                         413: {"description": "over a limit of the request: body size, lines, sessions, windows, "
+                                              "or the answer's size; the error names the setting"},
+                         415: {"description": "the Content-Type is not application/json"},
+                         422: {"description": "JSON, but not {\"lines\": [string, ...]}"},
+                         429: {"description": "serve.max_in_flight requests are in progress; see Retry-After"},
+                         503: {"description": "not answered within serve.request_timeout_s; see Retry-After"}})
     async def detect(request: Request) -> Response:
         """Group the lines into sessions with the detector's rules and judge each session."""
-        try:
-            body = DetectRequest.model_validate_json(await request.body())
+        raw = await request.body()
+        deadline = time.monotonic() + s.request_timeout_s
+        try:  # validating megabytes of JSON takes a while: off the event loop, as the scoring below
+            body = await run_in_threadpool(DetectRequest.model_validate_json, raw)
         except ValidationError as exc:
             errors = [{"loc": list(e.get("loc", ())), "type": e.get("type"), "msg": e.get("msg")}
                       for e in exc.errors(include_url=False)]
@@ -295,10 +568,14 @@ def create_app(detector: SessionDetector) -> FastAPI:
                 return _error(400, "the request body is not valid JSON", detail=errors)
             return _error(422, 'expected a JSON object {"lines": ["raw log line", ...]}', detail=errors)
         if len(body.lines) > s.max_lines:
-            return _error(413, f"{len(body.lines)} lines over the limit of {s.max_lines} (serve.max_lines)")
+            return Refused(413, "too_many_lines", f"{len(body.lines)} lines over the limit of {s.max_lines} "
+                           "(serve.max_lines)").response()
         m.SERVE_LINES.inc(len(body.lines))
-        result = await run_in_threadpool(detector.detect, body.lines)  # CPU-bound: keep the event loop free
-        return Response(result.model_dump_json(), media_type="application/json")
+        try:
+            payload = await run_in_threadpool(detector.detect, body.lines, deadline)  # CPU-bound: off the loop
+        except Refused as exc:
+            return exc.response()
+        return Response(payload, media_type="application/json")
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -317,14 +594,97 @@ def create_app(detector: SessionDetector) -> FastAPI:
     return app
 
 
+def load_token(s: ServeSection) -> str | None:
+    """The bearer token: ``serve.token``, or the first line of ``serve.token_file``; None when neither is set."""
+    if s.token_file is None:
+        return s.token
+    try:
+        text = Path(s.token_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartupError(f"serve.token_file {s.token_file}: cannot read it ({exc.__class__.__name__})") from exc
+    token = text.strip()
+    if not token or "\n" in token:
+        raise StartupError(f"serve.token_file {s.token_file}: must hold the token on one line, and nothing else")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` binds the loopback interface only (``localhost`` or a 127.0.0.0/8 or ::1 address)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
+
+
+def read_deadline_protocol(timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with a read deadline: a request's head and body must arrive within ``timeout_s`` of
+    the connection opening or, between keep-alive requests, of the next request's first byte; else the connection
+    is closed. uvicorn has no such timeout (only ``timeout_keep_alive`` between requests), so a client that connects
+    and sends nothing, or drips a header a byte at a time, would hold its socket for ever.
+
+    Leans on H11Protocol's ``loop``, ``transport`` and ``cycle`` (``more_body``, ``response_complete``), which
+    uvicorn has kept for years; ``tests/streamer/test_serve_limits.py`` fails if they change."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class ReadDeadlineProtocol(H11Protocol):
+        _read_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._read_timer is None and self._between_requests():
+                self._arm()  # the first byte of the next request on a kept-alive connection
+            super().data_received(data)
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and not cycle.more_body:
+                self._disarm()  # the whole request is in; the app's own budget applies from here
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _between_requests(self) -> bool:
+            return self.cycle is None or bool(self.cycle.response_complete)
+
+        def _arm(self) -> None:
+            self._read_timer = self.loop.call_later(timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._read_timer is not None:
+                self._read_timer.cancel()
+                self._read_timer = None
+
+        def _expired(self) -> None:
+            self._read_timer = None
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and not cycle.more_body:
+                return
+            if not self.transport.is_closing():
+                SERVE_READ_TIMEOUTS.inc()
+                self.transport.close()
+
+    return ReadDeadlineProtocol
+
+
 def serve_forever(detector: SessionDetector, host: str | None = None, port: int | None = None,
-                  on_bound: Callable[[str, int], None] | None = None) -> None:
-    """Serve ``create_app(detector)`` with uvicorn until SIGINT/SIGTERM (uvicorn handles both)."""
+                  on_bound: Callable[[str, int], None] | None = None, *, token: str | None) -> None:
+    """Serve ``create_app(detector, token)`` with uvicorn until SIGINT/SIGTERM (uvicorn handles both); ``token``:
+    what ``load_token`` read from the settings (None: no authentication).
+
+    Socket limits: ``serve.header_timeout_s``
+    (``read_deadline_protocol``), ``serve.keep_alive_s`` (uvicorn's ``timeout_keep_alive``), ``serve.max_connections``
+    (uvicorn's ``limit_concurrency``: 503 beyond), and h11's 16 KiB limit on a request head (400 beyond)."""
     import uvicorn
 
     s = detector.settings.serve
-    config = uvicorn.Config(create_app(detector), host=host or s.host, port=s.port if port is None else port,
-                            log_level="warning", access_log=False, server_header=False, lifespan="off")
+    config = uvicorn.Config(create_app(detector, token), host=host or s.host, port=s.port if port is None else port,
+                            log_level="warning", access_log=False, server_header=False, lifespan="off",
+                            http=read_deadline_protocol(s.header_timeout_s), timeout_keep_alive=s.keep_alive_s,
+                            limit_concurrency=s.max_connections)
     server = uvicorn.Server(config)
     if on_bound is not None:
         _notify_when_bound(server, on_bound)
