@@ -1,4 +1,8 @@
-"""Forward logad anomaly events to an Alertmanager-compatible webhook (``POST /api/v2/alerts``).
+"""Superseded by ``logad alerts forward`` (streamer/alerts.py): one alert per session instead of one per window,
+``endsAt`` from the time of posting, additive event fields accepted, metrics, a compose service. This script is
+kept only while tests/streamer/test_operations.py still runs it; use the command.
+
+Forward logad anomaly events to an Alertmanager-compatible webhook (``POST /api/v2/alerts``).
 
 A consumer-group member of the anomalies topic: each polled batch becomes one POST of a JSON list of alerts, and the
 batch's offsets are committed only after the webhook answered 2xx. A failed POST is retried with back-off and
