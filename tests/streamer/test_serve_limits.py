@@ -80,6 +80,12 @@ def test_each_cap_refuses_and_names_its_setting(lines):
     assert (err.status, err.reason) == (413, "too_many_windows") and "serve.max_windows" in err.message
     err = refusal(detector(max_response_bytes=50_000), lines)
     assert (err.status, err.reason) == (413, "response_too_large") and "serve.max_response_bytes" in err.message
+    # within the default caps, lines naming many sessions multiply the answer: each session's explanation repeats
+    # the unseen templates of its window (events clip each to 1,000 characters). 20 lines of 1.2 kB words naming the
+    # same 1,000 blocks (a 0.2 MB body) would answer 30 MB; the answer's cap stops it
+    ids = " ".join(f"blk_{j}" for j in range(1000))
+    wide = [re.sub(r"blk_-?\d+", ids, lines[0]) + f" weird{i}" * 200 for i in range(20)]
+    assert refusal(detector(), wide).reason == "response_too_large"
     err = refusal(detector(), lines, deadline=time.monotonic() - 1)
     assert (err.status, err.reason) == (503, "over_time_budget") and "serve.request_timeout_s" in err.message
     assert err.headers["Retry-After"].isdigit()
