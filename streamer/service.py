@@ -234,6 +234,12 @@ class SessionDetector:
         unseen: dict[str, str] = {}  # line digest -> masked text, for lines whose template the model never saw
         order: dict[str, tuple[float, int]] = {}
         max_sessions = s.max_sessions
+        # Past this many entries the windows are over serve.max_windows whatever the sessions: a session of n entries
+        # makes at least (n - max_len) / stride windows. Counting entries while parsing bounds a request's memory
+        # (a line may name hundreds of sessions) before its windows are cut. A repeated line counts each time here,
+        # once in its session.
+        max_entries = s.max_windows * stride + max_sessions * max_len
+        n_entries = 0
         for i, raw in enumerate(lines):
             if not i & 255:
                 budget.check()
@@ -247,6 +253,11 @@ class SessionDetector:
                 rejected.append(RejectedLine(index=i, reason=exc.reason, detail=str(exc)[:200]))
                 continue
             key, found = key_of(self.index, vocab, rec.content, self.nearest)
+            n_entries += len(rec.session_ids)
+            if n_entries > max_entries:
+                raise Refused(413, "too_many_windows", f"lines 0 to {i} add {n_entries} entries to their sessions, "
+                              f"more than {s.max_windows} windows (serve.max_windows) can hold with at most "
+                              f"{max_sessions} sessions: split the lines over several requests")
             for sid in rec.session_ids:
                 got = entries.get(sid)
                 if got is None:

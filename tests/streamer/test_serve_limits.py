@@ -94,8 +94,9 @@ def test_each_cap_refuses_and_names_its_setting(lines):
     assert body["sessions"] and body["rejected"] == []
 
 
-def test_sessions_are_counted_while_parsing():
-    """A line past the cap is never parsed: the refusal comes from the line that names session cap + 1."""
+def test_sessions_and_entries_are_counted_while_parsing():
+    """A line past a cap is never parsed: the refusal comes from the line that names session cap + 1, or that adds
+    more entries than the window cap can hold."""
     det = detector(max_sessions=10)
     seen: list[str] = []
     parse = det.fmt.parse
@@ -110,6 +111,13 @@ def test_sessions_are_counted_while_parsing():
     err = refusal(det, flood(base, n_lines=10_000, ids_per_line=10))
     assert err.reason == "too_many_sessions" and "line 1 names session 11" in err.message
     assert len(seen) == 2
+    # entries too: 3 sessions, 5 at most, and 10 windows of stride 32 hold at most 10 * 32 + 5 * 64 = 640 entries;
+    # the line that adds the 641st is the last one parsed
+    det, seen[:] = detector(max_sessions=5, max_windows=10), []
+    det.fmt = Counting()  # type: ignore[assignment]
+    err = refusal(det, [re.sub(r"blk_-?\d+", "blk_1 blk_2 blk_3", base)] * 1000)
+    assert err.reason == "too_many_windows" and "serve.max_windows" in err.message and "642 entries" in err.message
+    assert len(seen) == 214
 
 
 def test_the_answer_does_not_depend_on_chunking(lines):
