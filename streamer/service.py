@@ -602,6 +602,17 @@ def create_app(detector: SessionDetector, token: str | None = None) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(m.SERVE_REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    if token is not None:  # the API docs say so, and their "Authorize" button sends it
+        described = app.openapi
+
+        def openapi() -> dict[str, Any]:
+            spec = described()
+            spec.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+                "type": "http", "scheme": "bearer", "description": "serve.token"}
+            spec["paths"]["/detect"]["post"]["security"] = [{"bearer": []}]
+            return spec
+
+        app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -405,5 +405,8 @@ def test_bearer_token(tmp_path, lines):
         # probes, metrics and the API docs stay open
         for path in ("/health", "/ready", "/metrics", "/openapi.json", "/docs"):
             assert call(f"{base}{path}")[0] == 200, path
+        spec = call(f"{base}/openapi.json")[1]
+        assert spec["paths"]["/detect"]["post"]["security"] == [{"bearer": []}]
+        assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
         assert metric(base, 'logad_serve_requests_refused_total{reason="unauthorized"}') == 3
     assert TOKEN not in (tmp_path / "serve.log").read_text()
