@@ -127,6 +127,17 @@ def bgl_raw(settings: Settings, shared: Path, out: Path, history: int | None) ->
                        "30 % of sessions are the test; labels inline"])
 
 
+def bgl_same_period(settings: Settings, shared: Path, out: Path, history: int | None) -> SuiteResult:
+    """``BGL_dev.log`` pools random line samples of the whole BGL period, so the logs a BGL user judges after
+    training on it are *other lines of the same period*, not a later one: the interleaved split stands for them."""
+    t0 = time.perf_counter()
+    ev = evaluate_raw(settings, [shared / "bgl" / "BGL_dev.log"], None, 0.3, out / "bundle_dir", [LOGBERT],
+                      history=history, interleave=True)
+    return _summarise("bgl_same_period", history, ev.data, ev.results, time.perf_counter() - t0,
+                      ["BGL_dev.log; (node, 5-minute) sessions in order of their first line, dealt into blocks of "
+                       "10: the last 3 of each block are the test (other lines of the same period); labels inline"])
+
+
 def _sequences(name: str, settings: Settings, data: EvalData, history: int | None, t0: float,
                notes: list[str]) -> SuiteResult:
     run = fit_logbert(data, settings, sequence_vocab_size(data))
@@ -162,6 +173,7 @@ SUITES: dict[str, tuple[str | None, Callable[[Settings, Path, Path, int | None],
     "hdfs_raw": ("config/hdfs.toml", hdfs_raw, True),
     "hdfs_sequences": ("config/hdfs.toml", hdfs_sequences, True),
     "bgl_raw": ("config/bgl.toml", bgl_raw, True),
+    "bgl_same_period": ("config/bgl.toml", bgl_same_period, True),
     "hadoop_sequences": (None, hadoop_sequences, False),
 }
 

@@ -1,4 +1,11 @@
-"""Chronological hold-out: train on earlier sessions, test on later ones, never the other way round."""
+"""Hold-out splits of raw log files into a training part and a test part.
+
+The default is chronological: train on earlier sessions, test on later ones, never the other way round.
+``interleave`` deals sessions, in the order of their first line, into blocks of ``INTERLEAVE_BLOCK``; the last
+``test_fraction`` of every block is the test. It stands for *other lines of the same period*: what a detector meets
+when its training file is a sample of a period and the logs it judges are the rest of that period (BGL_dev.log is
+such a sample). It never replaces the chronological split; it is reported beside it.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +27,11 @@ from training.data import (
 )
 
 
+INTERLEAVE_BLOCK = 10
+
+
 def split_files(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | Path | None,
-                test_fraction: float, out_dir: Path) -> dict[str, Any]:
+                test_fraction: float, out_dir: Path, interleave: bool = False) -> dict[str, Any]:
     """Raises ValueError, before anything is written, when the inputs or labels cannot make both parts."""
     fmt = settings.line_format()
     labels = load_labels(labels_csv) if labels_csv else None
@@ -43,7 +53,16 @@ def split_files(settings: Settings, inputs: Sequence[str | Path], labels_csv: st
     if labels is not None and labels_csv:
         check_labels(labels, first_seen, labels_csv, describe(inputs))
     order = sorted(first_seen, key=first_seen.__getitem__)
-    train_ids, test_ids = split_chronological(order, [test_fraction])
+    if interleave:
+        n_test = round(test_fraction * INTERLEAVE_BLOCK)
+        if not 0 < n_test < INTERLEAVE_BLOCK:
+            raise ValueError(f"test_fraction={test_fraction}: an interleaved split needs 1 to {INTERLEAVE_BLOCK - 1} "
+                             f"test sessions in every block of {INTERLEAVE_BLOCK}")
+        test_ids = [sid for i, sid in enumerate(order) if i % INTERLEAVE_BLOCK >= INTERLEAVE_BLOCK - n_test]
+        picked = set(test_ids)
+        train_ids = [sid for sid in order if sid not in picked]
+    else:
+        train_ids, test_ids = split_chronological(order, [test_fraction])
     if not train_ids:
         raise ValueError(f"{describe(inputs)}: too few sessions ({len(order)}) to split into train and test at "
                          f"test fraction {test_fraction}")
@@ -66,8 +85,9 @@ def split_files(settings: Settings, inputs: Sequence[str | Path], labels_csv: st
     summary: dict[str, Any] = {
         "inputs": [str(p) for p in inputs], "sha256": file_fingerprint(inputs),
         "sessions": {"train": len(train_ids), "test": len(test_ids)}, "lines": counts,
+        "split": "interleaved" if interleave else "chronological",
         "test_starts_at": first_seen[test_ids[0]][0] if test_ids else None,
-        "train_ends_before": first_seen[test_ids[0]][0] if test_ids else None,
+        "train_ends_before": None if interleave else first_seen[test_ids[0]][0] if test_ids else None,
     }
     if labels is not None:
         for name, ids in (("train", train_ids), ("test", test_ids)):
