@@ -370,6 +370,7 @@ class Forwarder:
                 return False
             EVENTS_READ.inc(len(events))
             self.stats.events += len(events)
+            log.info("%d event(s) delivered as %d alert(s)", len(events), len(alerts))
         self._commit(records)
         return True
 

@@ -359,7 +359,7 @@ def alerts_forward(config: str | None, brokers: str | None, topic: str | None, g
     from streamer.http import StatusServer
 
     s = _settings(config)
-    _quiet_kafka()
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # -v shows the forwarder's own progress, not the client's
     try:
         sink = Alertmanager(alertmanager_url, timeout_s=timeout)
     except AlertsError as exc:
