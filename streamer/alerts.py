@@ -310,7 +310,7 @@ class Forwarder:
                  generator_url: str = "", backoff: Backoff = Backoff(), poll_timeout_ms: int = 1000,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  stop_event: threading.Event | None = None, rng: random.Random | None = None,
-                 commit_offsets: Callable[[Mapping[Any, int]], Any] | None = None) -> None:
+                 commit_offsets: Callable[[dict[tuple[str, int], int]], Any] | None = None) -> None:
         self.consumer, self.sink = consumer, sink
         self.resolve_after, self.generator_url, self.backoff = resolve_after, generator_url, backoff
         self.poll_timeout_ms, self.clock = poll_timeout_ms, clock

@@ -135,7 +135,7 @@ class DockerIgnore:
 # -- replay --------------------------------------------------------------------------------------------------------
 def context_files(repo: Path, ignore: DockerIgnore) -> list[str]:
     """Every file of the build context (the repository minus ``.dockerignore``), relative POSIX paths."""
-    out = []
+    out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(repo):
         base = Path(dirpath).relative_to(repo).as_posix()
         base = "" if base == "." else base + "/"

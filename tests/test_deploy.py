@@ -371,12 +371,13 @@ def test_alert_rules_fire_as_intended():
 
 @needs_amtool
 def test_alertmanager_config_and_routes():
-    cfg = str(REPO / "deploy" / "alertmanager.yml")
-    res = subprocess.run([AMTOOL, "check-config", cfg], capture_output=True, text=True, timeout=60)
+    assert AMTOOL is not None
+    amtool, cfg = AMTOOL, str(REPO / "deploy" / "alertmanager.yml")
+    res = subprocess.run([amtool, "check-config", cfg], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
 
     def route(*labels: str) -> set[str]:
-        res = subprocess.run([AMTOOL, "config", "routes", "test", "--config.file", cfg, *labels],
+        res = subprocess.run([amtool, "config", "routes", "test", "--config.file", cfg, *labels],
                              capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
         return set(res.stdout.strip().split(","))
