@@ -32,7 +32,11 @@ against the others; so correlated rules share the budget instead of adding up. E
 **What it promises** (``Promise``): the level, the sessions behind it, the share of calibration sessions flagged and
 a one-sided 95 % upper bound of the false-positive rate. A history too small for the target cannot vouch for it:
 the level is then ``1 / (n + 1)`` (a session must be stranger than every normal one on some rule), and a warning
-says so. A rule whose threshold sits at its ceiling can never fire; a warning names it.
+says so. A rule whose threshold sits at its ceiling can never fire; a warning names it. In a small history one
+normal session with a template of its own would put the novelty rules at their ceiling, and 1 of 50 says little:
+there an exact rule is turned off only when its count *shows* it breaks the target (the 95 % lower bound of its
+rate exceeds ``target_fpr``); otherwise it fires at its ceiling, the estimate counts what it flags, and a warning
+gives the rate and its bound.
 """
 
 from __future__ import annotations
@@ -80,21 +84,64 @@ def loo_pvalues(sample: Sequence[float] | np.ndarray) -> np.ndarray:
     return ge / n
 
 
+def chi2_lower(dof: int, p: float = 1 - CONFIDENCE) -> float:
+    """The ``p`` quantile of a chi-square law with ``dof`` degrees of freedom (Wilson-Hilferty; within 1 % for
+    ``dof`` >= 10, which is all ``tail_threshold`` asks of it)."""
+    z = -math.sqrt(2) * _erfinv(1 - 2 * p)  # the normal p quantile (p < 0.5: negative)
+    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+
+
+def _erfinv(y: float) -> float:
+    lo, hi = 0.0, 6.0
+    for _ in range(80):  # erf rises on [0, 6]; bisection is exact enough
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if math.erf(mid) < y else (lo, mid)
+    return (lo + hi) / 2
+
+
 def tail_threshold(sample: Sequence[float] | np.ndarray, rate: float) -> float:
-    """The value a normal session exceeds with probability ``rate``, extrapolated past the sample's largest values
-    by an exponential tail fitted to the excesses of the top ``k`` over the next one (peaks over threshold with a
-    generalised Pareto tail of shape 0, as SPOT does: Siffer et al., KDD 2017). For rates a small sample cannot show
-    by counting; ``nan`` below ``MIN_TAIL`` values."""
+    """The value a normal session exceeds with probability at most ``rate``, with 95 % confidence, extrapolated
+    past the sample's largest values by an exponential tail fitted to the excesses of the top ``k`` over the next
+    one (peaks over threshold with a generalised Pareto tail of shape 0, as SPOT does: Siffer et al., KDD 2017).
+
+    The tail's scale is the 95 % upper bound of the mean excess, not the mean excess itself: ``k`` exponential
+    excesses of scale ``beta`` sum to a Gamma(k, beta), so ``2 k mean / beta`` is chi-square with ``2 k`` degrees
+    of freedom. A point estimate from 10 excesses puts the threshold below the true quantile about half the time,
+    and the promise is a 95 % statement. For rates a small sample cannot show by counting; ``nan`` below
+    ``MIN_TAIL`` values."""
     x = np.sort(np.asarray(sample, dtype=np.float64))[::-1]
     n = x.size
     if n < MIN_TAIL:
         return math.nan
     k = max(5, n // 5)
     u = float(x[k])  # the (k+1)-th largest: the tail starts above it
-    beta = float(np.mean(x[:k] - u))
-    if beta <= 0:  # no spread in the tail: nothing to extrapolate
+    mean_excess = float(np.mean(x[:k] - u))
+    if mean_excess <= 0:  # no spread in the tail: nothing to extrapolate
         return float(x[0])
+    beta = 2 * k * mean_excess / chi2_lower(2 * k)
     return u + beta * math.log(k / (n * rate))
+
+
+def binomial_lower(k: int, n: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided Clopper-Pearson lower bound of a rate seen ``k`` times in ``n`` trials (0 when ``k`` is 0)."""
+    if k <= 0 or n <= 0:
+        return 0.0
+    if k >= n:
+        return (1 - confidence) ** (1 / n)
+
+    def at_least(p: float) -> float:  # P(X >= k) for X ~ Binomial(n, p); rises as p grows
+        lp, lq = math.log(p), math.log1p(-p)
+        return 1.0 - sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp
+                                  + (n - i) * lq) for i in range(k))
+
+    lo, hi = 0.0, k / n
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if mid <= 0.0 or at_least(mid) < 1 - confidence:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def binomial_upper(k: int, n: int, confidence: float = CONFIDENCE) -> float:
@@ -221,6 +268,7 @@ def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model
                         f"{target_fpr / max(1, len(graded)):.5f}; about {math.ceil(1 / target_fpr - 1)} normal "
                         "sessions are needed for the target")
     thresholds: dict[str, float] = {}
+    at_ceiling = np.zeros(n_e, dtype=bool)  # normal sessions an exact rule kept at its ceiling flags (small history)
     for s in (*exact, *model):
         t = conformal_threshold(s.values, level)
         if small and any(s is g for g in graded):
@@ -229,10 +277,30 @@ def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model
                 t = max(t, tail)
         if t >= s.ceiling:
             t = math.inf
-            at = int((s.values >= s.ceiling).sum())
-            warnings.append(f"rule {s.name} can never fire: {at} of {len(s.values)} normal sessions already reach "
-                            f"its ceiling ({s.ceiling:g}), more than level {level:.5f} allows")
+            top = s.values >= s.ceiling
+            at = int(top.sum())
+            if small and any(s is e for e in exact) and binomial_lower(at, len(s.values)) <= target_fpr:
+                # A small history cannot prove this rule safe, and it cannot prove it unsafe either: ``at`` of n
+                # sessions at the ceiling is consistent with a rate within the target. Turning the rule off would
+                # lose the evidence counting gives best (a template no normal session had); it stays on, and the
+                # estimate below counts the sessions it flags.
+                below = s.values[~top]
+                t = float(below.max()) if below.size else -math.inf
+                at_ceiling |= top
+                warnings.append(f"rule {s.name} fires at its ceiling ({s.ceiling:g}) although {at} of {len(s.values)} "
+                                f"normal sessions reach it (rate {at / len(s.values):.3f}, 95 % bound "
+                                f"{binomial_upper(at, len(s.values)):.3f}): {len(s.values)} sessions cannot show it "
+                                f"breaks target_fpr {target_fpr} (95 % lower bound "
+                                f"{binomial_lower(at, len(s.values)):.4f}), nor that it keeps it")
+            else:
+                warnings.append(f"rule {s.name} can never fire: {at} of {len(s.values)} normal sessions already "
+                                f"reach its ceiling ({s.ceiling:g}), more than level {level:.5f} allows")
         thresholds[s.name] = t
+    if at_ceiling.any():  # the sessions those rules flag join the estimate
+        flagged = (p_exact <= level) | at_ceiling
+        fe = int(flagged.sum())
+        fm = int(((p_model <= level) & ~flagged[rows]).sum()) if n_m else 0
+        est = fe / n_e + (fm / n_m if n_m else 0.0)
     upper = (binomial_upper(fe, n_e) if n_e else 0.0) + (binomial_upper(fm, n_m) if n_m else 0.0)
     if model and n_m and 1.0 / (n_m + 1) > level:
         warnings.append(f"the model rules rest on {n_m} sessions the model did not fit on: they can never fire at "

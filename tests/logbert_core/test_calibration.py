@@ -18,7 +18,9 @@ from logbert_core.calibration import (
     UNSEEN_TEMPLATE,
     NormalSession,
     RuleSample,
+    binomial_lower,
     binomial_upper,
+    chi2_lower,
     choose_level,
     conformal_threshold,
     exact_evidence,
@@ -78,9 +80,9 @@ def test_a_small_history_cannot_vouch_for_the_target_and_says_so():
     lv = choose_level([RuleSample("r", x)], [RuleSample(KEY_MISSES, x)], list(range(50)), 0.005)
     assert lv.promise.level == pytest.approx(1 / 51)
     assert lv.thresholds["r"] == 49.0  # an exact rule: stranger than every normal session
-    # a model rule: past every normal session, and past the tail of the top 10 (mean excess 5.5 over 39)
-    # extrapolated to 0.005
-    assert lv.thresholds[KEY_MISSES] == pytest.approx(39 + 5.5 * math.log(10 / (50 * 0.005)))
+    # a model rule: past every normal session, and past the tail of the top 10 (mean excess 5.5 over 39, scale
+    # at its 95 % upper bound: 20 * 5.5 / chi2(20 dof, 5 %) = 110 / 10.851) extrapolated to 0.005
+    assert lv.thresholds[KEY_MISSES] == pytest.approx(39 + 110 / 10.851 * math.log(10 / (50 * 0.005)), rel=1e-3)
     assert any("cannot vouch for target_fpr 0.005" in w and "199" in w for w in lv.promise.warnings)
     # a binary rule no normal session had stays on; too few values to fit a tail: past the largest
     lv = choose_level([RuleSample("b", np.zeros(50), 1.0)], [], [], 0.005)
@@ -90,14 +92,22 @@ def test_a_small_history_cannot_vouch_for_the_target_and_says_so():
 
 
 def test_an_extrapolated_tail_holds_the_rate_on_fresh_normals():
-    """50 sessions cannot count a 0.5 % rate; an exponential tail extrapolates to it (SPOT's peaks over threshold).
-    On exponential scores the threshold lands near the true quantile, averaged over many small histories."""
+    """50 sessions cannot count a 0.5 % rate; an exponential tail extrapolates to it (SPOT's peaks over threshold),
+    with its scale at a 95 % upper bound: on exponential scores the true rate past the threshold is within the
+    target in about 95 % of small histories (the point estimate managed about half)."""
     rng = np.random.default_rng(3)
     rates = []
-    for _ in range(200):
+    for _ in range(400):
         lv = choose_level([], [RuleSample(KEY_MISSES, rng.exponential(size=50))], list(range(50)), 0.005)
         rates.append(math.exp(-lv.thresholds[KEY_MISSES]))  # P(X > t) for X ~ Exp(1)
-    assert 0.002 < float(np.mean(rates)) < 0.012
+    held = float(np.mean(np.array(rates) <= 0.005))
+    assert 0.9 <= held <= 0.99
+    assert float(np.mean(rates)) < 0.005
+
+
+def test_chi2_quantile_matches_tables():
+    for dof, q in ((10, 3.940), (20, 10.851), (40, 26.509), (100, 77.929)):
+        assert chi2_lower(dof) == pytest.approx(q, rel=0.01)
 
 
 def test_a_rule_at_its_ceiling_is_off_and_named():
@@ -109,6 +119,37 @@ def test_a_rule_at_its_ceiling_is_off_and_named():
     rare = np.array([1.0] * 2 + [0.0] * 998)  # 0.2 %: fits in the budget, and fires on any new session that has it
     lv = choose_level([RuleSample("novel", rare, 1.0)], [], [], 0.01)
     assert lv.thresholds["novel"] == 0.0
+
+
+def test_a_small_history_turns_a_rule_off_only_when_it_shows_it_breaks_the_target():
+    """50 sessions, target 0.5 %: one session with a template of its own (1 of 50: 95 % lower bound 0.001) cannot
+    show the novelty rule breaks the target, so the rule fires at its ceiling and the estimate counts that session;
+    three of 50 (lower bound 0.017) can, and the rule is off. A large history keeps the counting rule."""
+    one = np.array([1.0] + [0.0] * 49)
+    lv = choose_level([RuleSample("novel", one, 1.0)], [], [], 0.005)
+    assert lv.thresholds["novel"] == 0.0 and "novel" in lv.promise.rules
+    assert lv.promise.flagged == 1 and lv.promise.fpr == pytest.approx(0.02)
+    assert lv.promise.fpr_upper == pytest.approx(binomial_upper(1, 50))
+    assert any("rule novel fires at its ceiling" in w and "1 of 50" in w for w in lv.promise.warnings)
+    # graded evidence: the ceiling sessions are set aside, the rule fires past every other normal session
+    graded = choose_level([RuleSample("rare", np.array([5.0, *np.arange(49.0) / 49]), 5.0)], [], [], 0.005)
+    assert graded.thresholds["rare"] == pytest.approx(48 / 49)
+    three = np.array([1.0] * 3 + [0.0] * 47)
+    lv = choose_level([RuleSample("novel", three, 1.0)], [], [], 0.005)
+    assert math.isinf(lv.thresholds["novel"]) and "novel" not in lv.promise.rules
+    assert any("rule novel can never fire" in w for w in lv.promise.warnings)
+    big = np.array([1.0] * 10 + [0.0] * 990)  # 1 %: enough sessions to count it, and it breaks a 0.5 % target
+    assert math.isinf(choose_level([RuleSample("novel", big, 1.0)], [], [], 0.005).thresholds["novel"])
+
+
+def test_binomial_bounds_match_clopper_pearson():
+    # closed forms at the edges: k = 0 -> upper 1 - 0.05^(1/n); k = 1 -> lower 1 - 0.95^(1/n); k = n -> lower 0.05^(1/n)
+    assert binomial_lower(0, 50) == 0.0
+    assert binomial_lower(1, 50) == pytest.approx(1 - 0.95 ** (1 / 50), rel=1e-6)
+    assert binomial_upper(0, 50) == pytest.approx(1 - 0.05 ** (1 / 50), rel=1e-6)
+    assert binomial_lower(50, 50) == pytest.approx(0.05 ** (1 / 50), rel=1e-6)
+    for k, n in ((2, 50), (30, 5000), (4, 17)):
+        assert binomial_lower(k, n) < k / n < binomial_upper(k, n)
 
 
 def test_model_rules_on_a_slice_too_small_for_the_level_are_named():
