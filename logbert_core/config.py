@@ -89,6 +89,16 @@ class SessionSection(_Section):
     # other rules, holds a premature_end verdict until the log has gone on this long without the session, and
     # drops it if the session comes back first.
     rest_horizon_s: float | None = Field(default=None, gt=0)
+    # Key floods (docs/operations.md, "Limits of logad run"). At most max_open sessions are open under one Redis
+    # prefix (namespace and bundle, every worker together; 0: no cap). A line that would open one more is refused:
+    # it goes to the dead-letter topic with reason session_cap, and the sessions already open keep their windows.
+    max_open: int = Field(default=100_000, ge=0)
+    # A closed session's keys are kept this long after it closes (not ttl_s): a replayed line of it must stay a
+    # no-op, and a session that comes back continues its window as training saw it (normal HDFS blocks rest up to
+    # ~7 h between write and delete); never longer than ttl_s. At most max_closed closed sessions are kept (0: no
+    # cap); past it the ones closed longest ago are forgotten first, never one closed within the replay horizon.
+    closed_ttl_s: int = Field(default=28_800, gt=0)
+    max_closed: int = Field(default=1_000_000, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> SessionSection:
@@ -184,7 +194,9 @@ class ScoringSection(_Section):
     # the false-positive rate on normal sessions that the whole decision may spend (logbert_core.calibration)
     target_fpr: float = Field(default=0.005, gt=0, lt=1)
     novel_template: bool = True  # a template never seen in training flags the window
-    novel_template_set: bool = True  # templates that never occurred together in a normal training window flag it
+    # templates that never occurred together in a normal training window flag it; not for field_window sessions
+    # (a clock window's set is where the clock cut, not a lifecycle)
+    novel_template_set: bool = True
     rare_template: bool = True  # a template rarer in normal training windows than the calibrated rarity flags it
     use_distance: bool = True  # the hypersphere distance also decides
     # A session that goes quiet where normal sessions keep going (judge.RestStats) flags its closing window. Not
@@ -219,6 +231,13 @@ class DetectorSection(_Section):
     # 10M-line soak, RSS stepped from 381 to 490 MB and stayed there; with a trim every 5 s it stayed at 325-351 MB.
     # A trim takes 1-2 ms (at most 17 ms there), on a thread of its own that holds no Python lock.
     malloc_trim_interval_s: float = Field(default=5.0, ge=0)
+    # At most this many anomaly events per minute (by the minute their window was cut), for every worker of the
+    # namespace together (0: no limit). The first window past it publishes one storm summary instead; the rest are
+    # counted (logad_anomalies_suppressed_total), acknowledged and committed like published ones.
+    max_events_per_minute: int = Field(default=600, ge=0)
+    # GET /health answers 503 once an outage (or a stall of the loop and the scorer) has lasted this fraction of
+    # outage_budget_s, so that an orchestrator restarts a worker stuck where its own budget cannot see.
+    health_fraction: float = Field(default=0.5, gt=0, le=1)
 
 
 class KafkaSection(_Section):
@@ -248,6 +267,9 @@ class KafkaSection(_Section):
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None  # client certificate (mutual TLS)
     ssl_keyfile: str | None = None
+    # How long one publish waits for the broker's acknowledgements before it is retried (None: outage_budget_s / 5,
+    # at most 30 s). At most a quarter of detector.outage_budget_s.
+    request_timeout_s: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaSection:
@@ -273,6 +295,10 @@ class KafkaSection(_Section):
 class RedisSection(_Section):
     url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)  # may carry a password: never logged
     namespace: str = "logad"
+    # One Redis call may hang this long (None: detector.outage_budget_s / 5, at most 5 s). At most a quarter of
+    # detector.outage_budget_s, so that the budget is spent on retries, not on one hung socket.
+    socket_timeout_s: float | None = Field(default=None, gt=0)
+    memory_poll_s: float = Field(default=15.0, ge=0)  # INFO memory -> logad_redis_used_memory_bytes (0: never)
 
     @field_validator("url")
     @classmethod
@@ -343,6 +369,32 @@ class Settings(BaseSettings):
         # LineFormat knows which named groups of log.line_regex the timestamp, the content and the session need
         self.line_format()
         return self
+
+    @model_validator(mode="after")
+    def _check_outage_budget(self) -> Settings:
+        budget = self.detector.outage_budget_s
+        for name, value in (("redis.socket_timeout_s", self.redis.socket_timeout_s),
+                            ("kafka.request_timeout_s", self.kafka.request_timeout_s)):
+            if value is not None and value > budget / 4:
+                raise ValueError(f"{name} ({value:g}) must be at most a quarter of detector.outage_budget_s "
+                                 f"({budget:g}): one hung call would spend the budget; lower it or leave it unset "
+                                 "(budget / 5)")
+        if self.session.closed_ttl_s < self.replay_horizon_s():
+            raise ValueError(f"session.closed_ttl_s ({self.session.closed_ttl_s}) must be at least "
+                             f"{self.replay_horizon_s():.0f} s (detector.outage_budget_s + kafka.session_timeout_ms "
+                             "+ 300 s max poll interval): a line replayed after its session closed must find it")
+        return self
+
+    def replay_horizon_s(self) -> float:
+        """How long after it was stored a line may be read again: its worker gives up past the outage budget, or
+        stalls up to the max poll interval (300 s in both clients), then the group's session times out."""
+        return self.detector.outage_budget_s + self.kafka.session_timeout_ms / 1000 + 300
+
+    def redis_socket_timeout_s(self) -> float:
+        return self.redis.socket_timeout_s or min(5.0, self.detector.outage_budget_s / 5)
+
+    def kafka_request_timeout_s(self) -> float:
+        return self.kafka.request_timeout_s or min(30.0, self.detector.outage_budget_s / 5)
 
     # -- derived objects ------------------------------------------------------------------------------------------
     def line_format(self) -> LineFormat:

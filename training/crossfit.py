@@ -122,8 +122,13 @@ def fit_decision(settings: Settings, cfg: LogBERTConfig, order: Sequence[str], n
                 f"(more than train.crossfit_max_sessions = {s.train.crossfit_max_sessions} normal sessions)")
     fold_seconds = time.perf_counter() - t0
     sc = s.scoring
+    # The set rule judges lifecycles: a session that does something no normal one did, or stops part-way. A clock
+    # window (field_window) is a cut at the clock, and a set of templates no normal window had is a new cut, not a
+    # new behaviour; its count also grows with the lines a window holds, which calibration cannot see when the
+    # windows it judges are longer than the history's.
+    set_rule = sc.novel_template_set and s.session.kind != "field_window"
     cal = calibrated_judge(scorer, normal, model_rows, model_scores, target_fpr=sc.target_fpr,
-                           novel_template=sc.novel_template, novel_template_set=sc.novel_template_set,
+                           novel_template=sc.novel_template, novel_template_set=set_rule,
                            use_distance=sc.use_distance, rare_template=sc.rare_template, rest=rest)
     split = {"fit": len(train_ids), "val": len(val_ids), "calib": len(model_rows), "normal": len(order)}
     return FittedDecision(result, cal, mode, split, fold_seconds)

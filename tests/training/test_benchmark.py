@@ -53,4 +53,22 @@ def test_benchmark_refuses_an_unknown_suite(tmp_path: Path) -> None:
 
 def test_every_suite_but_the_smallest_has_a_small_history_variant() -> None:
     assert SMALL_HISTORY == 50
-    assert {n for n, (_, _, small) in SUITES.items() if small} == {"hdfs_raw", "hdfs_sequences", "bgl_raw"}
+    assert {n for n, (_, _, small) in SUITES.items() if small} == {"hdfs_raw", "hdfs_sequences", "bgl_raw",
+                                                                   "bgl_same_period"}
+
+
+def test_an_interleaved_split_deals_every_block_of_ten(tmp_path: Path) -> None:
+    """``interleave``: sessions in order of their first line, the last 3 of every 10 to the test; the training
+    part keeps the rest, and no session is in both."""
+    from logbert_core.config import load_settings
+    from training.split import split_files
+
+    log = tmp_path / "bgl.log"
+    rows = [f"- {1117838570 + 600 * i} 2005.06.03 R0{i % 10}-M1-N0-C:J12-U11 2005-06-03-15.42.50.675872 "
+            f"R0{i % 10}-M1-N0-C:J12-U11 RAS KERNEL INFO line {i}" for i in range(40)]
+    log.write_text("\n".join(rows) + "\n")
+    settings = load_settings(Path(__file__).resolve().parents[2] / "config" / "bgl.toml")
+    out = split_files(settings, [log], None, 0.3, tmp_path / "parts", interleave=True)
+    assert out["split"] == "interleaved" and out["sessions"] == {"train": 28, "test": 12}
+    test = (tmp_path / "parts" / "test.log").read_text().splitlines()
+    assert [r.split()[-1] for r in test] == [str(i) for i in range(40) if i % 10 >= 7]
