@@ -13,6 +13,10 @@ Layout under the prefix ``<namespace>:<bundle version>`` (``P``):
     P:ends          ZSET   closed session -> log timestamp of its last line: a ``premature_end`` verdict held until
                            the log has gone on past it for the rest horizon (``WindowStore.hold_ends``)
     P:ends:ev       HASH   closed session -> the held anomaly event (JSON), published once the quiet is seen
+    P:closed        ZSET   closed session -> wall-clock ms of its close: the oldest are forgotten first past max_closed
+    P:rate:<minute> HASH   anomaly event id -> "cut_ms|reasons": the events published for windows cut in that minute
+                           (at most the per-minute limit; ``WindowStore.rate``)
+    P:storm:<min.>  STRING id of the event that tripped the limit in that minute: a storm summary is published once
 
 Invariants the Lua scripts keep (each script runs atomically, one round trip per batch):
 
@@ -24,7 +28,12 @@ Invariants the Lua scripts keep (each script runs atomically, one round trip per
   ``P:pending`` only when that worker has published its verdict (``ack``). If the worker dies, the lease runs out and
   the next ``sweep`` of any worker claims it, so no window is lost and none is scored by two workers at once.
 * Closing a session is claimed atomically (``ZREM`` from ``P:idle`` inside the script): exactly one worker closes it.
-  A closed session keeps its entries until its TTL runs out, so a replay of its lines is still a no-op.
+  A closed session keeps its entries for ``closed_ttl_s`` after its close (or until it is among the oldest past
+  ``max_closed``, never within ``protect_ms`` of its close), so a replay of its lines is still a no-op, and a session
+  that comes back continues its window.
+* At most ``max_open`` sessions are open (in ``P:idle``) under the prefix. An entry that would open one more is not
+  stored and its index is returned (refused); an entry already stored (a replay) is never refused. Sessions that
+  are open are never refused.
 * The window id is derived from the session, the window's position and its members: a re-cut after a crash gives
   the same id, which is the anomaly event's id.
 * A held ``premature_end`` verdict is dropped by the append that brings its session back (the session did not
@@ -62,7 +71,8 @@ end
 
 _APPEND = _CUT + r"""
 -- KEYS: none (all keys derive from the prefix; the store is used with one Redis node or hash tags in P)
--- ARGV: prefix, now_ms, max_len, stride, ttl_s, lease_ms, novel_cap, n, then n x (session, ts, member, unseen text)
+-- ARGV: prefix, now_ms, max_len, stride, ttl_s, lease_ms, novel_cap, max_open, n, then n x (session, ts, member,
+-- unseen text)
 local p = ARGV[1]
 local now = tonumber(ARGV[2])
 local max_len = tonumber(ARGV[3])
@@ -70,16 +80,41 @@ local stride = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
 local lease = tonumber(ARGV[6])
 local novel_cap = tonumber(ARGV[7])
-local n = tonumber(ARGV[8])
+local max_open = tonumber(ARGV[8])
+local n = tonumber(ARGV[9])
 local added = {}
 local order = {}
 local novel_new, novel_capped, resumed = 0, 0, 0
+-- admission (max_open > 0): 'open' = in P:idle before this batch; 'new' = admitted now; 'full' = refused
+local admit = {}
+local open_now = 0
+if max_open > 0 then open_now = redis.call('ZCARD', p .. ':idle') end
+local refused = {}
 for i = 0, n - 1 do
-  local sid = ARGV[9 + 4 * i]
-  local ts = ARGV[10 + 4 * i]
-  local mem = ARGV[11 + 4 * i]
-  local txt = ARGV[12 + 4 * i]
-  local r = redis.call('ZADD', p .. ':s:' .. sid, 'NX', ts, mem)
+  local sid = ARGV[10 + 4 * i]
+  local ts = ARGV[11 + 4 * i]
+  local mem = ARGV[12 + 4 * i]
+  local txt = ARGV[13 + 4 * i]
+  local r = 0
+  if max_open > 0 and admit[sid] == nil then
+    if redis.call('ZSCORE', p .. ':idle', sid) then
+      admit[sid] = 'open'
+    else
+      admit[sid] = 'maybe'  -- opens with its first new entry, if there is room then
+    end
+  end
+  if admit[sid] == 'full' or (admit[sid] == 'maybe' and open_now >= max_open) then
+    admit[sid] = 'full'
+    if not redis.call('ZSCORE', p .. ':s:' .. sid, mem) then
+      refused[#refused + 1] = i  -- a replayed entry (already stored) is a no-op, not a refusal
+    end
+  else
+    r = redis.call('ZADD', p .. ':s:' .. sid, 'NX', ts, mem)
+    if r == 1 and admit[sid] == 'maybe' then
+      admit[sid] = 'new'
+      open_now = open_now + 1
+    end
+  end
   if added[sid] == nil then
     added[sid] = 0
     order[#order + 1] = sid
@@ -110,9 +145,12 @@ for _, sid in ipairs(order) do
     local st = redis.call('HMGET', mk, 'start', 'covered', 'closed')
     local start = tonumber(st[1]) or 0
     local covered = tonumber(st[2]) or 0
-    if st[3] == '1' and redis.call('ZREM', p .. ':ends', sid) == 1 then
-      redis.call('HDEL', p .. ':ends:ev', sid)  -- it came back: the stop held for it did not happen
-      resumed = resumed + 1
+    if st[3] ~= '0' then  -- closed, or its keys are gone (forgotten or expired): it opens again
+      redis.call('ZREM', p .. ':closed', sid)
+      if redis.call('ZREM', p .. ':ends', sid) == 1 then
+        redis.call('HDEL', p .. ':ends:ev', sid)  -- it came back: the stop held for it did not happen
+        resumed = resumed + 1
+      end
     end
     local cnt = redis.call('ZCARD', sk)
     while cnt - start >= max_len do
@@ -127,7 +165,7 @@ for _, sid in ipairs(order) do
     if redis.call('EXISTS', uk) == 1 then redis.call('EXPIRE', uk, ttl) end
   end
 end
-return {new_entries, out, novel_new, novel_capped, resumed}
+return {new_entries, out, novel_new, novel_capped, resumed, refused}
 """
 
 _HOLD = r"""
@@ -163,13 +201,16 @@ return dropped
 """
 
 _SWEEP = _CUT + r"""
--- ARGV: prefix, now_ms, idle_before_ms, lease_ms, limit, ttl_s
+-- ARGV: prefix, now_ms, idle_before_ms, lease_ms, limit, ttl_s, closed_ttl_s, max_closed, protect_ms
 local p = ARGV[1]
 local now = tonumber(ARGV[2])
 local idle_before = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
 local limit = tonumber(ARGV[5])
 local ttl = tonumber(ARGV[6])
+local closed_ttl = tonumber(ARGV[7])
+local max_closed = tonumber(ARGV[8])
+local protect = tonumber(ARGV[9])
 local out = {}
 local closed = 0
 local expired = 0
@@ -193,10 +234,30 @@ for _, sid in ipairs(due) do
         covered = cnt
       end
       redis.call('HSET', mk, 'covered', covered, 'closed', 1)
+      -- kept for replays and for a return, closed_ttl_s from now (the keys of an open session live ttl_s)
+      redis.call('ZADD', p .. ':closed', now, sid)
+      redis.call('EXPIRE', sk, closed_ttl)
+      redis.call('EXPIRE', mk, closed_ttl)
+      redis.call('EXPIRE', p .. ':u:' .. sid, closed_ttl)
     end
   end
 end
 local more = #due >= limit
+-- closed sessions: forget the ones whose keys expired; past max_closed, the oldest closed (not within protect_ms)
+redis.call('ZREMRANGEBYSCORE', p .. ':closed', '-inf', '(' .. (now - closed_ttl * 1000))
+local evicted = 0
+if max_closed > 0 then
+  local excess = redis.call('ZCARD', p .. ':closed') - max_closed
+  if excess > 0 then
+    local old = redis.call('ZRANGEBYSCORE', p .. ':closed', '-inf', now - protect, 'LIMIT', 0, math.min(excess, limit))
+    for _, sid in ipairs(old) do
+      redis.call('DEL', p .. ':s:' .. sid, p .. ':m:' .. sid, p .. ':u:' .. sid)
+      redis.call('ZREM', p .. ':closed', sid)
+      evicted = evicted + 1
+    end
+    if #old >= limit then more = true end
+  end
+end
 -- windows whose lease ran out (their worker died or stalled): claim them for this worker
 local stale = redis.call('ZRANGEBYSCORE', p .. ':pending', '-inf', now, 'LIMIT', 0, limit)
 for _, id in ipairs(stale) do
@@ -209,7 +270,39 @@ for _, id in ipairs(stale) do
   end
 end
 if #stale >= limit then more = true end
-return {closed, out, more and 1 or 0, expired}
+return {closed, out, more and 1 or 0, expired, evicted}
+"""
+
+_RATE = r"""
+-- ARGV: prefix, limit, ttl_s, n, then n x (event id, minute, cut_ms, reasons). Per event: 1 = publish; 0 = over the
+-- minute's limit; 2 = over it, and the first such event of a storm: its place takes the storm summary. A replay gets
+-- the same answers while the minute's keys live: the published set is fixed once full.
+local p = ARGV[1]
+local limit = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local out = {}
+for i = 0, n - 1 do
+  local id, minute = ARGV[5 + 4 * i], tonumber(ARGV[6 + 4 * i])
+  local rk = p .. ':rate:' .. minute
+  if redis.call('HEXISTS', rk, id) == 1 then
+    out[#out + 1] = 1
+  elseif redis.call('HLEN', rk) < limit then
+    redis.call('HSET', rk, id, ARGV[7 + 4 * i] .. '|' .. ARGV[8 + 4 * i])
+    redis.call('EXPIRE', rk, ttl)
+    out[#out + 1] = 1
+  else
+    local sk = p .. ':storm:' .. minute
+    redis.call('SET', sk, id, 'NX', 'EX', ttl)
+    -- a storm that went on from the minute before was summarised then
+    if redis.call('GET', sk) == id and redis.call('EXISTS', p .. ':storm:' .. (minute - 1)) == 0 then
+      out[#out + 1] = 2
+    else
+      out[#out + 1] = 0
+    end
+  end
+end
+return out
 """
 
 
@@ -265,6 +358,7 @@ class AppendResult:
     novel_templates: int = 0  # new templates this batch registered first (any worker sees the same ids)
     novel_capped: int = 0  # lines whose new template was not registered because the registry is full
     resumed: int = 0  # closed sessions that came back while a premature_end verdict was held for them (dropped)
+    refused: tuple[int, ...] = ()  # indices of the entries refused because max_open sessions were open
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +367,7 @@ class SweepResult:
     windows: list[CutWindow]
     more: bool = False  # the sweep stopped at its limit: more sessions may be due now
     expired: int = 0  # closed sessions whose entries had expired (session.ttl_s) before the sweep: nothing to cut
+    evicted: int = 0  # closed sessions forgotten because more than max_closed were kept
 
 
 class PendingAppend:
@@ -290,7 +385,11 @@ class WindowStore:
     """Session windows in Redis; every method is one round trip."""
 
     def __init__(self, client: redis.Redis, prefix: str, max_len: int, stride: int, ttl_s: int,
-                 lease_ms: int, novel_cap: int = 10_000) -> None:
+                 lease_ms: int, novel_cap: int = 10_000, *, max_open: int = 0, closed_ttl_s: int | None = None,
+                 max_closed: int = 0, protect_ms: int = 0) -> None:
+        """``max_open``: cap on open sessions (0: none); ``closed_ttl_s``: how long a closed session's keys are kept
+        (None or more than ``ttl_s``: ``ttl_s``); ``max_closed``: cap on closed sessions kept (0: none), evicting
+        the oldest closed more than ``protect_ms`` ago."""
         if not 0 < stride <= max_len:
             raise ValueError(f"stride must be in (0, max_len={max_len}], got {stride}")
         self.r = client
@@ -300,10 +399,15 @@ class WindowStore:
         self.ttl_s = ttl_s
         self.lease_ms = lease_ms
         self.novel_cap = novel_cap
+        self.max_open = max_open
+        self.closed_ttl_s = min(closed_ttl_s or ttl_s, ttl_s)
+        self.max_closed = max_closed
+        self.protect_ms = protect_ms
         self._append = client.register_script(_APPEND)
         self._sweep = client.register_script(_SWEEP)
         self._hold = client.register_script(_HOLD)
         self._drop = client.register_script(_DROP)
+        self._rate = client.register_script(_RATE)
 
     def append(self, entries: Sequence[Entry], now_ms: int) -> AppendResult:
         """Add entries (idempotent) and cut the windows that became full; they are leased to the caller."""
@@ -354,16 +458,16 @@ class WindowStore:
 
     def _argv(self, entries: Sequence[Entry], now_ms: int) -> list[str | int | float]:
         argv: list[str | int | float] = [self.prefix, now_ms, self.max_len, self.stride, self.ttl_s, self.lease_ms,
-                                         self.novel_cap, len(entries)]
+                                         self.novel_cap, self.max_open, len(entries)]
         for e in entries:
             argv += (e.session_id, repr(e.timestamp), e.member, e.unseen_text)
         return argv
 
     @staticmethod
     def _result(reply: Any) -> AppendResult:
-        new, payloads, novel, capped, resumed = reply
+        new, payloads, novel, capped, resumed, refused = reply
         return AppendResult(int(new), [CutWindow.from_payload(p) for p in payloads], int(novel), int(capped),
-                            int(resumed))
+                            int(resumed), tuple(int(i) for i in refused))
 
     def novel_templates(self) -> dict[str, tuple[str, int]]:
         """The shared registry of templates the model never saw: id -> (masked text, distinct lines)."""
@@ -375,9 +479,11 @@ class WindowStore:
 
     def sweep(self, now_ms: int, idle_ms: int, limit: int = 1000) -> SweepResult:
         """Close sessions idle for ``idle_ms`` (cutting their last window) and claim windows whose lease ran out."""
-        closed, payloads, more, expired = self._sweep(
-            keys=[], args=[self.prefix, now_ms, now_ms - idle_ms, self.lease_ms, limit, self.ttl_s])
-        return SweepResult(int(closed), [CutWindow.from_payload(p) for p in payloads], bool(more), int(expired))
+        closed, payloads, more, expired, evicted = self._sweep(
+            keys=[], args=[self.prefix, now_ms, now_ms - idle_ms, self.lease_ms, limit, self.ttl_s, self.closed_ttl_s,
+                           self.max_closed, self.protect_ms])
+        return SweepResult(int(closed), [CutWindow.from_payload(p) for p in payloads], bool(more), int(expired),
+                           int(evicted))
 
     def ack(self, window_ids: Sequence[str]) -> None:
         """The windows' verdicts are published: drop them from ``P:pending``."""
@@ -432,6 +538,28 @@ class WindowStore:
         for sid in session_ids:
             pipe.exists(f"{self.prefix}:s:{sid}")
         return {sid for sid, n in zip(session_ids, pipe.execute()) if n}
+
+    def rate(self, events: Sequence[tuple[str, int, str]], limit: int, ttl_s: int) -> list[int]:
+        """Admit anomaly events ``(event id, cut_ms, reasons)`` under ``limit`` per minute of ``cut_ms``, for every
+        worker of the prefix: per event 1 (publish), 0 (suppressed) or 2 (suppressed, and it starts a storm)."""
+        if not events:
+            return []
+        argv: list[str | int] = [self.prefix, limit, ttl_s, len(events)]
+        for event_id, cut_ms, reasons in events:
+            argv += (event_id, cut_ms // 60_000, cut_ms, reasons)
+        return [int(x) for x in self._rate(keys=[], args=argv)]
+
+    def rate_minute(self, minute: int) -> tuple[str | None, list[tuple[int, str]]]:
+        """The storm's first event id and the events published in ``minute``: ``(cut_ms, reasons)``."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(f"{self.prefix}:storm:{minute}")
+        pipe.hvals(f"{self.prefix}:rate:{minute}")
+        trip, vals = pipe.execute()
+        out = []
+        for v in vals:
+            cut, _, reasons = v.decode().partition("|")
+            out.append((int(cut), reasons))
+        return (trip.decode() if trip else None), sorted(out)
 
     def held_ends(self) -> int:
         return int(self.r.zcard(f"{self.prefix}:ends"))

@@ -227,3 +227,70 @@ def test_a_session_that_expired_before_its_sweep_is_counted_and_leaves_no_key(re
     assert [w.session_id for w in res.windows] == ["blk_kept"]
     assert list(r.scan_iter(f"{prefix}:*blk_gone*")) == []
     assert all(r.ttl(k) > 0 for k in r.scan_iter(f"{prefix}:*blk_kept*"))
+
+
+# -- key floods: open sessions capped, closed sessions kept for replays and returns, events per minute -------------
+def capped_store(url: str, **kw) -> WindowStore:
+    return WindowStore(redis.Redis.from_url(url), f"p{uuid.uuid4().hex}", max_len=8, stride=4, ttl_s=3600,
+                       lease_ms=60_000, **kw)
+
+
+def test_past_max_open_new_sessions_are_refused_and_open_ones_go_on(redis_url):
+    store = capped_store(redis_url, max_open=2)
+    first = store.append(lines_of(2, "blk_a") + lines_of(1, "blk_b"), now_ms=1_000)
+    assert first.refused == () and store.open_sessions() == 2
+    flood = [Entry(f"blk_f{i}", 1.0, member(4, f"flood {i}")) for i in range(3)]
+    batch = lines_of(3, "blk_a")[2:] + flood + lines_of(2, "blk_b")[1:]  # open ones go on amid the flood
+    got = store.append(batch, now_ms=2_000)
+    assert got.refused == (1, 2, 3) and got.new_entries == 2 and store.open_sessions() == 2
+    assert store.known_sessions([e.session_id for e in flood]) == set()
+    # a replay of stored lines is never refused, even at the cap
+    assert store.append(lines_of(2, "blk_a"), now_ms=3_000).refused == ()
+    # once a session closes there is room again: the refused line, read again from the dead-letter topic, goes in
+    store.sweep(now_ms=10_000, idle_ms=1_000)
+    assert store.open_sessions() == 0
+    assert store.append(flood[:2], now_ms=11_000).refused == () and store.open_sessions() == 2
+    again = store.append(flood[2:] + lines_of(4, "blk_b")[3:], now_ms=11_000)  # a closed one reopening counts too
+    assert again.refused == (0, 1) and store.open_sessions() == 2
+
+
+def test_a_closed_session_is_kept_for_closed_ttl_and_the_oldest_past_max_closed_are_forgotten(redis_url):
+    store = capped_store(redis_url, closed_ttl_s=600, max_closed=2, protect_ms=5_000)
+    r = store.r
+    for i, t in enumerate((1_000, 2_000, 3_000, 4_000)):
+        store.append(lines_of(2, f"blk_{i}"), now_ms=t)
+    assert all(r.ttl(k) > 600 for k in r.scan_iter(f"{store.prefix}:s:*"))  # open: ttl_s (3600)
+    res = store.sweep(now_ms=10_000, idle_ms=1_000)  # all four close; none closed 5 s ago yet: none forgotten
+    assert res.closed_sessions == 4 and res.evicted == 0
+    assert all(0 < r.ttl(k) <= 600 for k in r.scan_iter(f"{store.prefix}:[sm]:*"))
+    assert store.append(lines_of(2, "blk_0"), now_ms=11_000).new_entries == 0  # a replay is still a no-op
+    later = store.sweep(now_ms=16_000, idle_ms=1_000)
+    assert later.evicted == 2 and r.zcard(f"{store.prefix}:closed") == 2
+    assert len(store.known_sessions([f"blk_{i}" for i in range(4)])) == 2
+    # a session that comes back leaves the closed set, and is never forgotten while open
+    store.append(lines_of(3, "blk_3")[2:], now_ms=17_000)
+    assert r.zcard(f"{store.prefix}:closed") == 1 and store.open_sessions() == 1
+
+
+def test_a_held_stop_is_dropped_when_its_forgotten_session_comes_back(redis_url):
+    store = capped_store(redis_url, max_closed=1)
+    store.append(lines_of(2, "blk_a"), now_ms=1_000)
+    (w,) = store.sweep(now_ms=5_000, idle_ms=1_000).windows
+    assert store.hold_ends([(w, "ev")]) == 1
+    store.r.delete(f"{store.prefix}:s:blk_a", f"{store.prefix}:m:blk_a")  # forgotten (or expired)
+    back = store.append(lines_of(3, "blk_a")[2:], now_ms=6_000)
+    assert back.resumed == 1 and store.held_ends() == 0
+
+
+def test_events_past_the_limit_of_their_minute_are_suppressed_and_one_starts_a_storm(redis_url):
+    store = capped_store(redis_url)
+    minute = 29_000_000 * 60_000  # cut times, in ms
+    events = [(f"e{i}", minute + i, "unseen_template") for i in range(5)]
+    assert store.rate(events, limit=3, ttl_s=600) == [1, 1, 1, 2, 0]
+    assert store.rate(events[::-1], limit=3, ttl_s=600) == [0, 2, 1, 1, 1]  # a replay: the same answers
+    trip, published = store.rate_minute(minute // 60_000)
+    assert trip == "e3" and published == [(minute + i, "unseen_template") for i in range(3)]
+    nxt = [(f"n{i}", minute + 60_000 + i, "x") for i in range(5)]
+    assert store.rate(nxt, limit=3, ttl_s=600) == [1, 1, 1, 0, 0]  # the storm goes on: no second summary
+    later = [(f"l{i}", minute + 180_000 + i, "x") for i in range(5)]
+    assert store.rate(later, limit=3, ttl_s=600) == [1, 1, 1, 2, 0]  # a quiet minute between: a new storm
