@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -24,6 +25,13 @@ class _DefaultToTrain(click.Group):
         if i < len(args) and args[i].startswith("-") and args[i] not in ("--help", "-h"):
             args = [*args[:i], "train", *args[i:]]
         return super().parse_args(ctx, args)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _settings(config: str | None) -> Settings:
@@ -113,6 +121,12 @@ def main(verbose: bool) -> None:
     """Offline jobs: build a model bundle from historical logs, split data chronologically."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # evaluation (average precision, PCA and isolation-forest baselines) and the report's plots need the train
+    # extra; the detector's image leaves it out
+    missing = [m for m in ("sklearn", "matplotlib") if not _installed(m)]
+    if missing:
+        raise click.ClickException(f"logad-train needs {', '.join(missing)}, which the detector's install leaves "
+                                   "out: pip install 'logad[train]'")
 
 
 @main.command()
@@ -346,6 +360,46 @@ def benchmark(shared: str, only: str, no_small: bool, out_dir: str) -> None:
         raise click.ClickException(str(exc)) from exc
     click.echo(markdown(results))
     click.echo(f"written to {out_dir}/benchmark.md and benchmark.json")
+
+
+@main.command("parser-check")
+@click.option("--loghub", "loghub", type=click.Path(exists=True, file_okay=False), default="../shared/data/loghub",
+              show_default=True, help="Folder of Loghub systems (<System>/<System>_2k.log and its _templates.csv).")
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Settings whose parser section is checked (default: the defaults a new log family gets).")
+@click.option("--sim-th", "sim_th", default="", help="Comma-separated similarity thresholds to compare, with the "
+                                                     "config's masks (default: the config's own).")
+@click.option("--no-masks", is_flag=True, help="Compare without the config's masks as well.")
+@click.option("--only", default="", help="Comma-separated system names (default: every folder).")
+def parser_check(loghub: str, config: str | None, sim_th: str, no_masks: bool, only: str) -> None:
+    """How well the parser groups lines, against Loghub's reference templates (grouping accuracy).
+
+    Each line's content is taken from where its reference template matches, as a correct log.line_regex would
+    give it; the figure is the share of lines grouped exactly as the reference groups them.
+    """
+    from dataclasses import replace
+
+    from training.parsercheck import check, markdown, read_reference
+
+    params = _settings(config).drain_params()
+    try:
+        grid = [float(x) for x in sim_th.split(",") if x.strip()] or [params.sim_th]
+    except ValueError as exc:
+        raise click.BadParameter(f"{sim_th!r}: expected numbers such as 0.4,0.7", param_hint="--sim-th") from exc
+    if not all(0 < t <= 1 for t in grid):
+        raise click.BadParameter(f"{sim_th!r}: similarity thresholds lie in (0, 1]", param_hint="--sim-th")
+    named = [(f"sim_th {t:g}", replace(params, sim_th=t)) for t in grid]
+    if no_masks:
+        named += [(f"sim_th {t:g}, no masks", replace(params, sim_th=t, masking=())) for t in grid]
+    wanted = {n.strip() for n in only.split(",") if n.strip()}
+    folders = sorted(p for p in Path(loghub).iterdir() if p.is_dir() and (not wanted or p.name in wanted))
+    if not folders:
+        raise click.ClickException(f"{loghub}: no system folders{' named ' + only if wanted else ''}")
+    try:
+        rows = check((read_reference(f) for f in folders), named)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(markdown(rows, [n for n, _ in named]), nl=False)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+"""``logad-train parser-check``: reference groups from Loghub's templates, and grouping accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from logbert_core.config import load_settings
+from logbert_core.parsing import TemplateIndex
+from training.cli import main
+from training.parsercheck import grouping_accuracy, read_reference
+
+LINES = [
+    "081109 203518 143 INFO dfs.DataNode: Receiving block blk_1 src: /10.0.0.1:5 dest: /10.0.0.2:50010",
+    "081109 203519 145 INFO dfs.DataNode: Receiving block blk_2 src: /10.0.0.3:7 dest: /10.0.0.4:50010",
+    "081109 203520 147 INFO dfs.DataNode: PacketResponder 1 for block blk_1 terminating",
+    "081109 203521 149 INFO dfs.DataNode: PacketResponder 2 for block blk_2 terminating",
+    "081109 203522 150 WARN dfs.DataNode: Got exception while serving blk_3 to /10.0.0.5",
+    "a line no template matches",
+]
+TEMPLATES = ["EventId,EventTemplate",
+             "E1,Receiving block <*> src: <*> dest: <*>",
+             "E2,PacketResponder <*> for block <*> terminating",
+             "E3,Got exception while serving <*> to <*>"]
+
+
+def loghub(tmp_path: Path) -> Path:
+    d = tmp_path / "loghub" / "Tiny"
+    d.mkdir(parents=True)
+    (d / "Tiny_2k.log").write_text("\n".join(LINES) + "\n")
+    (d / "Tiny_2k.log_templates.csv").write_text("\n".join(TEMPLATES) + "\n")
+    return d
+
+
+def test_reference_groups_take_the_content_from_where_the_template_matches(tmp_path: Path) -> None:
+    ref = read_reference(loghub(tmp_path))
+    assert ref.templates == 3 and ref.unmatched == 1 and len(ref.contents) == 5
+    assert ref.contents[0] == "Receiving block blk_1 src: /10.0.0.1:5 dest: /10.0.0.2:50010"
+    assert ref.contents[4] == "Got exception while serving blk_3 to /10.0.0.5"
+    assert ref.groups[0] == ref.groups[1] != ref.groups[2] == ref.groups[3] != ref.groups[4]
+
+
+def test_grouping_accuracy_counts_lines_grouped_exactly_as_the_reference() -> None:
+    ref = ["a", "a", "b", "b", "c"]
+    assert grouping_accuracy([1, 1, 2, 2, 3], ref) == 1.0
+    assert grouping_accuracy([1, 1, 1, 1, 3], ref) == pytest.approx(1 / 5)  # a and b merged: only c is right
+    assert grouping_accuracy([1, 2, 3, 3, 4], ref) == pytest.approx(3 / 5)  # a split: b and c are right
+    with pytest.raises(ValueError, match="2 mined ids for 5"):
+        grouping_accuracy([1, 2], ref)
+
+
+def test_the_new_family_defaults_group_the_fixture_and_the_check_prints_them(tmp_path: Path) -> None:
+    folder = loghub(tmp_path)
+    ref = read_reference(folder)
+    index = TemplateIndex(load_settings(None).drain_params())
+    assert grouping_accuracy([index.mine(c) for c in ref.contents], ref.groups) == 1.0
+    result = CliRunner().invoke(main, ["parser-check", "--loghub", str(folder.parent), "--sim-th", "0.4,0.7",
+                                       "--no-masks"])
+    assert result.exit_code == 0, result.output
+    assert "| Tiny | 5 (1 unmatched) | 3 | 1.000 / 3 | 1.000 / 3 |" in result.output
+    assert "sim_th 0.7, no masks: accuracy / templates" in result.output
+    bad = CliRunner().invoke(main, ["parser-check", "--loghub", str(folder.parent), "--sim-th", "1.5"])
+    assert bad.exit_code == 2 and "similarity thresholds lie in (0, 1]" in bad.output

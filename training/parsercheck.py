@@ -1,0 +1,125 @@
+"""``logad-train parser-check``: how well parser settings group log lines, against Loghub's reference templates.
+
+Loghub ships, for each of 16 systems, 2,000 lines and the templates they were labelled with
+(``<System>_2k.log_templates.csv``; ``<*>`` marks a parameter). A line's reference group is the most specific
+reference template that matches it (the most literal text). The line's *content* is the line from where that
+template's match starts, which is what a correct ``log.line_regex`` would hand the parser. The measure is grouping
+accuracy (Zhu et al., ICSE-SEIP 2019): the share of lines whose mined template groups exactly the lines of their
+reference template, no more and no fewer.
+
+This is how the defaults a new log family gets (``ParserSection``: similarity 0.7 and the generic masks) were
+chosen: the settings that group best across the 16 systems (docs/evaluation.md, "Parser settings").
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from logbert_core.parsing import DrainParams, TemplateIndex
+
+_LITERAL = re.compile(r"[^\s<>*]{3,}")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One system's lines with their reference template, and the lines no reference template matches."""
+
+    system: str
+    contents: list[str]  # each matched line from where its template starts
+    groups: list[str]  # the reference template of each
+    templates: int  # reference templates in the file
+    unmatched: int
+
+
+def _compile(template: str) -> tuple[int, re.Pattern[str], str]:
+    literal = template.replace("<*>", "")
+    parts = [re.escape(p) for p in template.split("<*>")]
+    words = [w for part in template.split("<*>") for w in _LITERAL.findall(part)]
+    anchor = max(words, key=len) if words else ""
+    return len(literal), re.compile("(.*?)".join(parts) + r"\s*$"), anchor
+
+
+def read_reference(folder: Path) -> Reference:
+    """``folder``: a Loghub system folder holding ``<System>_2k.log`` and ``<System>_2k.log_templates.csv``."""
+    system = folder.name
+    log_path, csv_path = folder / f"{system}_2k.log", folder / f"{system}_2k.log_templates.csv"
+    for p in (log_path, csv_path):
+        if not p.is_file():
+            raise ValueError(f"{folder}: no {p.name} (a Loghub system folder holds <System>_2k.log and "
+                             "<System>_2k.log_templates.csv)")
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "EventTemplate" not in rows[0]:
+        raise ValueError(f"{csv_path}: expected a header with EventTemplate")
+    compiled = sorted((_compile(r["EventTemplate"]) for r in rows), key=lambda c: -c[0])  # most specific first
+    contents, groups, unmatched = [], [], 0
+    with open(log_path, encoding="utf-8", errors="replace") as fh:
+        for raw in fh:
+            line = raw.rstrip("\n")
+            for _, pattern, anchor in compiled:
+                if anchor and anchor not in line:  # cheap filter: the template's longest word must be there
+                    continue
+                m = pattern.search(line)
+                if m:
+                    contents.append(line[m.start():])
+                    groups.append(pattern.pattern)
+                    break
+            else:
+                unmatched += 1
+    return Reference(system, contents, groups, len(rows), unmatched)
+
+
+def grouping_accuracy(mined: Sequence[int], reference: Sequence[str]) -> float:
+    """Share of lines whose mined group is exactly their reference group."""
+    if len(mined) != len(reference):
+        raise ValueError(f"{len(mined)} mined ids for {len(reference)} reference groups")
+    if not mined:
+        return 0.0
+    by_mined: dict[int, set[int]] = defaultdict(set)
+    by_ref: dict[str, set[int]] = defaultdict(set)
+    for i, (m, r) in enumerate(zip(mined, reference)):
+        by_mined[m].add(i)
+        by_ref[r].add(i)
+    right = sum(len(lines) for lines in by_ref.values() if by_mined[mined[next(iter(lines))]] == lines)
+    return right / len(mined)
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    system: str
+    lines: int
+    reference_templates: int
+    unmatched: int
+    scores: dict[str, tuple[float, int]]  # setting name -> (grouping accuracy, templates mined)
+
+
+def check(references: Iterable[Reference], settings: Sequence[tuple[str, DrainParams]]) -> list[CheckRow]:
+    rows = []
+    for ref in references:
+        scores = {}
+        for name, params in settings:
+            index = TemplateIndex(params)
+            mined = [index.mine(c) for c in ref.contents]
+            scores[name] = (grouping_accuracy(mined, ref.groups), len(index.templates()))
+        rows.append(CheckRow(ref.system, len(ref.contents), ref.templates, ref.unmatched, scores))
+    return rows
+
+
+def markdown(rows: Sequence[CheckRow], names: Sequence[str]) -> str:
+    head = "| system | lines | reference templates | " + " | ".join(f"{n}: accuracy / templates" for n in names)
+    out = [head + " |", "|---|---|---|" + "---|" * len(names)]
+    for r in rows:
+        cells = [f"{r.scores[n][0]:.3f} / {r.scores[n][1]}" for n in names]
+        lines = f"{r.lines}" + (f" ({r.unmatched} unmatched)" if r.unmatched else "")
+        out.append(f"| {r.system} | {lines} | {r.reference_templates} | " + " | ".join(cells) + " |")
+    if rows:
+        means = [sum(r.scores[n][0] for r in rows) / len(rows) for n in names]
+        best = [sum(r.scores[n][0] >= max(r.scores[m][0] for m in names) - 1e-9 for r in rows) for n in names]
+        out.append("| mean (best of the settings, systems) | | | "
+                   + " | ".join(f"{m:.3f} ({b})" for m, b in zip(means, best)) + " |")
+    return "\n".join(out) + "\n"
