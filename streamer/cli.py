@@ -214,7 +214,15 @@ def serve(config: str, model_dir: str, host: str | None, port: int | None) -> No
     """HTTP API: POST /detect judges raw lines on demand; /health, /ready, /metrics; OpenAPI docs at /docs."""
     from logbert_core.bundle import BundleError, load_bundle
     from streamer.errors import StartupError
-    from streamer.service import SessionDetector, is_loopback, load_token, serve_forever
+
+    try:
+        from streamer.service import SessionDetector, is_loopback, load_token, serve_forever
+    except ModuleNotFoundError as exc:  # the detector's image leaves the HTTP API's dependencies out
+        if exc.name not in ("fastapi", "uvicorn", "starlette"):
+            raise
+        click.echo(f"logad serve: {exc.name} is not installed; the HTTP API needs the serve extra: "
+                   "pip install 'logad[serve]'", err=True)
+        sys.exit(2)
 
     s = _settings(config)
     try:

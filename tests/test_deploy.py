@@ -219,6 +219,30 @@ def test_the_detector_imports_and_runs_without_optional_dependencies():
     assert "--alertmanager" in res.stdout
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["logad", "serve", "--config", "config/hdfs.toml", "--model", "models/hdfs"],
+     "the HTTP API needs the serve extra: pip install 'logad[serve]'"),
+    (["logad-train", "benchmark", "--help"], "pip install 'logad[train]'"),
+])
+def test_a_command_whose_extra_is_missing_says_which_to_install(argv, message):
+    """The detector's image leaves serve and train out: their commands name the extra instead of a traceback."""
+    entry = "streamer.cli" if argv[0] == "logad" else "training.cli"
+    blocker = (
+        "import importlib.abc, sys\n"
+        f"BLOCKED = {sorted(OPTIONAL_IMPORTS)!r}\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"from {entry} import main\n"
+        f"sys.argv = {argv!r}\n"
+        "main()\n")
+    res = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert res.returncode in (1, 2) and message in res.stderr, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+
+
 # -- compose ---------------------------------------------------------------------------------------------------------
 def compose_config(*files: str, profiles: tuple[str, ...] = ()) -> dict:
     assert COMPOSE is not None

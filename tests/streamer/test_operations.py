@@ -14,11 +14,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jsonschema
@@ -28,7 +26,7 @@ from logbert_core.bundle import load_bundle
 from logbert_core.config import load_settings
 from streamer.embedded import free_port
 from streamer.events import AnomalyEvent
-from streamer.kafka_io import committed_offsets, end_offsets, ensure_topics, read_all
+from streamer.kafka_io import ensure_topics, read_all
 from streamer.schema import event_schema
 from training.evaluate import evaluate_bundle
 
@@ -227,50 +225,3 @@ def test_doctor_passes_on_a_working_setup_and_names_each_problem(broker, redis_p
     assert res.stderr == ""  # kafka-python's retry noise is kept out of the report
 
 
-class _Alertmanager(BaseHTTPRequestHandler):
-    received: list[list[dict]] = []
-    fail_first = 0
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if type(self).fail_first > 0:
-            type(self).fail_first -= 1
-            self.send_response(503)
-        else:
-            assert self.path == "/api/v2/alerts" and self.headers["Content-Type"] == "application/json"
-            type(self).received.append(json.loads(body))
-            self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        return
-
-
-def test_alert_forwarder_posts_alertmanager_alerts_and_commits_after(broker, detector):
-    _Alertmanager.received, _Alertmanager.fail_first = [], 1  # the first POST fails: retried, nothing lost
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Alertmanager)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    group = f"fwd-{os.getpid()}"
-    try:
-        res = subprocess.run(
-            [sys.executable, str(REPO / "examples" / "alert_forwarder.py"), "--config", str(CONFIG),
-             "--bootstrap-servers", broker.url, "--topic", detector.out_topic, "--group", group, "--url",
-             f"http://127.0.0.1:{server.server_port}/api/v2/alerts", "--max-events", str(len(detector.events))],
-            capture_output=True, text=True, timeout=90, cwd=REPO,
-            env=dict(os.environ, LOGAD_KAFKA__SESSION_TIMEOUT_MS="6000"))
-    finally:
-        server.shutdown()
-    assert res.returncode == 0, res.stderr
-    assert "retrying" in res.stderr
-    alerts = [a for batch in _Alertmanager.received for a in batch]
-    events = [AnomalyEvent.model_validate_json(raw) for raw in detector.events]
-    assert sorted(a["labels"]["event_id"] for a in alerts) == sorted(e.event_id for e in events)
-    by_id = {e.event_id: e for e in events}
-    for a in alerts:
-        ev = by_id[a["labels"]["event_id"]]
-        assert a["labels"]["alertname"] == "LogAnomaly" and a["labels"]["session_id"] == ev.session_id
-        assert a["annotations"]["description"] == ev.explanation.summary
-        assert a["startsAt"] == ev.detected_at.isoformat() and a["endsAt"] > a["startsAt"]
-    ends = end_offsets(broker.url, detector.out_topic)
-    assert committed_offsets(broker.url, group, detector.out_topic) == ends
