@@ -178,7 +178,8 @@ def bench_scorer_real(threads: tuple[int, ...], min_s: float, autocast: bool = F
                                                   int(lengths.max())], "bf16_autocast": autocast, "by_threads": []}
     for t in threads:
         scorer, _ = _scorer(t, autocast)
-        uncached = _rate(lambda ws, sc=scorer: [sc.score(ws[i:i + 256]) for i in range(0, len(ws), 256)], distinct, min_s)
+        uncached = _rate(lambda ws, sc=scorer: [sc.score(ws[i:i + 256]) for i in range(0, len(ws), 256)],
+                         distinct, min_s)
         cached, _ = _scorer(t, autocast, cache_size=s.detector.score_cache)
         t0 = time.perf_counter()
         for i in range(0, len(stream), 256):

@@ -127,7 +127,7 @@ def binomial_lower(k: int, n: int, confidence: float = CONFIDENCE) -> float:
     if k <= 0 or n <= 0:
         return 0.0
     if k >= n:
-        return (1 - confidence) ** (1 / n)
+        return float((1 - confidence) ** (1 / n))
 
     def at_least(p: float) -> float:  # P(X >= k) for X ~ Binomial(n, p); rises as p grows
         lp, lq = math.log(p), math.log1p(-p)

@@ -16,8 +16,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from logbert_core.parsing import DrainParams, LineFormat, SessionRule
@@ -442,7 +441,9 @@ class ConfigError(ValueError):
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Settings from a TOML file, the environment and ``overrides``; raises ``ConfigError`` with one readable message."""
+    """Settings from a TOML file, the environment and ``overrides``.
+
+    Raises ``ConfigError`` with one readable message."""
     if path is not None and not Path(path).is_file():
         raise ConfigError(f"config file not found: {path}")
 

@@ -86,7 +86,7 @@ class KeyCounts:
 
     def rarest(self, keys: Sequence[int]) -> tuple[int, int]:
         """(key, count) of the rarest key of a window; ties go to the smaller key, so the result is stable."""
-        return min(((self.counts.get(k, 0), k) for k in keys))[::-1]
+        return min((self.counts.get(k, 0), k) for k in keys)[::-1]
 
     @property
     def total(self) -> float:

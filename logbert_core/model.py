@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -218,13 +218,13 @@ class LogBERT(nn.Module):
         attn_mask = real[:, None, None, :]  # (B, 1, 1, T+1)
         for block in self.blocks[:-1]:
             x = block(x, attn_mask)
-        last = self.blocks[-1]
+        last = cast(Block, self.blocks[-1])
         attn = last.attn
         C, nh = self.config.n_embd, self.config.n_head
         Q = at.size(1)
         xn = last.ln_1(x)  # (B, T+1, C)
         w, b = attn.c_attn.weight, attn.c_attn.bias  # (3C, C), (3C,): rows q, k, v
-        k, v = F.linear(xn, w[C:], b[C:]).split(C, dim=2)  # 2 x (B, T+1, C)
+        k, v = torch.split(F.linear(xn, w[C:], b[C:]), C, dim=2)  # 2 x (B, T+1, C)
         sel = at[:, :, None].expand(B, Q, C)  # (B, Q, C)
         xs = x.gather(1, sel)  # (B, Q, C): residual stream at the asked positions
         q = _rows(lambda t: F.linear(t, w[:C], b[:C]), xn.gather(1, sel), min_rows)  # (B, Q, C)

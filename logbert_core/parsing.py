@@ -14,23 +14,23 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-try:  # Python >= 3.11
-    from re import _constants as _sre
-    from re import _parser as _sre_parse
-except ImportError:  # pragma: no cover - Python 3.10
-    import sre_constants as _sre  # type: ignore[no-redef]
-    import sre_parse as _sre_parse  # type: ignore[no-redef]
+if sys.version_info >= (3, 11):  # the regex parser moved (and its old names warn)
+    from re import _constants as _sre  # type: ignore[attr-defined]  # private in typeshed
+    from re import _parser as _sre_parse  # type: ignore[attr-defined]
+else:  # pragma: no cover - Python 3.10
+    import sre_constants as _sre
+    import sre_parse as _sre_parse
 
 from drain3.drain import Drain, LogCluster, Node
 from drain3.masking import LogMasker, MaskingInstruction
 
 from logbert_core.vocab import Vocabulary
-
 
 # what a datetime can hold (years 1 to 9999, UTC): an event's times are datetimes, so a line outside is refused here
 MIN_TIMESTAMP, MAX_TIMESTAMP = -62135596800.0, 253402300799.0

@@ -13,8 +13,9 @@ the bundle and read back on load; nothing else decides the vocabulary size.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 PAD, MASK, UNK, DIST = 0, 1, 2, 3
 FIRST_KEY = 4
@@ -66,5 +67,5 @@ class Vocabulary:
         return {"templates": list(self.templates), "template_ids": list(self.template_ids)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, list]) -> Vocabulary:
+    def from_json(cls, data: Mapping[str, Sequence[Any]]) -> Vocabulary:
         return cls(templates=tuple(data["templates"]), template_ids=tuple(int(i) for i in data["template_ids"]))

@@ -23,9 +23,8 @@ from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ConsumerRecord", "EventProducer", "KafkaIOError", "committed_offsets", "end_offsets", "ensure_topics", "make_consumer",
-           "produce_file",
-           "make_producer", "produce_lines", "read_all"]
+__all__ = ["ConsumerRecord", "EventProducer", "KafkaIOError", "committed_offsets", "end_offsets", "ensure_topics",
+           "make_consumer", "make_producer", "produce_file", "produce_lines", "read_all"]
 
 TIMESTAMP_KEY = "@timestamp"  # Fluent Bit's kafka output: default timestamp_key for format json
 

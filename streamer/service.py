@@ -1,4 +1,5 @@
-"""``logad serve``: on-demand detection over HTTP. ``POST /detect`` judges a batch of raw lines with the detector's rules.
+"""``logad serve``: on-demand detection over HTTP. ``POST /detect`` judges a batch of raw lines with the
+detector's rules.
 
 Each line goes through the stream's own steps: the value decoder (same rejections as the dead-letter topic), the
 configured line format, the frozen template lookup, sessions by the configured key rule, canonical entry order,

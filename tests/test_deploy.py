@@ -18,11 +18,11 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from deploy_context import Instruction, copy_sources, parse_dockerfile, replay
 

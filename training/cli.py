@@ -130,7 +130,8 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
-@click.option("--config", "config", type=click.Path(dir_okay=False), required=True, help="TOML config of the log family.")
+@click.option("--config", "config", type=click.Path(dir_okay=False), required=True,
+              help="TOML config of the log family.")
 @click.option("--input", "inputs", type=click.Path(exists=True, dir_okay=False), multiple=True, required=True,
               help="Raw log file(s), oldest first. Repeat or list several after one --input.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -198,7 +199,8 @@ def split(config: str, inputs: tuple[str, ...], labels: str | None, test_fractio
 
 
 @main.command()
-@click.option("--config", "config", type=click.Path(dir_okay=False), required=True, help="TOML config of the log family.")
+@click.option("--config", "config", type=click.Path(dir_okay=False), required=True,
+              help="TOML config of the log family.")
 @click.option("--input", "inputs", type=click.Path(exists=True, dir_okay=False), multiple=True,
               help="Raw log file(s), oldest first (the product path). Never pass the final hold-out here.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -296,7 +298,8 @@ def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_frac
 
 
 @main.command()
-@click.option("--config", "config", type=click.Path(dir_okay=False), required=True, help="TOML config of the log family.")
+@click.option("--config", "config", type=click.Path(dir_okay=False), required=True,
+              help="TOML config of the log family.")
 @click.option("--input", "inputs", type=click.Path(exists=True, dir_okay=False), multiple=True, required=True,
               help="Raw log file(s), oldest first. Never pass the final hold-out here.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None)
@@ -311,7 +314,8 @@ def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_frac
 def search(config: str, inputs: tuple[str, ...], labels: str | None, test_fraction: float,
            grid_items: tuple[str, ...], out_dir: str, no_progress: bool, runs_file: str, mlflow: bool | None) -> None:
     """Grid search for LogBERT: select on the validation split only, score the winner on the test split once."""
-    from training.search import DEFAULT_GRID, checked_grid, parse_grid, search as run_search, write_search_report
+    from training.search import DEFAULT_GRID, checked_grid, parse_grid, write_search_report
+    from training.search import search as run_search
 
     settings = _settings(config)
     try:

@@ -26,7 +26,6 @@ from training.data import (
     split_chronological,
 )
 
-
 INTERLEAVE_BLOCK = 10
 
 

@@ -16,8 +16,15 @@ from kafka.structs import OffsetAndMetadata
 
 from streamer import embedded
 from streamer.embedded import EmbeddedProcessError, ManagedProcess, free_port, start_redis
-from streamer.kafka_io import (committed_offsets, end_offsets, ensure_topics, make_consumer, make_producer,
-                               produce_lines, read_all)
+from streamer.kafka_io import (
+    committed_offsets,
+    end_offsets,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    produce_lines,
+    read_all,
+)
 
 SESSION_MS = 6000  # tansu: a fresh group join takes about session_timeout_ms / 2
 

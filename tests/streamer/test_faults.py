@@ -18,14 +18,22 @@ import urllib.request
 from collections import Counter
 
 import pytest
-from e2e_harness import assert_same_anomalies, committed_total, env_for, events_of, make_topics, settings_for, spawn, \
-    wait_done
+from e2e_harness import (
+    assert_same_anomalies,
+    committed_total,
+    env_for,
+    events_of,
+    make_topics,
+    settings_for,
+    spawn,
+    wait_done,
+)
 
 from streamer.embedded import free_port, start_redis
-
-IDLE = {"idle_timeout_s": 20.0}
 from streamer.kafka_io import produce_lines, read_all
 from streamer.worker import Worker
+
+IDLE = {"idle_timeout_s": 20.0}
 
 pytestmark = pytest.mark.integration
 

@@ -335,7 +335,7 @@ def closed_within(sock: socket.socket, seconds: float, drip: bytes = b"") -> flo
         try:
             if sock.recv(65536) == b"":
                 return time.monotonic() - t0
-        except socket.timeout:
+        except TimeoutError:
             pass
         except ConnectionResetError:
             return time.monotonic() - t0
