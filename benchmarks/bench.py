@@ -79,7 +79,8 @@ def real_lines(n: int) -> list[str]:
     out = []
     for i in range(n):
         p, k = divmod(i, len(base))
-        out.append(_BLK.sub(lambda m, p=p: f"blk_{m.group(1)}{p + 1}{m.group(2)}", base[k]) if p else base[k])
+        out.append(_BLK.sub(lambda m, p=p: f"blk_{m.group(1)}{p + 1}{m.group(2)}", base[k]) if p  # type: ignore[misc]
+                   else base[k])
     return out
 
 

@@ -35,7 +35,8 @@ def stream(n: int) -> Iterator[str]:
     base = list(iter_lines(SOURCES))
     for i in range(n):
         p, line = divmod(i, len(base))
-        yield _BLK.sub(lambda m, p=p: f"blk_{m.group(1)}{p + 1}{m.group(2)}", base[line]) if p else base[line]
+        yield (_BLK.sub(lambda m, p=p: f"blk_{m.group(1)}{p + 1}{m.group(2)}", base[line])  # type: ignore[misc]
+               if p else base[line])
 
 
 def rss_kb(pid: int) -> tuple[int, int]:

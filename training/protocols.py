@@ -109,7 +109,7 @@ class EvalData:
     def end_unseen(self, sid: str) -> bool:
         """Whether the session ended too close to the end of the data for its quiet to be seen."""
         q = self.quiet.get(sid)
-        return bool(q) and not q[-1]
+        return q is not None and bool(q) and not q[-1]
 
     def seqs(self, ids: Iterable[str]) -> list[Session]:
         return [self.sessions[s] for s in ids]
@@ -204,7 +204,7 @@ def logbert_results(run: LogBERTRun, data: EvalData, scoring: ScoringSection, in
     verdicts = judge_sessions(run.judge, sub)
     seconds = run.seconds + time.perf_counter() - t0
 
-    def columns(vs: list[Verdict]) -> tuple[tuple[bool, bool, bool], tuple[float, float, float]]:
+    def columns(vs: list[Verdict]) -> tuple[tuple[bool, bool, bool, bool], tuple[float, float, float, float]]:
         miss = np.array([v.score.miss_ratio for v in vs])
         dist = np.array([v.score.distance for v in vs])
         keys = miss > th.miss_ratio
@@ -447,8 +447,8 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
                                  "max": int(lengths.max())},
               "unseen_template_sessions_test": sum(UNK in sessions[x] for x in test_ids)},
         lines=lines, quiet={k: v.seen for k, v in lw.items() if v.seen is not None and not all(v.seen)})
-    history = report.metrics["training"]["history"]
-    run = bundle_run(bundle, s, data, history, report.metrics["training"]["seconds"],
+    curve: list[dict[str, float]] = report.metrics["training"]["history"]
+    run = bundle_run(bundle, s, data, curve, report.metrics["training"]["seconds"],
                      report.metrics["calibration"]["mode"])
     log.info("raw protocol ready in %.1f s (bundle %s)", fit_seconds, bundle.version)
     return RawRun(data, bundle, run, report.metrics)

@@ -44,9 +44,9 @@ def _fmt(v: Any) -> str:
 def markdown_table(results: Sequence[MethodResult], part: str, labelled: bool = True) -> str:
     """One row per method; ``part`` is "test" or "validation"."""
     if not labelled:
-        head = ("method", "family", "flagged sessions", "flag rate")
-        rows = [(r.name, r.family, str(int(getattr(r, f"{part}_flags").sum())),
-                 _fmt(getattr(r, part)["flag_rate"])) for r in results]
+        head: tuple[str, ...] = ("method", "family", "flagged sessions", "flag rate")
+        rows: list[tuple[str, ...]] = [(r.name, r.family, str(int(getattr(r, f"{part}_flags").sum())),
+                                        _fmt(getattr(r, part)["flag_rate"])) for r in results]
     else:
         extra = tuple(c for c in EXTRA_COLUMNS if results and all(c in getattr(r, part) for r in results))
         head = COLUMNS + extra
@@ -300,7 +300,7 @@ def plot_report(out: Path, data: EvalData, results: Sequence[MethodResult]) -> N
     if data.labelled and truth.any() and not truth.all():
         from sklearn.metrics import precision_recall_curve
 
-        colors = plt.get_cmap("tab20").colors
+        colors = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]  # a ListedColormap
         for i, r in enumerate(results):
             p, rc, _ = precision_recall_curve(truth, r.test_scores)
             color, style = colors[i % len(colors)], ("-", "--", ":", "-.")[i // 10 % 4]

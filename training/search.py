@@ -34,7 +34,8 @@ SHORT_NAMES = {"top_g": "scoring.top_g", "n_embd": "model.n_embd", "mask_ratio":
                "n_layer": "model.n_layer", "n_head": "model.n_head", "max_len": "model.max_len",
                "stride": "model.stride", "lr": "train.lr", "epochs": "train.epochs",
                "hypersphere_weight": "model.hypersphere_weight"}
-DEFAULT_GRID = {"scoring.top_g": [3, 5, 8], "model.n_embd": [32, 64], "train.mask_ratio": [0.15, 0.3]}
+DEFAULT_GRID: dict[str, list[Any]] = {"scoring.top_g": [3, 5, 8], "model.n_embd": [32, 64],
+                                      "train.mask_ratio": [0.15, 0.3]}
 RECALIBRATED = "scoring.top_g"  # every grid point retrains: cross-fitted calibration needs the fold models again
 
 
@@ -163,7 +164,7 @@ def write_search_report(out_dir: str | Path, result: SearchResult, grid: Mapping
     (out / "search.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     keys = list(grid)
     lines = ["# LogBERT hyper-parameter search", "", f"Split: {result.data.split.rule}.", "",
-             "Selection: " + doc["selection"] + ".", "",
+             "Selection: " + str(doc["selection"]) + ".", "",
              "| " + " | ".join([*keys, "val P", "val R", "val F1", "val FPR", "val AUC-PR"]) + " |",
              "|" + "---|" * (len(keys) + 5)]
     for c in result.candidates:

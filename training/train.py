@@ -51,8 +51,8 @@ def session_metrics(verdicts: Mapping[str, Sequence[Verdict]], labels: Mapping[s
     for sid, vs in verdicts.items():
         flagged = any(v.anomalous for v in vs)
         if flagged:
-            for r in {r for v in vs for r in v.reasons}:
-                by_reason[r] = by_reason.get(r, 0) + 1
+            for reason in {r for v in vs for r in v.reasons}:
+                by_reason[reason] = by_reason.get(reason, 0) + 1
         truth = labels.get(sid, False)
         tp += flagged and truth
         fp += flagged and not truth
