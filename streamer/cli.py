@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from logbert_core import logs
+from logbert_core.build import describe
 from logbert_core.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("logad")
@@ -23,9 +25,41 @@ def _settings(config: str | None, **overrides: Any) -> Settings:
         sys.exit(2)
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _setup_logging(verbose: bool, log_format: str, log_level: str | None) -> None:
+    """One handler on stderr, text or JSON (logbert_core.logs); WARNING unless LOGAD_LOG_LEVEL or -v says more."""
+    try:
+        level = logs.level(log_level, verbose)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--log-level' / LOGAD_LOG_LEVEL") from exc
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logs.formatter(log_format))
+    logging.basicConfig(level=level, handlers=[handler])
+    if log_format == "json":
+        sys.excepthook = logs.uncaught_hook(log)  # a crash is one JSON line too, not a bare traceback
+
+
+def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``-v`` after the subcommand (``logad run -v``): the same as before it, INFO unless the level is lower."""
+    if value and logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(describe("logad"))
+        ctx.exit()
+
+
+class _Group(click.Group):
+    """A group whose commands (and subgroups' commands) all accept ``-v``, so it works anywhere on the line."""
+
+    group_class = type  # subgroups are _Group too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not any("--verbose" in p.opts for p in cmd.params):
+            cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, callback=_verbose,
+                                           help="Log progress details to stderr (as logad -v)."))
+        super().add_command(cmd, name)
 
 
 def _quiet_kafka() -> None:
@@ -35,11 +69,17 @@ def _quiet_kafka() -> None:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
-def main(verbose: bool) -> None:
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr (INFO).")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True,
+              envvar="LOGAD_LOG_FORMAT", show_envvar=True, help="Own log lines as text, or one JSON object per line.")
+@click.option("--log-level", default=None, envvar="LOGAD_LOG_LEVEL", show_envvar=True, metavar="LEVEL",
+              help=f"{', '.join(logs.LEVELS)} (default WARNING; -v lowers it to INFO).")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print logad's, torch's and python's versions and exit.")
+def main(verbose: bool, log_format: str, log_level: str | None) -> None:
     """Streaming log anomaly detection: Kafka in, LogBERT on Redis session windows, anomaly events out."""
-    _setup_logging(verbose)
+    _setup_logging(verbose, log_format, log_level)
 
 
 @main.command()

@@ -12,19 +12,49 @@ from pathlib import Path
 
 import click
 
+from logbert_core import logs
+from logbert_core.build import describe
 from logbert_core.config import ConfigError, Settings, bundle_fields, load_settings
+
+log = logging.getLogger("logad.train")
+
+
+def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``-v`` after the subcommand (``logad-train evaluate -v``): the same as before it."""
+    if value and logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(describe("logad-train"))
+        ctx.exit()
 
 
 class _DefaultToTrain(click.Group):
-    """``logad-train --config ... --input ...`` runs ``train``; subcommands run by name."""
+    """``logad-train --config ... --input ...`` runs ``train``; subcommands run by name. Every subcommand also
+    accepts ``-v``, so it works anywhere on the line."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        flags = {o for p in self.params if isinstance(p, click.Option) and p.is_flag for o in p.opts}
+        valued = {o for p in self.params if isinstance(p, click.Option) and not p.is_flag for o in p.opts}
         i = 0
-        while i < len(args) and args[i] in ("-v", "--verbose"):  # the group's own flags
-            i += 1
+        while i < len(args):  # skip the group's own options (-v, --log-format json, --log-level=INFO, ...)
+            if args[i] in valued:
+                i += 2
+            elif args[i] in flags or args[i].split("=", 1)[0] in valued:
+                i += 1
+            else:
+                break
         if i < len(args) and args[i].startswith("-") and args[i] not in ("--help", "-h"):
             args = [*args[:i], "train", *args[i:]]
         return super().parse_args(ctx, args)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not any("--verbose" in p.opts for p in cmd.params):
+            cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, callback=_verbose,
+                                           help="Log progress details (as logad-train -v)."))
+        super().add_command(cmd, name)
 
 
 def _installed(module: str) -> bool:
@@ -116,11 +146,24 @@ def _record(command: str, params: dict[str, object], data: dict[str, object], me
 
 
 @click.group(cls=_DefaultToTrain, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
-def main(verbose: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details (INFO).")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True,
+              envvar="LOGAD_LOG_FORMAT", show_envvar=True, help="Own log lines as text, or one JSON object per line.")
+@click.option("--log-level", default=None, envvar="LOGAD_LOG_LEVEL", show_envvar=True, metavar="LEVEL",
+              help=f"{', '.join(logs.LEVELS)} (default WARNING; -v lowers it to INFO).")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print logad's, torch's and python's versions and exit.")
+def main(verbose: bool, log_format: str, log_level: str | None) -> None:
     """Offline jobs: build a model bundle from historical logs, split data chronologically."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        level = logs.level(log_level, verbose)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--log-level' / LOGAD_LOG_LEVEL") from exc
+    handler = logging.StreamHandler()  # stderr: stdout carries the reports
+    handler.setFormatter(logs.formatter(log_format))
+    logging.basicConfig(level=level, handlers=[handler])
+    if log_format == "json":
+        sys.excepthook = logs.uncaught_hook(log)
     # evaluation (average precision, PCA and isolation-forest baselines) and the report's plots need the train
     # extra; the detector's image leaves it out
     missing = [m for m in ("sklearn", "matplotlib") if not _installed(m)]
