@@ -178,12 +178,14 @@ class ConfluentConsumer:
                 if err.fatal():
                     raise KafkaError(f"fatal consumer error: {err.str()}")
                 continue
-            topic, partition = msg.topic(), msg.partition()
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if topic is None or partition is None or offset is None:  # librdkafka sets all three on a record
+                continue
             tp = tps.get((topic, partition))
             if tp is None:
                 tp = tps[topic, partition] = TopicPartition(topic, partition)
                 out[tp] = []
-            out[tp].append(Record(topic, partition, msg.offset(), msg.key(), msg.value(), msg.timestamp()[1]))
+            out[tp].append(Record(topic, partition, offset, msg.key(), msg.value(), msg.timestamp()[1]))
         if out:
             self._errors_logged.clear()
             self._fetched.update(out)
@@ -199,9 +201,9 @@ class ConfluentConsumer:
                                                   RdError.UNKNOWN_MEMBER_ID, RdError._ASSIGNMENT_LOST):
                 raise CommitFailedError(f"commit refused: {err.str()}") from exc
             raise _to_kafka_error(exc) from exc
-        failed = [p for p in result or [] if p.error is not None]
+        failed = [p.error for p in result or [] if p.error is not None]
         if failed:
-            raise KafkaConnectionError(f"commit failed for {len(failed)} partition(s): {failed[0].error.str()}")
+            raise KafkaConnectionError(f"commit failed for {len(failed)} partition(s): {failed[0].str()}")
 
     def end_offsets(self, partitions: Iterable[TopicPartition], timeout_ms: int = 2000) -> dict[TopicPartition, int]:
         """ListOffsets(latest) in one request per broker, on an admin client's own connection: on the consumer's
@@ -330,7 +332,7 @@ def _log_client_error(client: str, err: Any, logged: set[str]) -> None:
 def _to_kafka_error(exc: BaseException) -> KafkaError:
     """kafka-python's error type for a librdkafka failure, so the worker's back-off treats both clients alike."""
     err = exc.args[0] if exc.args else None
-    text = err.str() if hasattr(err, "str") else str(exc)
-    if hasattr(err, "fatal") and err.fatal():
+    text = err.str() if err is not None and hasattr(err, "str") else str(exc)
+    if err is not None and hasattr(err, "fatal") and err.fatal():
         return KafkaError(f"librdkafka: {text}")
     return KafkaConnectionError(f"librdkafka: {text}")
