@@ -14,6 +14,7 @@ from prometheus_client import (
     Info,
 )
 
+from logbert_core.build import build_info
 from streamer import decode as _decode
 
 LINES_CONSUMED = Counter("logad_lines_consumed_total", "Kafka records consumed from the input topic")
@@ -104,3 +105,10 @@ SERVE_SESSIONS = Counter("logad_serve_sessions_total", "Sessions judged by POST 
                          registry=SERVE_REGISTRY)
 SERVE_WINDOWS = Counter("logad_serve_windows_scored_total", "Windows scored by POST /detect", registry=SERVE_REGISTRY)
 SERVE_MODEL = Info("logad_serve_model", "The model bundle loaded by logad serve", registry=SERVE_REGISTRY)
+
+# -- every process (logad run, alerts forward, serve): the build it runs, as logad_build_info{version, python, torch} 1
+BUILD = Info("logad_build", "The logad build this process runs: package, python and torch versions")
+SERVE_BUILD = Info("logad_build", "The logad build this process runs: package, python and torch versions",
+                   registry=SERVE_REGISTRY)
+for _info in (BUILD, SERVE_BUILD):
+    _info.info(build_info())

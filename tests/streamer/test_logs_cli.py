@@ -131,3 +131,16 @@ def test_run_accepts_v_after_the_subcommand(tmp_path):
     res = logad("run", "-v", "--config", "config/hdfs.toml", "--model", str(tmp_path / "none"))
     assert res.returncode == 2 and "No such option" not in res.stderr
     assert res.stderr.startswith("logad run: ")  # the bundle error, past parsing
+
+
+def test_build_info_is_exported_by_the_detector_and_the_api():
+    from prometheus_client import REGISTRY, generate_latest
+
+    from logbert_core.build import build_info
+    from streamer import metrics as m
+
+    b = build_info()
+    line = f'logad_build_info{{python="{b["python"]}",torch="{b["torch"]}",version="{b["version"]}"}} 1.0'
+    for registry in (REGISTRY, m.SERVE_REGISTRY):
+        text = generate_latest(registry).decode()
+        assert "# TYPE logad_build_info gauge" in text and line in text.splitlines()
