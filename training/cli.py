@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import click
@@ -135,7 +135,7 @@ def _params(settings: Settings, **options: object) -> dict[str, object]:
     return {**bundle_fields(settings), **train, **{f"option.{k}": v for k, v in options.items()}}
 
 
-def _record(command: str, params: dict[str, object], data: dict[str, object], metrics: dict[str, object],
+def _record(command: str, params: Mapping[str, object], data: Mapping[str, object], metrics: Mapping[str, object],
             bundle_version: str | None, outputs: dict[str, str], runs_file: str, mlflow: bool | None) -> None:
     from training.runs import make_record, record_run
 
