@@ -348,8 +348,13 @@ def model_use(bundle_dir: str, config: str) -> None:
     except redis_lib.RedisError as exc:
         click.echo(f"logad model use: Redis unavailable ({exc}); nothing changed", err=True)
         sys.exit(1)
-    was = previous.decode() if previous else "(the --model directory of each detector)"
+    was = _text(previous) if previous else "(the --model directory of each detector)"
     click.echo(f"{key} -> {path} (version {bundle.version}); was {was}")
+
+
+def _text(value: bytes | str) -> str:
+    """A Redis reply as text (redis-py returns bytes unless the client decodes responses)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @model.command("show")
@@ -365,7 +370,7 @@ def model_show(config: str) -> None:
     except redis_lib.RedisError as exc:
         click.echo(f"logad model show: Redis unavailable ({exc})", err=True)
         sys.exit(1)
-    click.echo(value.decode() if value else f"{key} is not set: each detector runs its --model directory")
+    click.echo(_text(value) if value else f"{key} is not set: each detector runs its --model directory")
 
 
 @main.group()
