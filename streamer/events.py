@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -76,6 +78,21 @@ class Explanation(_Wire):
     templates: list[Position]
 
 
+class ReasonCount(_Wire):
+    reason: str
+    count: int
+
+
+class StormSummary(_Wire):
+    """Present only on the storm summary: anomaly events came faster than ``detector.max_events_per_minute``."""
+
+    limit_per_minute: int
+    minute_start: datetime  # the minute (of the windows' cut times) in which the limit was reached
+    published: int  # events published in that minute before the limit (the limit)
+    top_reasons: list[ReasonCount]  # the commonest reasons among them
+    first_suppressed_event_id: str  # the event this summary stands in for; later ones are counted, not published
+
+
 class AnomalyEvent(_Wire):
     schema_version: Literal[1] = SCHEMA_VERSION
     event_id: str
@@ -88,6 +105,12 @@ class AnomalyEvent(_Wire):
     detected_at: datetime
     window: WindowExtent
     explanation: Explanation
+    # absent on every event but a storm summary (session_id STORM_SESSION), so events keep their bytes
+    storm: StormSummary | None = Field(default=None, exclude_if=lambda v: v is None)
+
+
+STORM_SESSION = "logad:storm"
+STORM_REASON = "event_rate_limit"
 
 
 _REASON_TEXT = {
@@ -152,4 +175,31 @@ def build_event(*, event_id: str, session_id: str, members: tuple[str, ...], lo:
                             start_index=lo, cause=cause),
         explanation=Explanation(summary="; ".join(parts), reasons=list(verdict.reasons),
                                 unexpected_positions=unexpected, templates=positions),
+    )
+
+
+def build_storm_event(*, prefix: str, minute: int, limit: int, trip_event_id: str,
+                      published: list[tuple[int, str]], model_version: str) -> AnomalyEvent:
+    """The one event that stands for a storm: ``limit`` events were published for the windows cut in ``minute``
+    and more came. ``published``: their ``(cut_ms, comma-separated reasons)``. Everything in it derives from the
+    minute's fixed record in Redis, so a second publication (a replay) is the same event under the same id."""
+    reasons = Counter(r for _, rs in published for r in rs.split(",") if r)
+    top = [ReasonCount(reason=r, count=c) for r, c in sorted(reasons.items(), key=lambda rc: (-rc[1], rc[0]))[:5]]
+    stamps = [cut for cut, _ in published] or [minute * 60_000]
+    first, last = min(stamps) / 1000, max(stamps) / 1000
+    start = datetime.fromtimestamp(minute * 60, tz=timezone.utc)
+    shown = ", ".join(f"{rc.reason} {rc.count}" for rc in top) or "none"
+    summary = (f"anomaly event storm: {len(published)} events published for windows cut in the minute from "
+               f"{start:%Y-%m-%d %H:%M} UTC (limit detector.max_events_per_minute = {limit}), further events of the "
+               f"storm are counted in logad_anomalies_suppressed_total, not published; top reasons: {shown}")
+    return AnomalyEvent(
+        event_id=hashlib.sha1(f"storm|{prefix}|{minute}".encode()).hexdigest(), session_id=STORM_SESSION, score=0.0,
+        threshold=0.0, distance=0.0, distance_threshold=0.0, model_version=model_version,
+        detected_at=datetime.fromtimestamp(last, tz=timezone.utc),
+        window=WindowExtent(first_ts=datetime.fromtimestamp(first, tz=timezone.utc),
+                            last_ts=datetime.fromtimestamp(last, tz=timezone.utc), line_count=len(published),
+                            start_index=0, cause="full"),
+        explanation=Explanation(summary=summary, reasons=[STORM_REASON], unexpected_positions=[], templates=[]),
+        storm=StormSummary(limit_per_minute=limit, minute_start=start, published=len(published), top_reasons=top,
+                           first_suppressed_event_id=trip_event_id),
     )
