@@ -9,18 +9,31 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+Probe = Callable[[], tuple[bool, dict[str, object]]]
+
 
 class StatusServer:
-    """Serves liveness, readiness and metrics; ``ready`` is a callable returning (ready, details)."""
+    """Serves liveness, readiness and metrics; ``ready`` and ``alive`` are callables returning (ok, details).
 
-    def __init__(self, host: str, port: int, ready: Callable[[], tuple[bool, dict[str, object]]]) -> None:
+    ``/health`` is 200 ``{"status": "alive"}`` while ``alive`` says so, else 503 with its details (``logad run``: an
+    outage or a stall past ``detector.health_fraction`` of the outage budget). Without ``alive``, the object behind a
+    bound ``ready`` is asked for its ``liveness`` method, if it has one.
+    """
+
+    def __init__(self, host: str, port: int, ready: Probe, alive: Probe | None = None) -> None:
         outer = self
+        if alive is None:
+            alive = getattr(getattr(ready, "__self__", None), "liveness", None)
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 path = self.path.split("?", 1)[0]
                 if path == "/health":
-                    self._send(200, "application/json", b'{"status": "alive"}')
+                    ok, details = outer.alive() if outer.alive is not None else (True, {})
+                    if ok:
+                        self._send(200, "application/json", b'{"status": "alive"}')
+                    else:
+                        self._send(503, "application/json", json.dumps({"status": "stuck", **details}).encode())
                 elif path == "/ready":
                     ok, details = outer.ready()
                     body = json.dumps({"ready": ok, **details}).encode()
@@ -41,6 +54,7 @@ class StatusServer:
                 return
 
         self.ready = ready
+        self.alive = alive
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]

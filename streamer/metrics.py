@@ -27,7 +27,25 @@ TEMPLATES_NEW = Counter("logad_templates_new_total",
                         "New templates this worker registered first in the shared registry")
 TEMPLATES_NEW_CAPPED = Counter("logad_templates_new_capped_total",
                                "Lines whose new template was not registered because the registry is at its cap")
-SESSIONS_OPEN = Gauge("logad_sessions_open", "Sessions open in Redis (not yet idle-closed)")
+SESSIONS_OPEN = Gauge("logad_sessions_open", "Sessions open in Redis (not yet idle-closed), all workers of the "
+                      "active bundle's prefix")
+SESSIONS_REFUSED = Counter("logad_sessions_refused_total",
+                           "Session entries not stored because session.max_open sessions were open; their lines go "
+                           "to the dead-letter topic with reason session_cap")
+SESSIONS_EVICTED = Counter("logad_sessions_evicted_total",
+                           "Closed sessions forgotten before session.closed_ttl_s because more than session.max_closed "
+                           "were kept (oldest first)")
+REDIS_MEMORY = Gauge("logad_redis_used_memory_bytes",
+                     "Redis used_memory (INFO memory), polled every redis.memory_poll_s")
+REDIS_MAXMEMORY = Gauge("logad_redis_maxmemory_bytes", "Redis maxmemory (INFO memory; 0: no limit)")
+ANOMALIES_SUPPRESSED = Counter("logad_anomalies_suppressed_total",
+                               "Anomaly events not published because detector.max_events_per_minute were published "
+                               "for their minute (counted, acknowledged and committed as published ones)")
+STORMS = Counter("logad_anomaly_storms_total", "Storm summary events published (one per storm of events past "
+                 "detector.max_events_per_minute)")
+OUTAGE_SECONDS = Gauge("logad_outage_seconds", "How long Redis or the broker has been failing or hanging now, from "
+                       "the start of the first failed call (0: no outage); the worker exits 3 past "
+                       "detector.outage_budget_s")
 PREMATURE_WAITING = Gauge("logad_premature_end_waiting",
                           "Closed sessions whose verdict that they stopped (premature_end, or an unfinished "
                           "unseen_template_set) is held in Redis until the log has gone on for the rest horizon "
@@ -84,7 +102,7 @@ MODEL = Info("logad_model", "The loaded model bundle")
 RELOADS = Counter("logad_model_reloads_total", "Model bundle changes seen, by outcome", ["outcome"])
 
 # Bounded label values exist from the start (at 0), so rate() and absent-series alerts work before the first event.
-for _reason in _decode.REASONS + ("format_mismatch", "no_session_key", "bad_timestamp", "parse_error"):
+for _reason in _decode.REASONS + ("format_mismatch", "no_session_key", "bad_timestamp", "parse_error", "session_cap"):
     LINES_REJECTED.labels(_reason)
 for _cause in ("full", "idle"):
     WINDOWS_SCORED.labels(_cause)

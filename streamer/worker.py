@@ -40,6 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,15 +61,15 @@ from logbert_core.windows import member, window_keys
 from streamer import metrics as m
 from streamer.decode import Rejected, ValueDecoder
 from streamer.errors import OutageError, StartupError
-from streamer.events import build_event, clip_template
+from streamer.events import build_event, build_storm_event, clip_template
 from streamer.kafka_io import EventProducer
 from streamer.rdkafka import ConfluentConsumer, ConfluentProducer, rdkafka_config, rdkafka_producer_config
 from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore, left_in
 
 log = logging.getLogger(__name__)
 PARSE_ERROR = "parse_error"  # dead-letter reason of a line whose parsing failed in a way no rule names
+SESSION_CAP = "session_cap"  # dead-letter reason of a line that would have opened a session past session.max_open
 T = TypeVar("T")
-_FLUSH_TIMEOUT_S = 30.0  # how long one publish waits for the broker before it is retried (with back-off)
 
 # A line stamped further ahead of the wall clock than this is windowed as usual but does not move the watermark:
 # one such line (a bad clock, a typo'd year) would otherwise tell premature_end that every session has been quiet
@@ -90,6 +91,11 @@ if new > old then
 end
 return redis.call('GET', KEYS[1]) or '-inf'
 """
+
+
+def _ms(stamp: str) -> int:
+    """Milliseconds since the epoch of an event's ISO 8601 ``detected_at``."""
+    return round(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -127,6 +133,7 @@ def resolve_device(name: str) -> torch.device:
 @dataclass
 class Parsed:
     entries: list[Entry] = field(default_factory=list)
+    origins: list[Any] = field(default_factory=list)  # the record of each entry (a refused entry dead-letters it)
     rejects: list[tuple[Any, str, str]] = field(default_factory=list)  # (record, reason, detail)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to consume per partition
     stamps: dict[TopicPartition, float] = field(default_factory=dict)  # log timestamp of each partition's last line
@@ -148,7 +155,7 @@ class LinePipeline:
     def parse(self, records: Sequence[Any]) -> Parsed:
         out = Parsed()
         decode, parse, index, vocab, nearest = self.decoder.decode, self.fmt.parse, self.index, self.vocab, self.nearest
-        entries, rejects, offsets = out.entries, out.rejects, out.offsets
+        entries, origins, rejects, offsets = out.entries, out.origins, out.rejects, out.offsets
         last: dict[tuple[str, int], int] = {}
         stamps: dict[tuple[str, int], float] = {}
         for rec in records:
@@ -177,6 +184,7 @@ class LinePipeline:
             stamps[rec.topic, rec.partition] = parsed.timestamp
             for sid in parsed.session_ids:
                 entries.append(Entry(sid, parsed.timestamp, mem, text))
+                origins.append(rec)
         for (topic, partition), offset in last.items():
             offsets[TopicPartition(topic, partition)] = offset + 1
         out.stamps = {TopicPartition(topic, partition): ts for (topic, partition), ts in stamps.items()}
@@ -184,48 +192,101 @@ class LinePipeline:
 
 
 class Backoff:
-    """Retries an operation on infrastructure errors with exponential back-off and full jitter, within a budget."""
+    """Retries an operation on infrastructure errors with exponential back-off and full jitter, within a budget.
+
+    The budget runs from the first sign of trouble: the *start* of the first failed attempt (a call that hung until
+    its socket timeout counts from when it was made), or earlier, from the start of a failed call to the same service
+    (``note_failure``) that no successful call has followed since. No try starts that could hang past the budget
+    (``try_s``: the longest one try of a service may take, its socket or request timeout): the last one starts one
+    timeout before the end, and the call gives up at the end. Once one call has given up, every later call on any
+    thread gives up at once. ``outage_s`` is how long the oldest trouble has lasted (``/health``).
+    """
 
     def __init__(self, budget_s: float, stop: threading.Event, on_state: Callable[[bool], None],
-                 base_s: float = 0.2, cap_s: float = 5.0) -> None:
+                 base_s: float = 0.2, cap_s: float = 5.0, on_give_up: Callable[[], None] | None = None,
+                 try_s: dict[str, float] | None = None) -> None:
         self.budget_s = budget_s
+        self.try_s = try_s or {}
         self.stop = stop
         self.on_state = on_state
         self.base_s = base_s
         self.cap_s = cap_s
+        self.on_give_up = on_give_up  # e.g. disconnect the Redis pool, so that calls hung on it fail now
+        self.gave_up: str | None = None  # why the first call gave up
+        self._lock = threading.Lock()
+        self._trouble: dict[str, float] = {}  # service -> start of its first failed call since its last success
+        self._calls: dict[int, float] = {}  # thread -> start of the trouble its call in back-off is counted from
+
+    @staticmethod
+    def service(errors: tuple[type[BaseException], ...]) -> str:
+        return errors[0].__module__.split(".")[0]  # "redis", "kafka"
+
+    def note_failure(self, service: str, since: float) -> None:
+        """A call made at ``since`` (monotonic) failed outside ``call``: the budget of the next calls counts from it."""
+        with self._lock:
+            self._trouble.setdefault(service, since)
+
+    def outage_s(self) -> float:
+        with self._lock:
+            starts = [*self._trouble.values(), *self._calls.values()]
+        return time.monotonic() - min(starts) if starts else 0.0
 
     def call(self, what: str, fn: Callable[[], T], errors: tuple[type[BaseException], ...], counter: Any,
              fatal: tuple[type[BaseException], ...] = ()) -> T:
         """Run ``fn``; on ``errors`` (but not ``fatal`` ones) back off and retry until the budget is spent."""
-        started = None
+        service = self.service(errors)
+        me = threading.get_ident()
+        started: float | None = None
         attempt = 0
-        while True:
-            try:
-                result = fn()
-            except errors as exc:
-                if isinstance(exc, fatal):
-                    raise
-                counter.inc()
-                now = time.monotonic()
-                started = started or now
-                if self.stop.is_set():
-                    raise OutageError(f"stopped while {what} was unavailable ({exc}); the batch in hand was not "
-                                      "committed and will be replayed") from exc
-                if now - started > self.budget_s:
-                    raise OutageError(f"{what} unavailable for {now - started:.0f} s (budget "
-                                      f"detector.outage_budget_s = {self.budget_s:.0f} s): {exc}") from exc
-                delay = random.uniform(0, min(self.cap_s, self.base_s * 2 ** attempt))
-                attempt += 1
-                if attempt == 1 or attempt % 10 == 0:
-                    log.warning("%s failed (%s: %s); retrying with back-off, nothing committed meanwhile",
-                                what, type(exc).__name__, exc)
-                self.on_state(False)
-                time.sleep(delay)
-                continue
-            if started is not None:
-                log.warning("%s is back after %.1f s", what, time.monotonic() - started)
-                self.on_state(True)
-            return result
+        try:
+            while True:
+                if self.gave_up is not None:
+                    raise OutageError(f"{what} not tried: {self.gave_up}")
+                t_try = time.monotonic()
+                try:
+                    result = fn()
+                except errors as exc:
+                    if isinstance(exc, fatal):
+                        raise
+                    counter.inc()
+                    now = time.monotonic()
+                    with self._lock:
+                        since = self._trouble.setdefault(service, t_try)
+                        if started is None:
+                            started = self._calls[me] = min(t_try, since)
+                    if self.stop.is_set():
+                        raise OutageError(f"stopped while {what} was unavailable ({exc}); the batch in hand was not "
+                                          "committed and will be replayed") from exc
+                    deadline = started + self.budget_s
+                    last_start = deadline - self.try_s.get(service, 0.0)  # a try started later could overrun
+                    delay = random.uniform(0, min(self.cap_s, self.base_s * 2 ** attempt))
+                    if now + delay > last_start:
+                        if now < last_start:
+                            delay = last_start - now  # one last try, over by the deadline
+                        else:  # no try fits: wait out the budget, then give up
+                            time.sleep(max(0.0, deadline - time.monotonic()))
+                            spent = time.monotonic() - started
+                            self.gave_up = (f"{what} unavailable for {spent:.1f} s, from the first failed or hung "
+                                            f"call (budget detector.outage_budget_s = {self.budget_s:g} s): {exc}")
+                            if self.on_give_up is not None:
+                                self.on_give_up()
+                            raise OutageError(self.gave_up) from exc
+                    attempt += 1
+                    if attempt == 1 or attempt % 10 == 0:
+                        log.warning("%s failed (%s: %s); retrying with back-off, nothing committed meanwhile",
+                                    what, type(exc).__name__, exc)
+                    self.on_state(False)
+                    time.sleep(delay)
+                    continue
+                with self._lock:
+                    self._trouble.pop(service, None)
+                if started is not None:
+                    log.warning("%s is back after %.1f s", what, time.monotonic() - started)
+                    self.on_state(True)
+                return result
+        finally:
+            with self._lock:
+                self._calls.pop(me, None)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -260,6 +321,7 @@ class Job:
     offsets: dict[TopicPartition, OffsetAndMetadata] | None
     # held premature_end events among ``messages`` whose quiet is now seen: forgotten in Redis once published
     ends: list[tuple[str, str]] = field(default_factory=list)
+    end_events: int | None = None  # how many of ``ends`` are published (the rest were past the rate limit)
     done: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
     error: BaseException | None = None
@@ -382,8 +444,11 @@ class Engine:
         pipeline = LinePipeline(settings.line_format(), ValueDecoder(settings.log.json_fields,
                                                                      settings.log.max_line_bytes),
                                 bundle.template_index(), bundle, settings.parser.unknown == "nearest")
+        ss = settings.session
         store = WindowStore(client, f"{settings.redis.namespace}:{bundle.version}", max_len, settings.model.stride,
-                            settings.session.ttl_s, int(det.pending_lease_s * 1000), det.novel_template_cap)
+                            ss.ttl_s, int(det.pending_lease_s * 1000), det.novel_template_cap, max_open=ss.max_open,
+                            closed_ttl_s=ss.closed_ttl_s, max_closed=ss.max_closed,
+                            protect_ms=int(settings.replay_horizon_s() * 1000))
         return cls(bundle, pipeline, judge, store)
 
 
@@ -414,8 +479,10 @@ class Worker:
             # One core stays with the consume loop (Python, the GIL) and the clients; measured on 2 cores, two
             # intra-op threads that share their cores with the loop, redis and the broker score 2-5x slower than one.
             torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
-        self.redis = redis_client or redis.Redis.from_url(settings.redis.url, socket_timeout=5,
-                                                          socket_connect_timeout=5)
+        # one hung call may not spend the outage budget: the socket timeout is a fraction of it (config.py)
+        timeout = settings.redis_socket_timeout_s()
+        self.redis = redis_client or redis.Redis.from_url(settings.redis.url, socket_timeout=timeout,
+                                                          socket_connect_timeout=timeout)
         # a separate client with a short timeout for /ready, so a hung Redis cannot hang the probe
         self._probe = redis.Redis.from_url(settings.redis.url, socket_timeout=1, socket_connect_timeout=1)
         self.engine = Engine.build(settings, bundle, self.device, self.redis)
@@ -434,11 +501,14 @@ class Worker:
         self._consumer = consumer
         self._producer = producer
         self.kafka_kwargs = settings.kafka.client_kwargs()
-        self.backoff = Backoff(det.outage_budget_s, self.stop_event, self._set_healthy)
+        self.backoff = Backoff(det.outage_budget_s, self.stop_event, self._set_healthy, on_give_up=self._give_up,
+                               try_s={"redis": timeout, "kafka": settings.kafka_request_timeout_s()})
+        self._beat = time.monotonic()  # the last sign of progress of the consume loop or the scorer (``liveness``)
         self._last_sweep = 0.0
         self._last_catch_up_check = 0.0
         self._ends_seen: tuple[float, dict[TopicPartition, int]] | None = None  # (when, end offsets) last check
-        self.stats = {"consumed": 0, "rejected": 0, "windows": 0, "anomalies": 0, "reloads": 0}
+        self.stats = {"consumed": 0, "rejected": 0, "windows": 0, "anomalies": 0, "reloads": 0, "refused": 0,
+                      "suppressed": 0, "storms": 0}
         self.scoring = Scoring(self._run_job, det.score_queue)
         self._done_offsets: dict[TopicPartition, OffsetAndMetadata] = {}  # done, not committed yet (``settle``)
         self._last_commit = 0.0
@@ -449,6 +519,7 @@ class Worker:
         self.watermark = -math.inf
         self.partition_watermark: dict[TopicPartition, float] = {}  # the same per partition (its last line)
         self._future_warned = False  # a line stamped far ahead of the clock was logged once
+        self._cap_warned = False  # a session refused at session.max_open was logged once
         self._trim_stop = threading.Event()  # ends the malloc_trim thread (``_start_trimmer``)
         # how far the log has gone on for sure: the watermark, held back to the last line read of any partition
         # that still had lines to read at the last catch-up check (``caught_up``); premature_end judges by it
@@ -471,9 +542,11 @@ class Worker:
     # -- hot reload ----------------------------------------------------------------------------------------------
     def _wanted_bundle(self) -> Path | None:
         """Where the bundle to run lives now: the Redis pointer if set, else the --model directory."""
+        t0 = time.monotonic()
         try:
             pointer = self.redis.get(self.pointer_key)
         except redis.RedisError:
+            self._redis_failed(t0)
             return None  # checked again next time; the batch path handles Redis outages
         if pointer:
             return Path(pointer.decode())
@@ -607,10 +680,37 @@ class Worker:
             if k.client == "confluent-kafka":
                 self._producer = ConfluentProducer(rdkafka_producer_config(
                     k.bootstrap_servers, client_id=f"logad-{k.group_id}", client_kwargs=self.kafka_kwargs,
-                    timeout_s=_FLUSH_TIMEOUT_S))
+                    timeout_s=self.s.kafka_request_timeout_s()))
             else:
                 self._producer = EventProducer(k.bootstrap_servers, **self.kafka_kwargs)
         return self._producer
+
+    def _give_up(self) -> None:
+        """The outage budget is spent: calls still waiting on a Redis socket (the other thread's) fail now rather
+        than at their timeout."""
+        self.stop_event.set()
+        for client in (self.redis,):
+            try:
+                client.connection_pool.disconnect()
+            except Exception:  # noqa: BLE001 (best effort on the way out; the error in hand is what is reported)
+                pass
+
+    def _redis_failed(self, since: float) -> None:
+        """A Redis call made at ``since`` failed outside the back-off path: count it, and start the outage clock."""
+        m.REDIS_ERRORS.inc()
+        self.backoff.note_failure("redis", since)
+
+    def liveness(self) -> tuple[bool, dict[str, object]]:
+        """Alive unless an outage, or a stall of both the consume loop and the scorer, has lasted more than
+        ``detector.health_fraction`` of the outage budget (``/health``)."""
+        det = self.s.detector
+        limit = det.health_fraction * det.outage_budget_s
+        outage = self.backoff.outage_s()
+        stalled = time.monotonic() - self._beat
+        m.OUTAGE_SECONDS.set(outage)
+        ok = outage <= limit and stalled <= limit
+        return ok, {"outage_s": round(outage, 1), "stalled_s": round(stalled, 1), "limit_s": limit,
+                    "budget_s": det.outage_budget_s}
 
     def _set_healthy(self, ok: bool) -> None:
         self.healthy = ok  # logad_ready is computed from readiness() at scrape time
@@ -660,9 +760,11 @@ class Worker:
             poll_ms = max(10, min(1000, int(self.s.detector.sweep_interval_s * 1000)))
         self._freeze_heap()
         self._start_trimmer()  # until run() returns
+        self._start_memory_poll()  # until run() returns
         idle_since = time.monotonic()
         try:
             while not self.stop_event.is_set():
+                self._beat = time.monotonic()
                 batch = consumer.poll(timeout_ms=poll_ms, max_records=self.s.kafka.max_poll_records)
                 records = [r for recs in batch.values() for r in recs]
                 if records:
@@ -713,21 +815,49 @@ class Worker:
 
     def _all_done(self) -> bool:
         """No session open and no window pending under any bundle (False while Redis does not answer)."""
+        t0 = time.monotonic()
         try:
             return not any(e.store.open_sessions() or e.store.pending() for e in (self.engine, *self.draining))
         except redis.RedisError:
-            m.REDIS_ERRORS.inc()
+            self._redis_failed(t0)
             return False
+
+    def _start_memory_poll(self) -> threading.Thread | None:
+        """A daemon thread that reads Redis ``INFO memory`` and the open sessions every ``redis.memory_poll_s``
+        (with the probe's 1 s client, so a hung Redis costs the thread, not the loop)."""
+        interval = self.s.redis.memory_poll_s
+        if not interval:
+            return None
+        done = self._trim_stop  # set when run() returns, as for the trimmer
+
+        def poll() -> None:
+            try:
+                info = self._probe.info("memory")
+                m.REDIS_MEMORY.set(float(info.get("used_memory", 0)))
+                m.REDIS_MAXMEMORY.set(float(info.get("maxmemory", 0)))
+                m.SESSIONS_OPEN.set(self._probe.zcard(f"{self.engine.store.prefix}:idle"))
+            except redis.RedisError:
+                pass  # the loop's own calls count and handle the outage
+
+        def loop() -> None:
+            poll()
+            while not done.wait(interval):
+                poll()
+
+        thread = threading.Thread(target=loop, name="logad-redis-memory", daemon=True)
+        thread.start()
+        return thread
 
     def _start_trimmer(self) -> threading.Thread | None:
         """A daemon thread that returns freed heap pages to the OS every ``detector.malloc_trim_interval_s``
         (glibc only; elsewhere nothing happens). ctypes lets go of the GIL for the call, so Python threads go on."""
         interval = self.s.detector.malloc_trim_interval_s
         trim = _malloc_trim()
+        self._trim_stop = threading.Event()  # also ends the memory poll (``_start_memory_poll``)
         if not interval or trim is None:
             return None
 
-        done = self._trim_stop = threading.Event()
+        done = self._trim_stop
 
         def loop() -> None:
             while not done.wait(interval):
@@ -849,12 +979,13 @@ class Worker:
     def _share_watermark(self, mine: float) -> float:
         """Report this worker's safe watermark to the group's and return the group's (-inf when Redis fails: the
         worker's own then stands, and the batch path deals with the outage)."""
+        t0 = time.monotonic()
         try:
             got = self._group_watermark(keys=[self.group_watermark_key],
                                         args=[repr(mine) if math.isfinite(mine) else "-inf",
                                               repr(time.time() + _MAX_FUTURE_S)])
         except redis.RedisError:
-            m.REDIS_ERRORS.inc()
+            self._redis_failed(t0)
             return -math.inf
         return float(got)
 
@@ -906,8 +1037,28 @@ class Worker:
         if appended.resumed:
             m.PREMATURE_DROPPED.inc(appended.resumed)
         futures = [self._dead_letter(rec, reason, detail) for rec, reason, detail in parsed.rejects]
+        if appended.refused:
+            futures += self._cap_dead_letters(parsed, appended.refused)
         offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in parsed.offsets.items()}
         self.scoring.submit(Job(engine, appended.windows, futures, offsets))  # settle() commits it once done
+
+    def _cap_dead_letters(self, parsed: Parsed, refused: Sequence[int]) -> list[Any]:
+        """Dead letters for the lines whose sessions were refused (``session.max_open`` sessions open): a key flood
+        costs dead letters, not the sessions that are open. A line naming several sessions is sent once."""
+        m.SESSIONS_REFUSED.inc(len(refused))
+        self.stats["refused"] += len(refused)
+        by_record: dict[int, tuple[Any, list[str]]] = {}
+        for i in refused:
+            rec = parsed.origins[i]
+            by_record.setdefault(id(rec), (rec, []))[1].append(parsed.entries[i].session_id)
+        cap = self.s.session.max_open
+        if not self._cap_warned:
+            self._cap_warned = True
+            log.warning("%d session(s) open, the cap (session.max_open); lines that would open more go to the "
+                        "dead-letter topic as %s (logad_sessions_refused_total; logged once)", cap, SESSION_CAP)
+        return [self._dead_letter(rec, SESSION_CAP, f"{cap} sessions open (session.max_open); not opened: "
+                                  + ", ".join(sids[:10]) + (f" and {len(sids) - 10} more" if len(sids) > 10 else ""))
+                for rec, sids in by_record.values()]
 
     def sweep(self) -> int:
         """Close idle sessions and re-claim windows whose worker died, for the active bundle and any bundle still
@@ -920,6 +1071,8 @@ class Worker:
                 res = self.backoff.call("redis sweep", lambda: engine.store.sweep(now_ms, idle_ms),
                                         (redis.RedisError,), m.REDIS_ERRORS)
                 m.SESSIONS_CLOSED.inc(res.closed_sessions)
+                if res.evicted:
+                    m.SESSIONS_EVICTED.inc(res.evicted)
                 if res.expired:
                     m.SESSIONS_EXPIRED.inc(res.expired)
                     log.warning("%d session(s) of %s expired in Redis (session.ttl_s = %d s) before a sweep closed "
@@ -933,12 +1086,13 @@ class Worker:
                 if not res.more or self.stop_event.is_set():
                     break
             total += self._confirm_ends(engine)
+        t0 = time.monotonic()
         try:
             m.SESSIONS_OPEN.set(self.engine.store.open_sessions())
             m.PREMATURE_WAITING.set(self.engine.store.held_ends())
             finished = [e for e in self.draining if not any(e.store.left())]
         except redis.RedisError:
-            m.REDIS_ERRORS.inc()
+            self._redis_failed(t0)
             return total
         for e in finished:
             log.info("model %s has no open sessions left; released", e.bundle.version)
@@ -977,17 +1131,57 @@ class Worker:
         topic = self.s.kafka.output_topic
         # as built when the window was judged (``detected_at`` = its close): a second publication, by another worker
         # or after a crash, is byte for byte the same event
-        self.scoring.submit(Job(engine, [], [(topic, sid.encode(), ev.encode(), None) for sid, ev in due], None,
-                                ends=due))
+        keep = [True] * len(due)
+        messages: list[Any] = []
+        if self.s.detector.max_events_per_minute:
+            docs = [json.loads(ev) for _, ev in due]
+            rated = [(d["event_id"], _ms(d["detected_at"]), ",".join(d["explanation"]["reasons"])) for d in docs]
+            keep, messages = self._rate_limit(engine, rated)
+        messages += [(topic, sid.encode(), ev.encode(), None) for (sid, ev), k in zip(due, keep) if k]
+        self.scoring.submit(Job(engine, [], messages, None, ends=due, end_events=sum(keep)))
         return len(due)
+
+    def _rate_limit(self, engine: Engine, events: Sequence[tuple[str, int, str]]) -> tuple[list[bool], list[Any]]:
+        """Which of these events ``(event id, cut_ms, reasons)`` to publish under ``detector.max_events_per_minute``
+        (decided in Redis for every worker, the same on a replay), and the storm summaries to publish with them.
+        The others are counted, never published; their windows are acknowledged and committed as usual."""
+        limit = self.s.detector.max_events_per_minute
+        ttl = int(self.s.replay_horizon_s()) + 120
+        got = self.backoff.call("redis rate", lambda: engine.store.rate(events, limit, ttl), (redis.RedisError,),
+                                m.REDIS_ERRORS)
+        keep = [g == 1 for g in got]
+        summaries = []
+        for (event_id, cut_ms, _), g in zip(events, got):
+            if g != 2:
+                continue
+            minute = cut_ms // 60_000
+            trip, published = self.backoff.call("redis rate", lambda: engine.store.rate_minute(minute),
+                                                (redis.RedisError,), m.REDIS_ERRORS)
+            ev = build_storm_event(prefix=engine.store.prefix, minute=minute, limit=limit,
+                                   trip_event_id=trip or event_id, published=published,
+                                   model_version=engine.bundle.version)
+            log.warning("anomaly event storm: %d events published for the minute from %s, the limit "
+                        "(detector.max_events_per_minute); one summary event %s stands for the rest, which are "
+                        "counted in logad_anomalies_suppressed_total", len(published),
+                        time.strftime("%H:%M", time.gmtime(minute * 60)), ev.event_id)
+            summaries.append((self.s.kafka.output_topic, ev.session_id.encode(), ev.model_dump_json().encode(), None))
+        suppressed = len(keep) - sum(keep)
+        if suppressed:
+            m.ANOMALIES_SUPPRESSED.inc(suppressed)
+            self.stats["suppressed"] += suppressed
+        if summaries:
+            m.STORMS.inc(len(summaries))
+            self.stats["storms"] += len(summaries)
+        return keep, summaries
 
     def _run_job(self, job: Job) -> None:
         if job.windows:
             m.JOB_WAIT_SECONDS.observe(time.monotonic() - job.submitted)
-        self.publish(job.engine, job.windows, job.messages, job.ends)
+        self.publish(job.engine, job.windows, job.messages, job.ends, job.end_events)
+        self._beat = time.monotonic()
 
     def publish(self, engine: Engine, windows: Sequence[CutWindow], futures: list[Any],
-                ends: Sequence[tuple[str, str]] = ()) -> None:
+                ends: Sequence[tuple[str, str]] = (), end_events: int | None = None) -> None:
         """Score windows, publish anomaly events (and any queued dead letters and confirmed held events), flush,
         hold the ``premature_end`` verdicts whose quiet is not seen yet, then ack the windows in Redis."""
         held: list[tuple[CutWindow, str]] = []
@@ -1009,8 +1203,9 @@ class Worker:
             if ends:
                 self.backoff.call("redis drop", lambda: engine.store.drop_ends(ends), (redis.RedisError,),
                                   m.REDIS_ERRORS)
-                self.stats["anomalies"] += len(ends)
-                m.ANOMALIES.inc(len(ends))
+                published = len(ends) if end_events is None else end_events  # the others: past the rate limit
+                self.stats["anomalies"] += published
+                m.ANOMALIES.inc(published)
                 m.PREMATURE_CONFIRMED.inc(len(ends))
         finally:
             if ends:  # published and forgotten, or failed: either way a later sweep may look at them again
@@ -1058,11 +1253,15 @@ class Worker:
                                distance_threshold=th.distance, model_version=bundle.version).model_dump_json()
 
         held += [(w, event_json(w, v)) for w, v, _ in waiting]
+        summaries: list[Any] = []
+        if flagged and self.s.detector.max_events_per_minute:
+            keep, summaries = self._rate_limit(engine, [(w.id, w.cut_ms, ",".join(v.reasons)) for w, v, _ in flagged])
+            flagged = [f for f, k in zip(flagged, keep) if k]
         out = [(self.s.kafka.output_topic, w.session_id.encode(), event_json(w, v).encode(), None)
                for w, v, _ in flagged]
         self.stats["anomalies"] += len(out)
         m.ANOMALIES.inc(len(out))
-        return out
+        return out + summaries
 
     def _dead_letter(self, rec: Any, reason: str, detail: str) -> tuple[str, bytes | None, bytes, list]:
         m.LINES_REJECTED.labels(reason).inc()
@@ -1080,7 +1279,7 @@ class Worker:
     def _flush(self, messages: list[Any]) -> None:
         """Send all messages and wait until the broker has every one; raise if any failed (the caller retries
         the whole set: consumers see at-least-once, with identical duplicates)."""
-        self.producer.deliver(messages, timeout_s=_FLUSH_TIMEOUT_S)
+        self.producer.deliver(messages, timeout_s=self.s.kafka_request_timeout_s())
 
     def close(self) -> None:
         if self._producer is not None:
