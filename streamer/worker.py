@@ -349,7 +349,7 @@ class Scoring:
             self._thread.start()
 
     def submit(self, job: Job) -> None:
-        if self._queue is not None and not job.windows and not job.messages and self.failed is None:
+        if self._queue is not None and not job.windows and not job.messages and not job.ends and self.failed is None:
             # Nothing to publish (most consumed batches: sessions rarely fill a window). Such a job is done as soon
             # as the jobs before it are, so it never goes to the thread, where it would cost a wake-up and a GIL
             # hand-off: its offsets join the last job in flight and are committed with it (or, when that job fails,
@@ -504,6 +504,7 @@ class Worker:
         self.backoff = Backoff(det.outage_budget_s, self.stop_event, self._set_healthy, on_give_up=self._give_up,
                                try_s={"redis": timeout, "kafka": settings.kafka_request_timeout_s()})
         self._beat = time.monotonic()  # the last sign of progress of the consume loop or the scorer (``liveness``)
+        m.OUTAGE_SECONDS.set_function(self.backoff.outage_s)  # read at scrape time
         self._last_sweep = 0.0
         self._last_catch_up_check = 0.0
         self._ends_seen: tuple[float, dict[TopicPartition, int]] | None = None  # (when, end offsets) last check
@@ -707,7 +708,6 @@ class Worker:
         limit = det.health_fraction * det.outage_budget_s
         outage = self.backoff.outage_s()
         stalled = time.monotonic() - self._beat
-        m.OUTAGE_SECONDS.set(outage)
         ok = outage <= limit and stalled <= limit
         return ok, {"outage_s": round(outage, 1), "stalled_s": round(stalled, 1), "limit_s": limit,
                     "budget_s": det.outage_budget_s}

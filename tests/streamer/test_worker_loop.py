@@ -328,3 +328,15 @@ def test_a_line_whose_parsing_raises_is_dead_lettered_not_fatal(bundle, caplog):
     assert "OverflowError: a case nobody wrote a rule for" in out.rejects[0][2]
     assert list(out.offsets.values()) == [4]  # every record is accounted for
     assert pipe.errors == 2 and sum("could not be parsed" in r.message for r in caplog.records) == 1
+
+
+def test_a_job_of_held_stops_whose_events_were_all_suppressed_still_runs():
+    """Past detector.max_events_per_minute a job may publish nothing, yet its held stops must be forgotten in Redis
+    (and let go of in the worker): it runs like any other job."""
+    ran: list[Job] = []
+    scoring = Scoring(ran.append, 2)
+    only_ends = Job(engine=None, windows=[], messages=[], offsets=None, ends=[("blk_1", "{}")],  # type: ignore[arg-type]
+                    end_events=0)
+    scoring.submit(only_ends)
+    assert scoring.completed(wait=True) == [only_ends] and ran == [only_ends]
+    scoring.close()
