@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
-# Quick start 2: set up, then run the whole test suite (unit + integration against real redis-server and tansu).
+# Quick start 2: set up, then run the tests.
+#   scripts/test.sh           the whole suite: unit tests, and integration tests against a real broker (tansu) and
+#                             redis-server, in parallel (LOGAD_TEST_WORKERS processes, default 3)
+#   scripts/test.sh --fast    unit tests only: no broker, no redis-server, no model trained past a few steps
+#   scripts/test.sh --lint    ruff, and mypy (strict on logbert_core), then stop
+# Further arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
-exec python -m pytest -q "$@"
+case "${1:-}" in
+  --lint)
+    ruff check .
+    mypy --strict logbert_core
+    exec mypy streamer training benchmarks ;;
+  --fast)
+    shift
+    exec python -m pytest -q -n 2 -m "not integration and not slow" "$@" ;;
+  *)
+    exec python -m pytest -q -n "${LOGAD_TEST_WORKERS:-3}" "$@" ;;
+esac

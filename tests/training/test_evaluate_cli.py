@@ -35,6 +35,7 @@ def invoke(args: list[str]) -> str:
     return result.output
 
 
+@pytest.mark.slow
 def test_evaluate_raw_logs_writes_the_report_and_a_run_record(tmp_path: Path, slice_file: Path) -> None:
     out, runs = tmp_path / "report", tmp_path / "runs.jsonl"
     text = invoke(["evaluate", "--config", str(CONFIG), "--input", str(slice_file), "--labels", str(LABELS),
@@ -58,6 +59,7 @@ def test_evaluate_raw_logs_writes_the_report_and_a_run_record(tmp_path: Path, sl
     assert record["data"]["inputs"][str(slice_file)] == doc["data"]["inputs"][str(slice_file)]
 
 
+@pytest.mark.slow
 def test_evaluate_sequences_protocol(tmp_path: Path) -> None:
     normal = ["5 5 22 11 9 11 9 26 26 23 21", "5 22 5 11 9 11 9 26 26 23 23 21 21", "22 5 5 11 9 26 23 21"]
     train = tmp_path / "train"
@@ -89,6 +91,7 @@ def test_evaluate_needs_one_kind_of_input(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "give --input" in result.output
 
 
+@pytest.mark.slow
 def test_search_selects_on_validation_and_scores_the_winner_once(tmp_path: Path, slice_file: Path) -> None:
     out, runs = tmp_path / "search", tmp_path / "runs.jsonl"
     text = invoke(["search", "--config", str(CONFIG), "--input", str(slice_file), "--labels", str(LABELS),
@@ -106,6 +109,7 @@ def test_search_selects_on_validation_and_scores_the_winner_once(tmp_path: Path,
     assert record["command"] == "search" and record["metrics"]["candidates"] == 2
 
 
+@pytest.mark.slow
 def test_train_appends_a_run_record(tmp_path: Path, slice_file: Path) -> None:
     runs = tmp_path / "runs.jsonl"
     invoke(["--config", str(CONFIG), "--input", str(slice_file), "--labels", str(LABELS), "--out",
@@ -116,6 +120,7 @@ def test_train_appends_a_run_record(tmp_path: Path, slice_file: Path) -> None:
     assert set(record["metrics"]["in_period_eval"]) >= {"anomalies", "caught", "recall", "fpr_estimate"}
 
 
+@pytest.mark.slow
 def test_evaluate_live_judges_live_windows_and_says_so(tmp_path: Path, slice_file: Path) -> None:
     out = tmp_path / "live"
     invoke(["evaluate", "--config", str(CONFIG), "--input", str(slice_file), "--labels", str(LABELS),
@@ -127,6 +132,7 @@ def test_evaluate_live_judges_live_windows_and_says_so(tmp_path: Path, slice_fil
     assert doc["params"]["option.live"] is True
 
 
+@pytest.mark.slow
 def test_evaluate_history_trains_on_the_first_normal_sessions_only(tmp_path: Path, slice_file: Path) -> None:
     out = tmp_path / "report"
     invoke(["evaluate", "--config", str(CONFIG), "--input", str(slice_file), "--labels", str(LABELS), "--out",

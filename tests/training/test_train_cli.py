@@ -47,6 +47,7 @@ def bundles(tmp_path_factory, slice_file):
     return a, b
 
 
+@pytest.mark.slow
 def test_bundle_is_complete_and_loads(bundles):
     a, _ = bundles
     assert {p.name for p in a.iterdir()} >= {"model.safetensors", "bundle.json", "metrics.json"}
@@ -59,6 +60,7 @@ def test_bundle_is_complete_and_loads(bundles):
     assert metrics["data"]["anomalous_sessions"] > 0 and len(metrics["training"]["history"]) >= 1
 
 
+@pytest.mark.slow
 def test_same_seed_same_bundle(bundles):
     a, b = (load_bundle(p) for p in bundles)
     assert a.version == b.version
@@ -73,6 +75,7 @@ def test_bad_config_value_exits_2_with_the_field_named(slice_file, tmp_path):
     assert "stride" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_bundle_is_refused_with_a_message(bundles, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -84,6 +87,7 @@ def test_corrupt_bundle_is_refused_with_a_message(bundles, tmp_path):
         load_bundle(tmp_path)
 
 
+@pytest.mark.slow
 def test_the_bundle_keeps_its_most_frequent_windows_outside_its_version(bundles, tmp_path):
     a, _ = bundles
     bundle = load_bundle(a)
@@ -122,6 +126,7 @@ def test_frequent_windows_are_ranked_by_count_then_keys():
     assert frequent_windows(windows, 0) == []
 
 
+@pytest.mark.slow
 def test_training_states_its_promise_and_warns_where_it_falls_short(bundles):
     a, _ = bundles
     m = json.loads((a / "metrics.json").read_text())
