@@ -97,7 +97,7 @@ class SessionSection(_Section):
     # ~7 h between write and delete); never longer than ttl_s. At most max_closed closed sessions are kept (0: no
     # cap); past it the ones closed longest ago are forgotten first, never one closed within the replay horizon.
     closed_ttl_s: int = Field(default=28_800, gt=0)
-    max_closed: int = Field(default=1_000_000, ge=0)
+    max_closed: int = Field(default=500_000, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> SessionSection:

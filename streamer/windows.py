@@ -555,11 +555,12 @@ class WindowStore:
         pipe.get(f"{self.prefix}:storm:{minute}")
         pipe.hvals(f"{self.prefix}:rate:{minute}")
         trip, vals = pipe.execute()
+        text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731 (clients with or without decode)
         out = []
         for v in vals:
-            cut, _, reasons = v.decode().partition("|")
+            cut, _, reasons = text(v).partition("|")
             out.append((int(cut), reasons))
-        return (trip.decode() if trip else None), sorted(out)
+        return (text(trip) if trip else None), sorted(out)
 
     def held_ends(self) -> int:
         return int(self.r.zcard(f"{self.prefix}:ends"))
