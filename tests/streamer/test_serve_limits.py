@@ -367,11 +367,14 @@ def test_idle_and_dripping_sockets_are_closed(default_server):
     assert metric(default_server, "logad_serve_connections_timed_out_total") >= 3
 
 
-def test_a_request_scored_past_the_header_timeout_is_answered(default_server, lines):
-    """The read deadline is for receiving a request, not for judging it."""
-    t0 = time.monotonic()
-    code, body, _ = detect(default_server, long_sessions(lines))
-    assert code == 200 and len(body["sessions"]) == 4 and time.monotonic() - t0 > 1, time.monotonic() - t0
+def test_a_request_scored_past_the_header_timeout_is_answered(tmp_path, lines):
+    """The read deadline is for receiving a request, not for judging it: a deadline of 0.2 s, and a request that
+    takes about 1 s to judge on a fast machine (3 s on a loaded one) is answered."""
+    with serve(tmp_path, header_timeout_s="0.2", keep_alive_s="1") as base:
+        t0 = time.monotonic()
+        code, body, _ = detect(base, long_sessions(lines))
+        took = time.monotonic() - t0
+    assert code == 200 and len(body["sessions"]) == 4 and took > 0.2, took
 
 
 def test_a_request_over_the_time_budget_gets_503_and_does_not_starve_others(tmp_path, lines):
