@@ -5,6 +5,8 @@ Layout under the prefix ``<namespace>:<bundle version>`` (``P``):
     P:s:<session>   ZSET   entries; score = log timestamp, member = "<key:06d>:<line digest>" (logbert_core.windows)
     P:m:<session>   HASH   start, covered (the WindowCursor), closed flag
     P:u:<session>   HASH   line digest -> masked text, for entries whose template the model never saw
+    P:o:<session>   HASH   member -> "<partition>:<offset>" of the input record that first added the entry (only when
+                           the worker passes origins: ``event.input_offsets``); lives and dies with P:s:<session>
     P:novel         HASH   new-template id (sha1 of its masked text) -> text: one registry for every worker
     P:novel:n       HASH   new-template id -> number of distinct lines seen with it (replays do not count)
     P:idle          ZSET   open session -> wall-clock ms of its last new entry
@@ -61,8 +63,11 @@ local function cut(p, sid, lo, hi, now, lease, ttl, cause)
     stamps[#stamps + 1] = mem[j + 1]
   end
   local id = redis.sha1hex(sid .. '|' .. lo .. '|' .. hi .. '|' .. table.concat(members, ','))
+  -- input records of the members (false where not stored): not part of the id, fixed once the entry is stored
+  local origins = {}
+  if #members > 0 then origins = redis.call('HMGET', p .. ':o:' .. sid, unpack(members)) end
   local payload = cjson.encode({id = id, session = sid, lo = lo, hi = hi, members = members,
-    first_ts = stamps[1], last_ts = stamps[#stamps], cut_ms = now, cause = cause})
+    first_ts = stamps[1], last_ts = stamps[#stamps], cut_ms = now, cause = cause, origins = origins})
   redis.call('SET', p .. ':w:' .. id, payload, 'EX', ttl)
   redis.call('ZADD', p .. ':pending', now + lease, id)
   return payload
@@ -72,7 +77,7 @@ end
 _APPEND = _CUT + r"""
 -- KEYS: none (all keys derive from the prefix; the store is used with one Redis node or hash tags in P)
 -- ARGV: prefix, now_ms, max_len, stride, ttl_s, lease_ms, novel_cap, max_open, n, then n x (session, ts, member,
--- unseen text)
+-- unseen text, origin: "<partition>:<offset>" of the input record, or '' to store none)
 local p = ARGV[1]
 local now = tonumber(ARGV[2])
 local max_len = tonumber(ARGV[3])
@@ -91,10 +96,11 @@ local open_now = 0
 if max_open > 0 then open_now = redis.call('ZCARD', p .. ':idle') end
 local refused = {}
 for i = 0, n - 1 do
-  local sid = ARGV[10 + 4 * i]
-  local ts = ARGV[11 + 4 * i]
-  local mem = ARGV[12 + 4 * i]
-  local txt = ARGV[13 + 4 * i]
+  local sid = ARGV[10 + 5 * i]
+  local ts = ARGV[11 + 5 * i]
+  local mem = ARGV[12 + 5 * i]
+  local txt = ARGV[13 + 5 * i]
+  local org = ARGV[14 + 5 * i]
   local r = 0
   if max_open > 0 and admit[sid] == nil then
     if redis.call('ZSCORE', p .. ':idle', sid) then
@@ -121,6 +127,7 @@ for i = 0, n - 1 do
   end
   if r == 1 then
     added[sid] = added[sid] + 1
+    if org ~= '' then redis.call('HSET', p .. ':o:' .. sid, mem, org) end
     if txt ~= '' then
       redis.call('HSET', p .. ':u:' .. sid, string.sub(mem, 8), txt)
       local tid = string.sub(redis.sha1hex(txt), 1, 16)
@@ -163,6 +170,7 @@ for _, sid in ipairs(order) do
     redis.call('EXPIRE', sk, ttl)
     redis.call('EXPIRE', mk, ttl)
     if redis.call('EXISTS', uk) == 1 then redis.call('EXPIRE', uk, ttl) end
+    redis.call('EXPIRE', p .. ':o:' .. sid, ttl)
   end
 end
 return {new_entries, out, novel_new, novel_capped, resumed, refused}
@@ -239,6 +247,7 @@ for _, sid in ipairs(due) do
       redis.call('EXPIRE', sk, closed_ttl)
       redis.call('EXPIRE', mk, closed_ttl)
       redis.call('EXPIRE', p .. ':u:' .. sid, closed_ttl)
+      redis.call('EXPIRE', p .. ':o:' .. sid, closed_ttl)
     end
   end
 end
@@ -251,7 +260,7 @@ if max_closed > 0 then
   if excess > 0 then
     local old = redis.call('ZRANGEBYSCORE', p .. ':closed', '-inf', now - protect, 'LIMIT', 0, math.min(excess, limit))
     for _, sid in ipairs(old) do
-      redis.call('DEL', p .. ':s:' .. sid, p .. ':m:' .. sid, p .. ':u:' .. sid)
+      redis.call('DEL', p .. ':s:' .. sid, p .. ':m:' .. sid, p .. ':u:' .. sid, p .. ':o:' .. sid)
       redis.call('ZREM', p .. ':closed', sid)
       evicted = evicted + 1
     end
@@ -324,6 +333,7 @@ class Entry:
     timestamp: float
     member: str  # logbert_core.windows.member(key, line)
     unseen_text: str = ""  # masked text of a line whose template the model never saw
+    origin: str = ""  # "<partition>:<offset>" of the input record, kept with the entry (P:o); "": none kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +349,7 @@ class CutWindow:
     last_ts: float
     cut_ms: int
     cause: str  # "full" (the window reached max_len) or "idle" (the session closed)
+    origins: tuple[str | None, ...] = ()  # per member, the input record that added it ("<partition>:<offset>")
 
     @classmethod
     def from_payload(cls, raw: bytes | str) -> CutWindow:
@@ -346,9 +357,12 @@ class CutWindow:
         members = d["members"]
         if isinstance(members, dict):  # cjson encodes an empty Lua table as {}
             members = []
+        origins = d.get("origins")
+        if not isinstance(origins, list):  # {} (empty), or absent in a payload cut before origins were kept
+            origins = []
         return cls(id=d["id"], session_id=d["session"], lo=int(d["lo"]), hi=int(d["hi"]), members=tuple(members),
                    first_ts=float(d["first_ts"]), last_ts=float(d["last_ts"]), cut_ms=int(d["cut_ms"]),
-                   cause=d["cause"])
+                   cause=d["cause"], origins=tuple(o if isinstance(o, str) else None for o in origins))
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,7 +474,7 @@ class WindowStore:
         argv: list[str | int | float] = [self.prefix, now_ms, self.max_len, self.stride, self.ttl_s, self.lease_ms,
                                          self.novel_cap, self.max_open, len(entries)]
         for e in entries:
-            argv += (e.session_id, repr(e.timestamp), e.member, e.unseen_text)
+            argv += (e.session_id, repr(e.timestamp), e.member, e.unseen_text, e.origin)
         return argv
 
     @staticmethod

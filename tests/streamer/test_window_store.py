@@ -294,3 +294,23 @@ def test_events_past_the_limit_of_their_minute_are_suppressed_and_one_starts_a_s
     assert store.rate(nxt, limit=3, ttl_s=600) == [1, 1, 1, 0, 0]  # the storm goes on: no second summary
     later = [(f"l{i}", minute + 180_000 + i, "x") for i in range(5)]
     assert store.rate(later, limit=3, ttl_s=600) == [1, 1, 1, 2, 0]  # a quiet minute between: a new storm
+
+
+def test_a_window_names_the_input_records_that_first_added_its_entries(redis_url):
+    store = make_store(redis_url, prefix=f"o{uuid.uuid4().hex}")
+    entries = [Entry(e.session_id, e.timestamp, e.member, origin=f"{i % 2}:{100 + i}")
+               for i, e in enumerate(lines_of(10))]
+    (w,) = store.append(entries, now_ms=1).windows
+    assert w.origins == tuple(f"{i % 2}:{100 + i}" for i in range(8))
+    # the same lines delivered again at other offsets (a replay, a duplicate) change nothing: the first record stays
+    again = [Entry(e.session_id, e.timestamp, e.member, origin=f"5:{900 + i}") for i, e in enumerate(entries)]
+    assert store.append(again, now_ms=2).windows == []
+    (last,) = store.sweep(now_ms=10_000, idle_ms=1).windows
+    assert last.origins == tuple(f"{i % 2}:{100 + i}" for i in range(4, 10))
+    # entries stored without an origin (event.input_offsets = false) have none
+    bare = make_store(redis_url, prefix=f"o{uuid.uuid4().hex}")
+    (w,) = bare.append(lines_of(8, "blk_2"), now_ms=1).windows
+    assert w.origins == (None,) * 8
+    # the origins are not part of the window id
+    assert w.id == make_store(redis_url, prefix=f"o{uuid.uuid4().hex}").append(
+        [Entry(e.session_id, e.timestamp, e.member, origin="0:1") for e in lines_of(8, "blk_2")], now_ms=1).windows[0].id
