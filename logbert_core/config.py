@@ -360,6 +360,31 @@ class ServeSection(_Section):
         return self
 
 
+class EventSection(_Section):
+    """What the anomaly events carry beyond the verdict, and how they are framed on the output topic."""
+
+    # "plain": the value is the event's JSON; "cloudevents-binary": the same value, with CloudEvents 1.0 attributes
+    # as Kafka headers (ce_id, ce_source, ...); "cloudevents-structured": the value is a CloudEvents JSON envelope
+    # (application/cloudevents+json) with the event as its "data"
+    format: Literal["plain", "cloudevents-binary", "cloudevents-structured"] = "plain"
+    source: str = ""  # CloudEvents "source"; empty: "urn:logad:<log.family>"
+    # the event's "host": None uses the machine's hostname; "" leaves it out
+    host: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)  # copied into every event (e.g. {env = "prod"})
+    # store each line's input partition and offset in Redis with its session (one hash field per line), so that an
+    # event names the records behind its window ("input"); false saves that memory and leaves "input" out
+    input_offsets: bool = True
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+                raise ValueError(f"event.labels: {k!r} is not a label name (letters, digits and _, not first a "
+                                 "digit), as Prometheus and Alertmanager require")
+        return v
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOGAD_", env_nested_delimiter="__", frozen=True, extra="forbid",
                                       nested_model_default_partial_update=True)
@@ -375,6 +400,7 @@ class Settings(BaseSettings):
     redis: RedisSection = RedisSection()
     http: HttpSection = HttpSection()
     serve: ServeSection = ServeSection()
+    event: EventSection = EventSection()
 
     @model_validator(mode="after")
     def _check_line_format(self) -> Settings:

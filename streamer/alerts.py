@@ -45,6 +45,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streamer.errors import LogadError
+from streamer.events import unwrap_event
 
 log = logging.getLogger("logad.alerts")
 
@@ -134,6 +135,7 @@ def read_event(value: bytes | None) -> EventView | str:
         data = json.loads(value or b"")
     except ValueError:
         return "not_json"
+    data = unwrap_event(data)  # event.format = "cloudevents-structured": the event is the envelope's data
     if not isinstance(data, dict):
         return "not_an_event"
     try:

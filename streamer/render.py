@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 from pydantic import ValidationError
 
-from streamer.events import AnomalyEvent
+from streamer.events import AnomalyEvent, unwrap_event
 
 
 def render_event(raw: bytes | str, max_lines: int = 12) -> str:
     try:
-        ev = AnomalyEvent.model_validate_json(raw)
-    except ValidationError as exc:
+        ev = AnomalyEvent.model_validate(unwrap_event(json.loads(raw)))
+    except ValueError as exc:  # pydantic's ValidationError is one, and so is a value that is not JSON
+        if not isinstance(exc, ValidationError):
+            return "[unreadable event: not JSON]"
         return f"[unreadable event: {exc.error_count()} schema error(s)]"
     w = ev.window
     head = (f"ANOMALY {ev.session_id}  score {ev.score:.3f} (threshold {ev.threshold:.3f})  "

@@ -35,6 +35,7 @@ import os
 import queue
 import random
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -61,7 +62,7 @@ from logbert_core.windows import member, window_keys
 from streamer import metrics as m
 from streamer.decode import Rejected, ValueDecoder
 from streamer.errors import OutageError, StartupError
-from streamer.events import build_event, build_storm_event, clip_template
+from streamer.events import EventContext, build_event, build_storm_event, clip_template, frame_event
 from streamer.kafka_io import EventProducer
 from streamer.rdkafka import ConfluentConsumer, ConfluentProducer, rdkafka_config, rdkafka_producer_config
 from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore, left_in
@@ -144,8 +145,9 @@ class LinePipeline:
     """Kafka records -> session entries, with the same parsing code the trainer used."""
 
     def __init__(self, fmt: LineFormat, decoder: ValueDecoder, index: TemplateIndex, bundle: Bundle,
-                 nearest: bool) -> None:
+                 nearest: bool, input_offsets: bool = True) -> None:
         self.fmt = fmt
+        self.input_offsets = input_offsets  # keep each entry's record ("<partition>:<offset>") for its event
         self.decoder = decoder
         self.index = index
         self.vocab = bundle.vocab
@@ -182,8 +184,9 @@ class LinePipeline:
             text = clip_template(found.template) if key == UNK else ""  # what an event shows of it, no more in Redis
             out.unseen += key == UNK
             stamps[rec.topic, rec.partition] = parsed.timestamp
+            origin = f"{rec.partition}:{rec.offset}" if self.input_offsets else ""
             for sid in parsed.session_ids:
-                entries.append(Entry(sid, parsed.timestamp, mem, text))
+                entries.append(Entry(sid, parsed.timestamp, mem, text, origin))
                 origins.append(rec)
         for (topic, partition), offset in last.items():
             offsets[TopicPartition(topic, partition)] = offset + 1
@@ -443,7 +446,8 @@ class Engine:
         judge = WindowJudge.from_bundle(scorer, bundle, sc)
         pipeline = LinePipeline(settings.line_format(), ValueDecoder(settings.log.json_fields,
                                                                      settings.log.max_line_bytes),
-                                bundle.template_index(), bundle, settings.parser.unknown == "nearest")
+                                bundle.template_index(), bundle, settings.parser.unknown == "nearest",
+                                settings.event.input_offsets)
         ss = settings.session
         store = WindowStore(client, f"{settings.redis.namespace}:{bundle.version}", max_len, settings.model.stride,
                             ss.ttl_s, int(det.pending_lease_s * 1000), det.novel_template_cap, max_open=ss.max_open,
@@ -467,6 +471,12 @@ class Worker:
                  producer: EventProducer | ConfluentProducer | None = None, redis_client: redis.Redis | None = None,
                  bundle_dir: str | Path | None = None) -> None:
         self.s = settings
+        ev = settings.event
+        # what every event of this worker says about where it came from (the host is not in the event id)
+        self.event_context = EventContext(log_family=settings.log.family,
+                                          host=socket.gethostname() if ev.host is None else (ev.host or None),
+                                          labels=tuple(sorted(ev.labels.items())),
+                                          input_topic=settings.kafka.input_topic)
         self.stop_event = threading.Event()
         self.assigned: set[TopicPartition] = set()
         self.healthy = True  # False while an operation is retrying with back-off
@@ -1128,7 +1138,6 @@ class Worker:
         if not due:
             return 0
         self._ends_in_flight.update((version, sid) for sid, _ in due)
-        topic = self.s.kafka.output_topic
         # as built when the window was judged (``detected_at`` = its close): a second publication, by another worker
         # or after a crash, is byte for byte the same event
         keep = [True] * len(due)
@@ -1137,7 +1146,7 @@ class Worker:
             docs = [json.loads(ev) for _, ev in due]
             rated = [(d["event_id"], _ms(d["detected_at"]), ",".join(d["explanation"]["reasons"])) for d in docs]
             keep, messages = self._rate_limit(engine, rated)
-        messages += [(topic, sid.encode(), ev.encode(), None) for (sid, ev), k in zip(due, keep) if k]
+        messages += [self._event_message(sid, ev) for (sid, ev), k in zip(due, keep) if k]
         self.scoring.submit(Job(engine, [], messages, None, ends=due, end_events=sum(keep)))
         return len(due)
 
@@ -1159,12 +1168,12 @@ class Worker:
                                                 (redis.RedisError,), m.REDIS_ERRORS)
             ev = build_storm_event(prefix=engine.store.prefix, minute=minute, limit=limit,
                                    trip_event_id=trip or event_id, published=published,
-                                   model_version=engine.bundle.version)
+                                   model_version=engine.bundle.version, context=self.event_context)
             log.warning("anomaly event storm: %d events published for the minute from %s, the limit "
                         "(detector.max_events_per_minute); one summary event %s stands for the rest, which are "
                         "counted in logad_anomalies_suppressed_total", len(published),
                         time.strftime("%H:%M", time.gmtime(minute * 60)), ev.event_id)
-            summaries.append((self.s.kafka.output_topic, ev.session_id.encode(), ev.model_dump_json().encode(), None))
+            summaries.append(self._event_message(ev.session_id, ev.model_dump_json()))
         suppressed = len(keep) - sum(keep)
         if suppressed:
             m.ANOMALIES_SUPPRESSED.inc(suppressed)
@@ -1250,18 +1259,24 @@ class Worker:
                                cause="idle" if w.cause == "idle" else "full", first_ts=w.first_ts,
                                last_ts=w.last_ts, cut_ms=w.cut_ms, verdict=v, vocab=bundle.vocab,
                                unseen_text=texts.get(w.session_id, {}), miss_threshold=th.miss_ratio,
-                               distance_threshold=th.distance, model_version=bundle.version).model_dump_json()
+                               distance_threshold=th.distance, model_version=bundle.version,
+                               context=self.event_context, origins=w.origins).model_dump_json()
 
         held += [(w, event_json(w, v)) for w, v, _ in waiting]
         summaries: list[Any] = []
         if flagged and self.s.detector.max_events_per_minute:
             keep, summaries = self._rate_limit(engine, [(w.id, w.cut_ms, ",".join(v.reasons)) for w, v, _ in flagged])
             flagged = [f for f, k in zip(flagged, keep) if k]
-        out = [(self.s.kafka.output_topic, w.session_id.encode(), event_json(w, v).encode(), None)
-               for w, v, _ in flagged]
+        out = [self._event_message(w.session_id, event_json(w, v)) for w, v, _ in flagged]
         self.stats["anomalies"] += len(out)
         m.ANOMALIES.inc(len(out))
         return out + summaries
+
+    def _event_message(self, session_id: str, event_json: str) -> tuple[str, bytes, bytes, Any]:
+        """The output record of an event, framed as ``event.format`` says (a replay frames it the same)."""
+        ev = self.s.event
+        value, headers = frame_event(event_json, ev.format, ev.source or f"urn:logad:{self.s.log.family}")
+        return (self.s.kafka.output_topic, session_id.encode(), value, headers)
 
     def _dead_letter(self, rec: Any, reason: str, detail: str) -> tuple[str, bytes | None, bytes, list]:
         m.LINES_REJECTED.labels(reason).inc()

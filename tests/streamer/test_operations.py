@@ -27,7 +27,7 @@ from logbert_core.config import load_settings
 from streamer.embedded import free_port
 from streamer.events import AnomalyEvent
 from streamer.kafka_io import ensure_topics, read_all
-from streamer.schema import event_schema
+from streamer.schema import event_schema, producer_schema
 from training.evaluate import evaluate_bundle
 
 pytestmark = pytest.mark.integration
@@ -157,15 +157,20 @@ def test_committed_schema_is_the_generated_one_and_real_events_validate(detector
     assert committed == event_schema(), "regenerate: logad schema > schemas/anomaly-event.schema.json"
     assert logad("schema").stdout == SCHEMA.read_text()
     validator = jsonschema.Draft202012Validator(committed)
+    strict = jsonschema.Draft202012Validator(producer_schema())  # what this detector may emit, nothing more
     for raw in detector.events:
         validator.validate(json.loads(raw))
-    bad = json.loads(detector.events[0])
-    bad["unexpected"] = 1
+        strict.validate(json.loads(raw))
+    ev = json.loads(detector.events[0])
+    assert ev["log_family"] == "hdfs" and ev["severity"] in ("critical", "warning") and ev["host"]
+    assert ev["input"]["topic"] == detector.topic and ev["input"]["ranges"]
+    added = dict(ev, unexpected=1)  # a field a later version adds: consumers of this schema accept it
+    validator.validate(added)
     with pytest.raises(jsonschema.ValidationError):
-        validator.validate(bad)
-    del bad["unexpected"], bad["session_id"]
+        strict.validate(added)
+    del added["unexpected"], added["session_id"]
     with pytest.raises(jsonschema.ValidationError):
-        validator.validate(bad)
+        validator.validate(added)
 
 
 def test_tail_prints_events_readably_and_as_json(broker, detector):
