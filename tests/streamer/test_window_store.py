@@ -54,7 +54,7 @@ def test_replaying_a_batch_changes_nothing(redis_url):
     first = store.append(entries, now_ms=1)
     assert first.new_entries == 10 and [(w.lo, w.hi) for w in first.windows] == [(0, 8)]
     client = redis.Redis.from_url(redis_url)
-    snapshot = {k: client.dump(k) for k in client.keys("t:s:*") + client.keys("t:m:*")}
+    snapshot = {k: client.dump(k) for k in client.keys("{t}:s:*") + client.keys("{t}:m:*")}
     again = store.append(entries[::-1], now_ms=2)  # same records, any order
     assert again.new_entries == 0 and again.windows == []
     assert {k: client.dump(k) for k in snapshot} == snapshot
@@ -220,13 +220,13 @@ def test_a_session_that_expired_before_its_sweep_is_counted_and_leaves_no_key(re
     store = make_store(redis_url, prefix=prefix)
     store.append(lines_of(3, "blk_gone") + lines_of(2, "blk_kept"), now_ms=1_000)
     r = redis.Redis.from_url(redis_url)
-    for key in r.scan_iter(f"{prefix}:*blk_gone*"):  # what expiry does to a session's keys
+    for key in r.scan_iter(f"{store.prefix}:*blk_gone*"):  # what expiry does to a session's keys
         r.delete(key)
     res = store.sweep(now_ms=10_000, idle_ms=1_000)
     assert res.closed_sessions == 2 and res.expired == 1
     assert [w.session_id for w in res.windows] == ["blk_kept"]
-    assert list(r.scan_iter(f"{prefix}:*blk_gone*")) == []
-    assert all(r.ttl(k) > 0 for k in r.scan_iter(f"{prefix}:*blk_kept*"))
+    assert list(r.scan_iter(f"{store.prefix}:*blk_gone*")) == []
+    assert all(r.ttl(k) > 0 for k in r.scan_iter(f"{store.prefix}:*blk_kept*"))
 
 
 # -- key floods: open sessions capped, closed sessions kept for replays and returns, events per minute -------------
