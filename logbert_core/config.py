@@ -307,6 +307,9 @@ class KafkaSection(_Section):
 class RedisSection(_Section):
     url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)  # may carry a password: never logged
     namespace: str = "logad"
+    # redis.url names one node of a Redis Cluster (or a managed cluster-mode endpoint): the client finds the others
+    # and sends each call to the node of its slot (streamer/windows.py: every key of one bundle is in one slot)
+    cluster: bool = False
     # One Redis call may hang this long (None: detector.outage_budget_s / 5, at most 5 s). At most a quarter of
     # detector.outage_budget_s, so that the budget is spent on retries, not on one hung socket.
     socket_timeout_s: float | None = Field(default=None, gt=0)
@@ -317,6 +320,14 @@ class RedisSection(_Section):
     def _scheme(cls, v: str) -> str:
         if not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @field_validator("namespace")
+    @classmethod
+    def _no_hash_tag(cls, v: str) -> str:
+        if not v or "{" in v or "}" in v:
+            raise ValueError("must be non-empty and hold no '{' or '}': the Redis Cluster hash tag of a bundle's keys "
+                             "is its version, which the key names put in braces")
         return v
 
 

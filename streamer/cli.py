@@ -343,7 +343,9 @@ def model_use(bundle_dir: str, config: str) -> None:
         sys.exit(2)
     key = f"{s.redis.namespace}:model:current"
     try:
-        r = redis_lib.Redis.from_url(s.redis.url, socket_timeout=5)
+        from streamer.windows import client_for
+
+        r = client_for(s.redis.url, s.redis.cluster, socket_timeout=5)
         previous = r.getset(key, str(path))
     except redis_lib.RedisError as exc:
         click.echo(f"logad model use: Redis unavailable ({exc}); nothing changed", err=True)
@@ -366,7 +368,9 @@ def model_show(config: str) -> None:
     s = _settings(config)
     key = f"{s.redis.namespace}:model:current"
     try:
-        value = redis_lib.Redis.from_url(s.redis.url, socket_timeout=5).get(key)
+        from streamer.windows import client_for
+
+        value = client_for(s.redis.url, s.redis.cluster, socket_timeout=5).get(key)
     except redis_lib.RedisError as exc:
         click.echo(f"logad model show: Redis unavailable ({exc})", err=True)
         sys.exit(1)

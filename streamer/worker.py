@@ -65,7 +65,7 @@ from streamer.errors import OutageError, StartupError
 from streamer.events import EventContext, build_event, build_storm_event, clip_template, frame_event
 from streamer.kafka_io import EventProducer
 from streamer.rdkafka import ConfluentConsumer, ConfluentProducer, rdkafka_config, rdkafka_producer_config
-from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore, left_in
+from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore, client_for, left_in
 
 log = logging.getLogger(__name__)
 PARSE_ERROR = "parse_error"  # dead-letter reason of a line whose parsing failed in a way no rule names
@@ -491,10 +491,10 @@ class Worker:
             torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
         # one hung call may not spend the outage budget: the socket timeout is a fraction of it (config.py)
         timeout = settings.redis_socket_timeout_s()
-        self.redis = redis_client or redis.Redis.from_url(settings.redis.url, socket_timeout=timeout,
-                                                          socket_connect_timeout=timeout)
+        self.redis = redis_client or client_for(settings.redis.url, settings.redis.cluster, socket_timeout=timeout,
+                                                socket_connect_timeout=timeout)
         # a separate client with a short timeout for /ready, so a hung Redis cannot hang the probe
-        self._probe = redis.Redis.from_url(settings.redis.url, socket_timeout=1, socket_connect_timeout=1)
+        self._probe = client_for(settings.redis.url, settings.redis.cluster, socket_timeout=1, socket_connect_timeout=1)
         self.engine = Engine.build(settings, bundle, self.device, self.redis)
         self.draining: list[Engine] = []
         self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else None
