@@ -16,7 +16,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from logbert_core.parsing import DrainParams, LineFormat, SessionRule
@@ -252,6 +261,57 @@ class DetectorSection(_Section):
     health_fraction: float = Field(default=0.5, gt=0, le=1)
 
 
+# A pass-through client setting's value: librdkafka takes strings, numbers and booleans
+ClientValue = str | int | float | bool
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+# Typed settings that hold a secret: each may instead be read from a file, <name>_file (Docker/Kubernetes secrets)
+KAFKA_SECRETS = ("sasl_plain_password", "sasl_oauthbearer_client_secret", "ssl_key_password")
+# Typed setting -> the librdkafka property it becomes. A pass-through key that names one of these is a config error
+# naming both: one setting, one place to look.
+KAFKA_TYPED_NAMES = {
+    "bootstrap_servers": ("bootstrap.servers", "metadata.broker.list"), "group_id": ("group.id",),
+    "session_timeout_ms": ("session.timeout.ms",), "request_timeout_s": ("message.timeout.ms", "delivery.timeout.ms"),
+    "security_protocol": ("security.protocol",), "sasl_mechanism": ("sasl.mechanism", "sasl.mechanisms"),
+    "sasl_plain_username": ("sasl.username",), "sasl_plain_password": ("sasl.password",),
+    "sasl_oauthbearer_token_endpoint_url": ("sasl.oauthbearer.token.endpoint.url", "sasl.oauthbearer.method"),
+    "sasl_oauthbearer_client_id": ("sasl.oauthbearer.client.id",),
+    "sasl_oauthbearer_client_secret": ("sasl.oauthbearer.client.secret",),
+    "sasl_oauthbearer_scope": ("sasl.oauthbearer.scope",),
+    "sasl_kerberos_service_name": ("sasl.kerberos.service.name",),
+    "sasl_kerberos_principal": ("sasl.kerberos.principal",), "sasl_kerberos_keytab": ("sasl.kerberos.keytab",),
+    "ssl_cafile": ("ssl.ca.location",), "ssl_certfile": ("ssl.certificate.location",),
+    "ssl_keyfile": ("ssl.key.location",), "ssl_key_password": ("ssl.key.password",),
+}
+# librdkafka properties logad sets itself because its commit order depends on them: never from the pass-through map
+KAFKA_RESERVED = {
+    "enable.auto.commit": "offsets are committed only after a batch's events are on the broker",
+    "enable.auto.offset.store": "offsets are committed only after a batch's events are on the broker",
+    "enable.partition.eof": "the catch-up check reads the end-of-partition events",
+    "auto.offset.reset": "each client starts where its command says (the detector: earliest)",
+    "heartbeat.interval.ms": "it is derived from kafka.session_timeout_ms",
+    "acks": "events must be on every in-sync replica before offsets are committed",
+    "request.required.acks": "events must be on every in-sync replica before offsets are committed",
+    "enable.idempotence": "logad chooses it for its producers",
+}
+
+
+def kafka_secret_key(name: str) -> bool:
+    """Whether a librdkafka property holds a secret (its value is never shown and may come from a file)."""
+    return "password" in name or "secret" in name or name in ("ssl.key.pem", "sasl.oauthbearer.config")
+
+
+def _read_secret(setting: str, path: str) -> str:
+    """A secret file's text without its trailing newline; errors name the setting and the path, never the text."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{setting} = {path!r}: cannot read it ({exc.__class__.__name__})") from exc
+    value = text.removesuffix("\n").removesuffix("\r")
+    if not value or "\n" in value:
+        raise ValueError(f"{setting} = {path!r}: the file must hold the secret on one line (empty or more lines)")
+    return value
+
+
 class KafkaSection(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     input_topic: str = "logs.raw"
@@ -270,38 +330,114 @@ class KafkaSection(_Section):
     commit_interval_ms: int = Field(default=200, ge=0)
     # The detector's consumer and event producer: librdkafka through confluent-kafka, which decodes records in C
     # (about 1.6 us of CPU per record, against 10 us for kafka-python; docs/performance.md) and waits for the
-    # broker's acknowledgements without the GIL, or kafka-python. The other tools' producers are kafka-python.
+    # broker's acknowledgements without the GIL, or kafka-python. The other tools' clients are kafka-python.
     client: Literal["confluent-kafka", "kafka-python"] = "confluent-kafka"
+    # Security. Every client logad builds gets these (streamer/kafka_clients.py). Each secret may instead come from
+    # a file, <name>_file (read at start-up, trailing newline stripped); never logged or shown in repr or errors.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
     sasl_plain_username: str | None = None
-    sasl_plain_password: str | None = Field(default=None, repr=False)  # never logged or shown in repr
+    sasl_plain_password: str | None = Field(default=None, repr=False)
+    sasl_plain_password_file: str | None = None
+    # OAUTHBEARER with OIDC client credentials (librdkafka's sasl.oauthbearer.method = oidc; kafka-python through
+    # logad's token provider): the token endpoint, the client's id and secret, and the scope asked for
+    sasl_oauthbearer_token_endpoint_url: str | None = None
+    sasl_oauthbearer_client_id: str | None = None
+    sasl_oauthbearer_client_secret: str | None = Field(default=None, repr=False)
+    sasl_oauthbearer_client_secret_file: str | None = None
+    sasl_oauthbearer_scope: str | None = None
+    # GSSAPI (Kerberos): the broker's service name; the client's principal and keytab (librdkafka only)
+    sasl_kerberos_service_name: str = "kafka"
+    sasl_kerberos_principal: str | None = None
+    sasl_kerberos_keytab: str | None = None
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None  # client certificate (mutual TLS)
     ssl_keyfile: str | None = None
+    ssl_key_password: str | None = Field(default=None, repr=False)  # the password of ssl_keyfile, if it has one
+    ssl_key_password_file: str | None = None
+    # More client settings, under librdkafka's names, passed to librdkafka as they are (TOML [kafka.client_config],
+    # env LOGAD_KAFKA__CLIENT_CONFIG as a JSON object). kafka-python clients get the ones with an equivalent
+    # (streamer/kafka_clients.py) and refuse the others, unless listed in kafka_python_ignore. A key ending in
+    # "_file" reads the value of the key without it from that file (secrets).
+    client_config: dict[str, ClientValue] = Field(default_factory=dict, repr=False)  # repr: secrets masked
+    kafka_python_ignore: tuple[str, ...] = ()
     # How long one publish waits for the broker's acknowledgements before it is retried (None: outage_budget_s / 5,
     # at most 30 s). At most a quarter of detector.outage_budget_s.
     request_timeout_s: float | None = Field(default=None, gt=0)
+    # secrets read from their files at load: typed field name or librdkafka property -> value
+    _from_files: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaSection:
+        # messages name settings and paths, never a secret's value
         if self.security_protocol.startswith("SASL_") and not self.sasl_mechanism:
             raise ValueError(f"kafka.sasl_mechanism is required with security_protocol = {self.security_protocol!r} "
-                             "(e.g. PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)")
+                             f"(one of {', '.join(SASL_MECHANISMS)})")
+        if self.sasl_mechanism and not self.security_protocol.startswith("SASL_"):
+            raise ValueError(f"kafka.sasl_mechanism = {self.sasl_mechanism!r} needs security_protocol = "
+                             "'SASL_SSL' (or 'SASL_PLAINTEXT')")
+        oauth = ("sasl_oauthbearer_token_endpoint_url", "sasl_oauthbearer_client_id", "sasl_oauthbearer_client_secret",
+                 "sasl_oauthbearer_client_secret_file", "sasl_oauthbearer_scope")
+        kerberos = ("sasl_kerberos_principal", "sasl_kerberos_keytab")
+        for names, mechanism in ((oauth, "OAUTHBEARER"), (kerberos, "GSSAPI")):
+            given = [n for n in names if getattr(self, n) is not None]
+            if given and self.sasl_mechanism != mechanism:
+                raise ValueError(f"kafka.{given[0]} is set but kafka.sasl_mechanism is {self.sasl_mechanism!r}, "
+                                 f"not {mechanism!r}")
+        if self.sasl_oauthbearer_token_endpoint_url is not None:
+            for name in ("sasl_oauthbearer_client_id", "sasl_oauthbearer_client_secret"):
+                if getattr(self, name) is None and getattr(self, f"{name}_file", None) is None:
+                    raise ValueError(f"kafka.{name} is required with kafka.sasl_oauthbearer_token_endpoint_url "
+                                     f"(env LOGAD_KAFKA__{name.upper()}"
+                                     + (f" or LOGAD_KAFKA__{name.upper()}_FILE)" if name.endswith("secret") else ")"))
+        for name in KAFKA_SECRETS:
+            path = getattr(self, f"{name}_file")
+            if path is not None:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"kafka.{name} and kafka.{name}_file are both set: keep one")
+                self._from_files[name] = _read_secret(f"kafka.{name}_file", path)
+        self._check_client_config()
         return self
+
+    def _check_client_config(self) -> None:
+        typed = {prop: field for field, props in KAFKA_TYPED_NAMES.items() for prop in props}
+        for key, value in self.client_config.items():
+            name = key.removesuffix("_file")
+            where = f"kafka.client_config[{key!r}]"
+            if name in typed:
+                field = typed[name]
+                raise ValueError(f"{where} and kafka.{field} set the same librdkafka property {name!r}: keep the "
+                                 f"typed setting (env LOGAD_KAFKA__{field.upper()}) and drop the key")
+            if name in KAFKA_RESERVED:
+                raise ValueError(f"{where}: logad sets {name!r} itself ({KAFKA_RESERVED[name]}); drop the key")
+            if name != key:
+                if name in self.client_config:
+                    raise ValueError(f"{where} and kafka.client_config[{name!r}] are both set: keep one")
+                if not isinstance(value, str):
+                    raise ValueError(f"{where} must be a file path")
+                self._from_files[name] = _read_secret(where, value)
+        for key in self.kafka_python_ignore:
+            if key not in self.client_config:
+                raise ValueError(f"kafka.kafka_python_ignore names {key!r}, which kafka.client_config does not set")
+
+    def secret(self, name: str) -> str | None:
+        """A typed secret setting's value, from the setting or its file."""
+        value: str | None = getattr(self, name)
+        return value if value is not None else self._from_files.get(name)
+
+    def passthrough(self) -> dict[str, ClientValue]:
+        """``client_config`` with each ``<key>_file`` replaced by ``<key>`` and the file's text."""
+        out = {k: v for k, v in self.client_config.items() if not k.endswith("_file")}
+        out.update({k: v for k, v in self._from_files.items() if k not in KAFKA_SECRETS})
+        return out
+
+    def __repr_args__(self) -> Any:
+        yield from super().__repr_args__()
+        yield "client_config", {k: "***" if kafka_secret_key(k) else v for k, v in self.client_config.items()}
 
     @property
     def dlq(self) -> str:
         return self.dlq_topic or f"{self.input_topic}.dlq"
-
-    def client_kwargs(self) -> dict[str, Any]:
-        """Security settings as kafka-python keyword arguments."""
-        kw: dict[str, Any] = {"security_protocol": self.security_protocol}
-        for name in ("sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "ssl_cafile", "ssl_certfile",
-                     "ssl_keyfile"):
-            if getattr(self, name) is not None:
-                kw[name] = getattr(self, name)
-        return kw
 
 
 class RedisSection(_Section):
@@ -532,4 +668,4 @@ def redact_url(value: Any) -> Any:
 
 
 def _secret(loc: str) -> bool:
-    return "password" in loc or loc.endswith("keyfile")
+    return "password" in loc or "secret" in loc or loc.endswith(("keyfile", "ssl.key.pem", "sasl.oauthbearer.config"))

@@ -120,6 +120,9 @@ def run(config: str, model_dir: str, exit_when_idle: float | None) -> None:
     except OutageError as exc:
         click.echo(f"logad run: {exc}; exiting without committing unfinished work", err=True)
         sys.exit(3)
+    except StartupError as exc:  # e.g. Kafka settings librdkafka refused when the consumer was created
+        click.echo(f"logad run: {exc}", err=True)
+        sys.exit(2)
     finally:
         if server is not None:
             server.stop()
@@ -171,7 +174,8 @@ def replay(file: str, config: str | None, bootstrap_servers: str | None, topic: 
     Progress goes to stderr. --format json wraps each line as Fluent Bit does ({"log": line, "@timestamp": t})."""
     import time
 
-    from streamer.kafka_io import KafkaIOError, produce_file
+    from streamer.kafka_clients import client_settings
+    from streamer.kafka_io import KafkaIOError, KafkaSettingsError, produce_file
 
     s = _settings(config)
     _quiet_kafka()
@@ -180,7 +184,10 @@ def replay(file: str, config: str | None, bootstrap_servers: str | None, topic: 
     try:
         n = produce_file(bootstrap_servers or s.kafka.bootstrap_servers, target, file,
                          json_field=s.log.json_fields[0] if fmt == "json" else None, rate=rate, progress=True,
-                         bootstrap_timeout_ms=15_000, **s.kafka.client_kwargs())
+                         **{"bootstrap_timeout_ms": 15_000, **client_settings(s.kafka, "kafka-python")})
+    except KafkaSettingsError as exc:
+        click.echo(f"logad replay: {exc}", err=True)
+        sys.exit(2)
     except KafkaIOError as exc:
         click.echo(f"logad replay: {exc}", err=True)
         sys.exit(1)
@@ -206,16 +213,23 @@ def tail(config: str | None, bootstrap_servers: str | None, topic: str | None, f
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
+    from streamer.kafka_clients import client_settings
+    from streamer.kafka_io import KafkaSettingsError
     from streamer.render import render_event
 
     s = _settings(config)
     _quiet_kafka()
     bootstrap = bootstrap_servers or s.kafka.bootstrap_servers
     try:
-        consumer = KafkaConsumer(topic or s.kafka.output_topic, bootstrap_servers=bootstrap, group_id=None,
-                                 auto_offset_reset="earliest" if from_beginning else "latest",
-                                 enable_auto_commit=False, allow_auto_create_topics=False,
-                                 bootstrap_timeout_ms=10_000, **s.kafka.client_kwargs())
+        kw = client_settings(s.kafka, "kafka-python")
+    except KafkaSettingsError as exc:
+        click.echo(f"logad tail: {exc}", err=True)
+        sys.exit(2)
+    try:
+        consumer = KafkaConsumer(topic or s.kafka.output_topic, **{
+            "bootstrap_servers": bootstrap, "group_id": None,
+            "auto_offset_reset": "earliest" if from_beginning else "latest", "enable_auto_commit": False,
+            "allow_auto_create_topics": False, "bootstrap_timeout_ms": 10_000, **kw})
     except KafkaError as exc:
         click.echo(f"logad tail: cannot reach the broker at {bootstrap}: {exc}", err=True)
         sys.exit(1)
@@ -413,7 +427,9 @@ def alerts_forward(config: str | None, brokers: str | None, topic: str | None, g
     from datetime import timedelta
 
     from streamer.alerts import Alertmanager, AlertsError, Forwarder, make_kafka_consumer
+    from streamer.errors import StartupError
     from streamer.http import StatusServer
+    from streamer.kafka_clients import client_settings
 
     s = _settings(config)
     logging.getLogger("kafka").setLevel(logging.WARNING)  # -v shows the forwarder's own progress, not the client's
@@ -427,7 +443,10 @@ def alerts_forward(config: str | None, brokers: str | None, topic: str | None, g
     try:
         consumer = make_kafka_consumer(bootstrap, out_topic, group, start_at=start_at,
                                        session_timeout_ms=s.kafka.session_timeout_ms,
-                                       client_kwargs=s.kafka.client_kwargs())
+                                       client_kwargs=client_settings(s.kafka, "kafka-python"))
+    except StartupError as exc:  # settings kafka-python cannot honour
+        click.echo(f"logad alerts forward: {exc}", err=True)
+        sys.exit(2)
     except AlertsError as exc:
         click.echo(f"logad alerts forward: {exc}", err=True)
         sys.exit(1)

@@ -36,13 +36,20 @@ def check_kafka(settings: Settings, timeout_s: float, create_topics: bool = Fals
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError
 
+    from streamer.kafka_clients import client_settings
+    from streamer.kafka_io import KafkaSettingsError
+
     k = settings.kafka
     out: list[Finding] = []
     where = f"{k.bootstrap_servers} ({k.security_protocol})"
     try:
-        admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
-                                 bootstrap_timeout_ms=int(timeout_s * 1000), client_id="logad-doctor",
-                                 **k.client_kwargs())
+        kw = client_settings(k, "kafka-python")
+    except KafkaSettingsError as exc:
+        return [Finding(FAIL, "kafka", str(exc), "fix kafka.client_config or the kafka security settings")]
+    try:
+        admin = KafkaAdminClient(**{"bootstrap_servers": k.bootstrap_servers, "client_id": "logad-doctor", **kw,
+                                    "request_timeout_ms": int(timeout_s * 1000),
+                                    "bootstrap_timeout_ms": int(timeout_s * 1000)})
     except KafkaError as exc:
         fix = ("check kafka.bootstrap_servers / LOGAD_KAFKA__BOOTSTRAP_SERVERS and that the broker is up"
                + ("; with SASL/SSL also kafka.security_protocol, kafka.sasl_* and kafka.ssl_cafile"
@@ -96,10 +103,11 @@ def check_kafka(settings: Settings, timeout_s: float, create_topics: bool = Fals
 
 
 def _group_lag(settings: Settings, timeout_s: float) -> list[Finding]:
+    from streamer.kafka_clients import client_settings
     from streamer.kafka_io import KafkaIOError, committed_offsets, end_offsets
 
     k = settings.kafka
-    kw = k.client_kwargs()
+    kw = client_settings(k, "kafka-python")  # check_kafka has refused settings kafka-python cannot honour
     try:
         ends = end_offsets(k.bootstrap_servers, k.input_topic, timeout_s=timeout_s, **kw)
         done = committed_offsets(k.bootstrap_servers, k.group_id, k.input_topic, timeout_s=timeout_s, **kw)

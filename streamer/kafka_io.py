@@ -21,10 +21,13 @@ from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
+from streamer.errors import StartupError
+
 log = logging.getLogger(__name__)
 
-__all__ = ["ConsumerRecord", "EventProducer", "KafkaIOError", "committed_offsets", "end_offsets", "ensure_topics",
-           "make_consumer", "make_producer", "produce_file", "produce_lines", "read_all"]
+__all__ = ["ConsumerRecord", "EventProducer", "KafkaIOError", "KafkaSettingsError", "committed_offsets", "end_offsets",
+           "ensure_topics", "make_consumer", "make_producer", "produce_file", "produce_lines", "producer_config",
+           "read_all"]
 
 TIMESTAMP_KEY = "@timestamp"  # Fluent Bit's kafka output: default timestamp_key for format json
 
@@ -33,10 +36,15 @@ class KafkaIOError(RuntimeError):
     """A helper could not do its job against the broker; wraps the kafka-python error where there is one."""
 
 
+class KafkaSettingsError(StartupError):
+    """Kafka settings a client cannot honour (``streamer.kafka_clients``), or that librdkafka refused when a client
+    was created. The message names the setting, never a secret's value; the commands exit 2."""
+
+
 def _admin(bootstrap: str, timeout_s: float, client_kwargs: Mapping[str, Any]) -> KafkaAdminClient:
     try:
-        return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
-                                **client_kwargs)
+        return KafkaAdminClient(**{"bootstrap_servers": bootstrap, **client_kwargs,
+                                   "request_timeout_ms": int(timeout_s * 1000)})
     except KafkaError as exc:
         raise KafkaIOError(f"cannot reach the Kafka broker at {bootstrap}: {exc}") from exc
 
@@ -128,15 +136,18 @@ def make_consumer(bootstrap: str, topic: str, group_id: str, *, session_timeout_
     return consumer
 
 
-def make_producer(bootstrap: str, **kwargs: Any) -> KafkaProducer:
-    """A producer for bytes keys and values: ``acks="all"``, retried sends, a short linger to form batches.
+def producer_config(timeout_s: float = 60.0) -> dict[str, Any]:
+    """Every kafka-python producer's settings (``streamer.rdkafka.rdkafka_producer_config`` gives librdkafka the
+    same): ``acks="all"``, a short linger to form batches, and retried sends given up after ``timeout_s``.
 
     Retries are kafka-python's (unbounded, with idempotence on, which keeps retries from duplicating or reordering),
-    capped in time by ``delivery_timeout_ms``. ``kwargs`` override the defaults here.
-    """
-    config: dict[str, Any] = dict(bootstrap_servers=bootstrap, acks="all", linger_ms=5, retry_backoff_ms=200,
-                                  delivery_timeout_ms=60_000)
-    config.update(kwargs)
+    capped in time by ``delivery_timeout_ms``; records up to its ``max_request_size`` (1 MiB)."""
+    return {"acks": "all", "linger_ms": 5, "retry_backoff_ms": 200, "delivery_timeout_ms": int(timeout_s * 1000)}
+
+
+def make_producer(bootstrap: str, **kwargs: Any) -> KafkaProducer:
+    """A producer for bytes keys and values (``producer_config``); ``kwargs`` override its defaults."""
+    config: dict[str, Any] = {"bootstrap_servers": bootstrap, **producer_config(), **kwargs}
     try:
         return KafkaProducer(**config)
     except KafkaError as exc:
@@ -148,8 +159,8 @@ class EventProducer:
     detector publishes alike with either client: ``deliver`` sends ``(topic, key, value, headers)`` messages and
     returns once the broker has every one, or raises a ``KafkaError`` (the caller sends the whole set again)."""
 
-    def __init__(self, bootstrap: str, **kwargs: Any) -> None:
-        self._p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, retries=5, **kwargs)
+    def __init__(self, bootstrap: str, timeout_s: float = 30.0, **kwargs: Any) -> None:
+        self._p = KafkaProducer(**{"bootstrap_servers": bootstrap, **producer_config(timeout_s), **kwargs})
 
     def deliver(self, messages: Iterable[tuple[str, bytes | None, bytes, Any]], timeout_s: float = 30.0) -> None:
         futs = [self._p.send(topic, key=key, value=value, headers=headers) for topic, key, value, headers in messages]

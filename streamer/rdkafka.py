@@ -37,18 +37,16 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, KafkaConnectionError, KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
-from streamer.kafka_io import heartbeat_interval_ms
+from logbert_core.config import kafka_secret_key
+from streamer.kafka_io import KafkaSettingsError, heartbeat_interval_ms
 
 log = logging.getLogger(__name__)
 
-# kafka-python keyword (as KafkaSection.client_kwargs() gives them) -> librdkafka property
-_SECURITY = {"security_protocol": "security.protocol", "sasl_mechanism": "sasl.mechanism",
-             "sasl_plain_username": "sasl.username", "sasl_plain_password": "sasl.password",
-             "ssl_cafile": "ssl.ca.location", "ssl_certfile": "ssl.certificate.location",
-             "ssl_keyfile": "ssl.key.location"}
-
-
-_ADMIN_KEYS = {"bootstrap.servers", "client.id", *_SECURITY.values()}
+# what rdkafka_config adds for a group consumer alone; the consumer's admin client (ListOffsets) gets the rest: the
+# connection, security and pass-through settings
+_CONSUMER_ONLY = frozenset({"group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset",
+                            "session.timeout.ms", "heartbeat.interval.ms", "queued.max.messages.kbytes",
+                            "enable.partition.eof", "fetch.wait.max.ms"})
 
 
 class Record:
@@ -63,9 +61,9 @@ class Record:
 
 
 def rdkafka_config(bootstrap: str, group_id: str, *, session_timeout_ms: int, client_id: str,
-                   client_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """librdkafka settings equal to the worker's kafka-python consumer: manual commits, earliest, the security
-    settings translated. Raises ``ValueError`` for a security keyword it does not know."""
+                   settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """librdkafka settings equal to the worker's kafka-python consumer: manual commits, earliest; then ``settings``
+    (librdkafka names: ``kafka_clients.client_settings``), whose pass-through keys may replace the tuning here."""
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap, "group.id": group_id, "client.id": client_id,
         "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
@@ -79,30 +77,34 @@ def rdkafka_config(bootstrap: str, group_id: str, *, session_timeout_ms: int, cl
         # 115-250 ms from produce to poll at librdkafka's 500 ms, 4 ms with kafka-python) delays every line by it
         "fetch.wait.max.ms": 100,
     }
-    config.update(_security(client_kwargs))
+    config.update(settings or {})
     return config
 
 
-def rdkafka_producer_config(bootstrap: str, *, client_id: str, client_kwargs: Mapping[str, Any],
+def rdkafka_producer_config(bootstrap: str, *, client_id: str, settings: Mapping[str, Any] | None = None,
                             timeout_s: float = 30.0) -> dict[str, Any]:
-    """librdkafka settings equal to the worker's kafka-python producer: every replica acknowledges, a short
-    linger, and a message given up after ``timeout_s`` (the caller sends the whole set again), so a long outage
-    does not pile copies up in the client's queue."""
+    """librdkafka settings equal to kafka-python's producers (``kafka_io.producer_config``): every replica
+    acknowledges, a short linger, and a message given up after ``timeout_s`` (the caller sends the whole set
+    again), so a long outage does not pile copies up in the client's queue; then ``settings``."""
     return {"bootstrap.servers": bootstrap, "client.id": client_id, "acks": "all", "linger.ms": 5,
-            "message.timeout.ms": int(timeout_s * 1000),
+            "retry.backoff.ms": 200, "message.timeout.ms": int(timeout_s * 1000),
             # kafka-python's max_request_size (librdkafka's default is 1,000,000): the same records go through
-            "message.max.bytes": 1_048_576, **_security(client_kwargs)}
+            "message.max.bytes": 1_048_576, **(settings or {})}
 
 
-def _security(client_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """kafka-python security keywords under librdkafka's names; ``ValueError`` for one it does not know."""
-    out = {}
-    for name, value in client_kwargs.items():
-        if name not in _SECURITY:
-            raise ValueError(f"kafka setting {name!r} has no librdkafka equivalent here")
-        if value is not None:
-            out[_SECURITY[name]] = value
-    return out
+def _refused(exc: KafkaException, config: Mapping[str, Any]) -> KafkaError | KafkaSettingsError:
+    """A failure to create a client: settings librdkafka refused are a start-up error (no retry will help; the text
+    is librdkafka's, which names the property, with any secret value of the settings masked), anything else the
+    retriable error of ``_to_kafka_error``."""
+    err = exc.args[0] if exc.args else None
+    if err is None or not hasattr(err, "code") or err.code() != RdError._INVALID_ARG:
+        return _to_kafka_error(exc)
+    text = err.str()
+    for key, value in config.items():
+        if kafka_secret_key(key) and isinstance(value, str) and value:
+            text = text.replace(value, "***")
+    return KafkaSettingsError(f"librdkafka refused the Kafka settings: {text} (kafka.client_config, "
+                              "env LOGAD_KAFKA__CLIENT_CONFIG, or the typed kafka settings)")
 
 
 class ConfluentConsumer:
@@ -119,7 +121,7 @@ class ConfluentConsumer:
         # their cached high watermark is this assignment's (highwater())
         self._fetched: set[TopicPartition] = set()
         # an admin client (own connections) for ListOffsets, started on first use, with the consumer's settings
-        self._admin_config = {k: v for k, v in config.items() if k in _ADMIN_KEYS}
+        self._admin_config = {k: v for k, v in config.items() if k not in _CONSUMER_ONLY}
         self._admin: Any = None
         log.info("consumer: confluent-kafka %s, librdkafka %s", confluent_kafka.version()[0],
                  confluent_kafka.libversion()[0])
@@ -127,7 +129,7 @@ class ConfluentConsumer:
             # librdkafka's own log lines go through Python logging (served inside poll), not straight to stderr
             self._c = Consumer({**config, "error_cb": self._log_error, "logger": logging.getLogger("librdkafka")})
         except KafkaException as exc:
-            raise _to_kafka_error(exc) from exc
+            raise _refused(exc, config) from exc
         try:
             self._c.list_topics(topic, timeout=connect_timeout_s)  # a metadata answer: some broker is there
             self._c.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -274,6 +276,9 @@ class ConfluentProducer:
         self._errors_logged: set[str] = set()
         try:
             self._p = Producer({**config, "error_cb": self._log_error, "logger": logging.getLogger("librdkafka")})
+        except KafkaException as exc:
+            raise _refused(exc, config) from exc
+        try:
             self._p.list_topics(timeout=connect_timeout_s)  # a metadata answer: some broker is there
         except KafkaException as exc:
             raise _to_kafka_error(exc) from exc

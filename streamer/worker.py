@@ -63,8 +63,9 @@ from streamer import metrics as m
 from streamer.decode import Rejected, ValueDecoder
 from streamer.errors import OutageError, StartupError
 from streamer.events import EventContext, build_event, build_storm_event, clip_template, frame_event
+from streamer.kafka_clients import client_settings, detector_consumer, event_producer
 from streamer.kafka_io import EventProducer
-from streamer.rdkafka import ConfluentConsumer, ConfluentProducer, rdkafka_config, rdkafka_producer_config
+from streamer.rdkafka import ConfluentConsumer, ConfluentProducer
 from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore, client_for, left_in
 
 log = logging.getLogger(__name__)
@@ -510,7 +511,7 @@ class Worker:
         self._last_reload_check = time.monotonic()
         self._consumer = consumer
         self._producer = producer
-        self.kafka_kwargs = settings.kafka.client_kwargs()
+        self.kafka_kwargs = client_settings(settings.kafka, settings.kafka.client)  # KafkaSettingsError: exit 2
         self.backoff = Backoff(det.outage_budget_s, self.stop_event, self._set_healthy, on_give_up=self._give_up,
                                try_s={"redis": timeout, "kafka": settings.kafka_request_timeout_s()})
         self._beat = time.monotonic()  # the last sign of progress of the consume loop or the scorer (``liveness``)
@@ -670,30 +671,13 @@ class Worker:
     @property
     def consumer(self) -> KafkaConsumer | ConfluentConsumer:
         if self._consumer is None:
-            k = self.s.kafka
-            if k.client == "confluent-kafka":
-                config = rdkafka_config(k.bootstrap_servers, k.group_id, session_timeout_ms=k.session_timeout_ms,
-                                        client_id=f"logad-{k.group_id}", client_kwargs=self.kafka_kwargs)
-                self._consumer = ConfluentConsumer(config, k.input_topic, _Rebalance(self))
-                return self._consumer
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=k.bootstrap_servers, group_id=k.group_id, enable_auto_commit=False,
-                bootstrap_timeout_ms=5000,  # fail fast; run() retries with back-off within the outage budget
-                auto_offset_reset="earliest", session_timeout_ms=k.session_timeout_ms,
-                max_poll_records=k.max_poll_records, client_id=f"logad-{k.group_id}", **self.kafka_kwargs)
-            self._consumer.subscribe([k.input_topic], listener=_Rebalance(self))
+            self._consumer = detector_consumer(self.s.kafka, self.kafka_kwargs, _Rebalance(self))
         return self._consumer
 
     @property
     def producer(self) -> EventProducer | ConfluentProducer:
         if self._producer is None:
-            k = self.s.kafka
-            if k.client == "confluent-kafka":
-                self._producer = ConfluentProducer(rdkafka_producer_config(
-                    k.bootstrap_servers, client_id=f"logad-{k.group_id}", client_kwargs=self.kafka_kwargs,
-                    timeout_s=self.s.kafka_request_timeout_s()))
-            else:
-                self._producer = EventProducer(k.bootstrap_servers, **self.kafka_kwargs)
+            self._producer = event_producer(self.s.kafka, self.kafka_kwargs, self.s.kafka_request_timeout_s())
         return self._producer
 
     def _give_up(self) -> None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 
 from logbert_core.config import KafkaSection
+from streamer.kafka_clients import client_settings
 from streamer.rdkafka import rdkafka_config, rdkafka_producer_config
 
 
 def test_settings_match_the_kafka_python_consumer() -> None:
-    config = rdkafka_config("b:9092", "g", session_timeout_ms=6000, client_id="logad-g", client_kwargs={})
+    config = rdkafka_config("b:9092", "g", session_timeout_ms=6000, client_id="logad-g", settings={})
     assert config["bootstrap.servers"] == "b:9092" and config["group.id"] == "g"
     assert config["enable.auto.commit"] is False and config["enable.auto.offset.store"] is False
     assert config["auto.offset.reset"] == "earliest"
@@ -21,7 +22,8 @@ def test_settings_match_the_kafka_python_consumer() -> None:
 def test_every_security_setting_is_translated() -> None:
     k = KafkaSection(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_plain_username="u",
                      sasl_plain_password="p", ssl_cafile="/ca.pem", ssl_certfile="/c.pem", ssl_keyfile="/k.pem")
-    config = rdkafka_config("b:9093", "g", session_timeout_ms=10_000, client_id="c", client_kwargs=k.client_kwargs())
+    config = rdkafka_config("b:9093", "g", session_timeout_ms=10_000, client_id="c",
+                            settings=client_settings(k, "confluent-kafka"))
     assert {key: config[key] for key in ("security.protocol", "sasl.mechanism", "sasl.username", "sasl.password",
                                          "ssl.ca.location", "ssl.certificate.location", "ssl.key.location")} == {
         "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "u",
@@ -34,9 +36,15 @@ def test_every_security_setting_is_translated() -> None:
     Consumer({key: value for key, value in config.items() if not key.startswith("ssl.")}).close()
 
 
-def test_an_unknown_client_setting_is_refused() -> None:
-    with pytest.raises(ValueError, match="no librdkafka equivalent"):
-        rdkafka_config("b:9092", "g", session_timeout_ms=6000, client_id="c", client_kwargs={"api_version": (3,)})
+def test_a_setting_librdkafka_refuses_is_a_start_up_error() -> None:
+    """Not a broker outage to back off from: the worker would retry it for the whole outage budget."""
+    from streamer.errors import StartupError
+    from streamer.rdkafka import ConfluentConsumer
+
+    config = rdkafka_config("127.0.0.1:1", "g", session_timeout_ms=6000, client_id="c",
+                            settings={"no.such.property": "1"})
+    with pytest.raises(StartupError, match="no.such.property"):
+        ConfluentConsumer(config, "t", connect_timeout_s=1.0)
 
 
 def test_no_broker_at_creation_is_a_kafka_error_for_the_start_up_back_off() -> None:
@@ -49,7 +57,7 @@ def test_no_broker_at_creation_is_a_kafka_error_for_the_start_up_back_off() -> N
     from streamer.embedded import free_port
     from streamer.rdkafka import ConfluentConsumer
 
-    config = rdkafka_config(f"127.0.0.1:{free_port()}", "g", session_timeout_ms=6000, client_id="c", client_kwargs={})
+    config = rdkafka_config(f"127.0.0.1:{free_port()}", "g", session_timeout_ms=6000, client_id="c", settings={})
     t0 = time.monotonic()
     with pytest.raises(KafkaError, match="librdkafka"):
         ConfluentConsumer(config, "t", connect_timeout_s=1.0)
@@ -67,7 +75,7 @@ def test_a_slow_stream_is_not_held_back_by_batching(broker) -> None:
 
     ensure_topics(broker.url, {"t.slow": 1})
     consumer = ConfluentConsumer(rdkafka_config(broker.url, "slow", session_timeout_ms=6000, client_id="c",
-                                                client_kwargs={}), "t.slow")
+                                                settings={}), "t.slow")
     producer = make_producer(broker.url)
     try:
         deadline = time.monotonic() + 30
@@ -92,8 +100,13 @@ def test_a_slow_stream_is_not_held_back_by_batching(broker) -> None:
 def test_producer_settings_match_the_kafka_python_producer() -> None:
     k = KafkaSection(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_plain_username="u",
                      sasl_plain_password="p")
-    config = rdkafka_producer_config("b:9092", client_id="logad-g", client_kwargs=k.client_kwargs(), timeout_s=30)
+    config = rdkafka_producer_config("b:9092", client_id="logad-g", settings=client_settings(k, "confluent-kafka"),
+                                     timeout_s=30)
     assert config["acks"] == "all" and config["linger.ms"] == 5
+    from streamer.kafka_io import producer_config
+
+    assert producer_config(30) == {"acks": "all", "linger_ms": 5, "retry_backoff_ms": 200,
+                                   "delivery_timeout_ms": config["message.timeout.ms"]}
     assert config["message.timeout.ms"] == 30_000  # an undelivered copy leaves the queue when the send is retried
     assert (config["security.protocol"], config["sasl.mechanism"], config["sasl.username"]) == (
         "SASL_PLAINTEXT", "PLAIN", "u")
@@ -112,7 +125,7 @@ def test_no_broker_at_producer_creation_is_a_kafka_error() -> None:
 
     t0 = time.monotonic()
     with pytest.raises(KafkaError, match="librdkafka"):
-        ConfluentProducer(rdkafka_producer_config(f"127.0.0.1:{free_port()}", client_id="c", client_kwargs={}),
+        ConfluentProducer(rdkafka_producer_config(f"127.0.0.1:{free_port()}", client_id="c", settings={}),
                           connect_timeout_s=1.0)
     assert time.monotonic() - t0 < 10
 
@@ -123,7 +136,7 @@ def test_producer_delivers_every_message_with_its_key_and_headers(broker) -> Non
     from streamer.rdkafka import ConfluentProducer
 
     ensure_topics(broker.url, {"t.deliver": 2})
-    producer = ConfluentProducer(rdkafka_producer_config(broker.url, client_id="c", client_kwargs={}))
+    producer = ConfluentProducer(rdkafka_producer_config(broker.url, client_id="c", settings={}))
     try:
         sent = [("t.deliver", f"s{i}".encode(), f"event {i}".encode(), [("logad.reason", b"r")] if i % 2 else None)
                 for i in range(300)]
@@ -150,7 +163,7 @@ def test_producer_reports_what_the_broker_did_not_acknowledge() -> None:
     broker = start_broker()
     try:
         ensure_topics(broker.url, {"t.paused": 1})
-        producer = ConfluentProducer(rdkafka_producer_config(broker.url, client_id="c", client_kwargs={},
+        producer = ConfluentProducer(rdkafka_producer_config(broker.url, client_id="c", settings={},
                                                              timeout_s=3))
         producer.deliver([("t.paused", None, b"before", None)], timeout_s=10)
         broker.pause()
@@ -173,7 +186,7 @@ def test_producer_takes_records_as_large_as_the_kafka_python_one_did(broker) -> 
     from streamer.rdkafka import ConfluentProducer
 
     ensure_topics(broker.url, {"t.large": 1})
-    producer = ConfluentProducer(rdkafka_producer_config(broker.url, client_id="c", client_kwargs={}))
+    producer = ConfluentProducer(rdkafka_producer_config(broker.url, client_id="c", settings={}))
     try:
         producer.deliver([("t.large", None, b"x" * 1_040_000, [("logad.reason", b"too_large")])], timeout_s=20)
     finally:

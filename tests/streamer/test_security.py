@@ -35,7 +35,9 @@ def secure_env(redis_url: str = "redis://127.0.0.1:6379/0", **kafka: str) -> dic
 
 def test_settings_repr_and_str_hide_passwords():
     s = load_settings(CONFIG, kafka=SECURE, redis={"url": f"rediss://app:{REDIS_PW}@r:6380/0"})
-    assert s.kafka.client_kwargs()["sasl_plain_password"] == SASL_PW  # still usable
+    from streamer.kafka_clients import client_settings
+
+    assert client_settings(s.kafka, "kafka-python")["sasl_plain_password"] == SASL_PW  # still usable
     for text in (repr(s), str(s), repr(s.kafka), repr(s.redis), str(s.kafka)):
         assert SASL_PW not in text and REDIS_PW not in text
 
