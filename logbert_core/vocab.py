@@ -51,6 +51,11 @@ class Vocabulary:
         """Number of model keys, specials included: the model's ``vocab_size``."""
         return FIRST_KEY + len(self.templates)
 
+    @property
+    def n_templates(self) -> int:
+        """Templates in the vocabulary (its size less the special keys)."""
+        return len(self.templates)
+
     def key(self, template_id: int | None) -> int:
         """Model key of a template id; ``UNK`` for ids not in the vocabulary (or ``None``)."""
         if template_id is None:

@@ -169,19 +169,18 @@ def check_redis(settings: Settings, timeout_s: float) -> list[Finding]:
 
 def check_model(settings: Settings, model_dir: str | Path) -> list[Finding]:
     from logbert_core.bundle import BundleError, load_bundle
-    from streamer.errors import StartupError
-    from streamer.worker import check_bundle_settings, resolve_device
+    from logbert_core.runtime import DeviceError, SettingsMismatch, check_settings, resolve_device
 
     try:
         bundle = load_bundle(model_dir)
     except BundleError as exc:
         return [Finding(FAIL, "model", f"bundle {model_dir} does not load: {exc}",
                         "point --model at a directory written by logad-train (bundle.json + model.safetensors)")]
-    out = [Finding(OK, "model", f"bundle {bundle.version} loads ({bundle.vocab.size - 4} templates, "
+    out = [Finding(OK, "model", f"bundle {bundle.version} loads ({bundle.vocab.n_templates} templates, "
                                 f"max_len {bundle.model_config.max_len})")]
     try:
-        check_bundle_settings(settings, bundle)
-    except StartupError as exc:
+        check_settings(settings, bundle)
+    except SettingsMismatch as exc:
         out.append(Finding(FAIL, "model", str(exc).split("\nfix: ")[0],
                            "run with the config the bundle was trained with, or retrain with logad-train"))
     else:
@@ -189,7 +188,7 @@ def check_model(settings: Settings, model_dir: str | Path) -> list[Finding]:
     out += _promise_findings(bundle)
     try:
         device = resolve_device(settings.detector.device)
-    except StartupError as exc:
+    except DeviceError as exc:
         out.append(Finding(FAIL, "model", str(exc), "set detector.device = 'auto' or 'cpu'"))
     else:
         out.append(Finding(OK, "model", f"scoring device: {device}"))

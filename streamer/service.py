@@ -46,14 +46,13 @@ from logbert_core.bundle import Bundle
 from logbert_core.config import ServeSection, Settings
 from logbert_core.judge import Verdict
 from logbert_core.parsing import LineFormatError, key_of, line_digest
+from logbert_core.runtime import DeviceError, SettingsMismatch, build_judge, check_settings, resolve_device
 from logbert_core.vocab import UNK
 from logbert_core.windows import canonical_entries, session_windows, window_keys
 from streamer import metrics as m
 from streamer.decode import Rejected, ValueDecoder
 from streamer.errors import LogadError, StartupError
 from streamer.events import Explanation, WindowExtent, build_event
-from streamer.worker import check_bundle_settings, resolve_device
-from training.evaluate import bundle_judge
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +212,15 @@ class SessionDetector:
     plain dicts) and take turns at the model (``FairLock``)."""
 
     def __init__(self, settings: Settings, bundle: Bundle, device: str | None = None) -> None:
-        check_bundle_settings(settings, bundle)
+        try:
+            check_settings(settings, bundle)
+            dev = resolve_device(device or settings.detector.device)
+        except (SettingsMismatch, DeviceError) as exc:
+            raise StartupError(str(exc)) from exc
         self.settings = settings
         self.bundle = bundle
-        self.device = str(resolve_device(device or settings.detector.device))
-        self.judge = bundle_judge(bundle, settings, self.device)
+        self.device = str(dev)
+        self.judge = build_judge(bundle, settings, dev, threads=settings.train.scoring_threads)
         self.fmt = settings.line_format()
         self.decoder = ValueDecoder(settings.log.json_fields, settings.log.max_line_bytes)
         self.index = bundle.template_index()

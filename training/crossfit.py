@@ -18,11 +18,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
 from logbert_core.config import Settings
 from logbert_core.judge import Calibrated, NormalSession, RestStats, calibrated_judge, session_scores
 from logbert_core.model import LogBERT, LogBERTConfig
+from logbert_core.runtime import buckets_for, resolve_device
 from logbert_core.scoring import WindowScore, WindowScorer
 from training.data import split_chronological
 from training.fit import FitResult, TrainConfig, fit
@@ -30,12 +29,6 @@ from training.fit import FitResult, TrainConfig, fit
 log = logging.getLogger(__name__)
 
 _FOLD_VAL_WINDOWS = 256  # a fold model "validates" on this many of its own training windows (no early stop)
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def model_config(settings: Settings, vocab_size: int) -> LogBERTConfig:
@@ -59,7 +52,7 @@ def make_scorer(settings: Settings, cfg: LogBERTConfig, result: FitResult) -> Wi
     model.load_state_dict(result.state_dict)
     return WindowScorer(model, result.center.to(device), top_g=s.scoring.top_g, mask_copies=s.scoring.mask_copies,
                         device=device, n_candidates=s.scoring.n_candidates, threads=s.train.scoring_threads,
-                        buckets=tuple(b for b in s.detector.buckets if b < cfg.max_len) + (cfg.max_len,))
+                        buckets=buckets_for(s, cfg.max_len))
 
 
 def crossfits(settings: Settings, normal_sessions: int) -> bool:

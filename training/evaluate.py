@@ -10,24 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from logbert_core.bundle import Bundle
 from logbert_core.config import Settings
-from logbert_core.judge import Verdict, WindowJudge
-from logbert_core.scoring import WindowScorer
+from logbert_core.judge import Verdict
+from logbert_core.runtime import build_judge
 from training.data import SessionWindows, build_windows, check_labels, describe, load_labels, read_corpus
 from training.train import judge_sessions, session_metrics
-
-
-def bundle_judge(bundle: Bundle, settings: Settings, device: str = "cpu") -> WindowJudge:
-    sc = settings.scoring
-    max_len = bundle.model_config.max_len
-    buckets = tuple(b for b in settings.detector.buckets if b < max_len) + (max_len,)
-    scorer = WindowScorer(bundle.build_model(device), bundle.center.to(device), top_g=sc.top_g,
-                          mask_copies=sc.mask_copies, device=torch.device(device), buckets=buckets,
-                          n_candidates=sc.n_candidates, threads=settings.train.scoring_threads)
-    return WindowJudge.from_bundle(scorer, bundle, sc)
 
 
 def learned_pause(bundle: Bundle) -> float | None:
@@ -53,5 +41,5 @@ def evaluate_bundle(bundle: Bundle, settings: Settings, inputs: Sequence[str | P
     windows = offline_windows(bundle, settings, inputs, finished)
     if labels_csv:
         check_labels(labels, windows, labels_csv, describe(inputs))
-    verdicts = judge_sessions(bundle_judge(bundle, settings, device), windows)
+    verdicts = judge_sessions(build_judge(bundle, settings, device, threads=settings.train.scoring_threads), windows)
     return verdicts, session_metrics(verdicts, labels)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from logbert_core.masking import IGNORE_INDEX, random_mask
 from logbert_core.model import LogBERT, LogBERTConfig
+from logbert_core.runtime import resolve_device
 from logbert_core.scoring import compute_center, torch_threads
 from logbert_core.vocab import FIRST_KEY, PAD, UNK
 
@@ -71,12 +72,6 @@ class FitResult:
     history: list[dict[str, float]]  # per epoch: epoch, train_loss, train_mlm, train_hyper, val_loss, seconds
     best_epoch: int  # 1-based
     seconds: float
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _cpu_bf16_supported() -> bool:
@@ -189,7 +184,7 @@ def fit(
 ) -> FitResult:
     """Train a fresh LogBERT; return the best-validation-loss weights and their hypersphere centre."""
     t0 = time.perf_counter()
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     train_keys, train_len = _pack(train_windows, model_cfg, "train_windows")
     val_keys, val_len = _pack(val_windows, model_cfg, "val_windows")
     autocast, use_scaler = _precision(device, cfg.bf16)

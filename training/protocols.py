@@ -36,12 +36,13 @@ from logbert_core.bundle import Bundle, Thresholds, load_bundle
 from logbert_core.config import ScoringSection, Settings
 from logbert_core.judge import DISTANCE, KEY_MISSES, NormalSession, RestStats, Verdict, WindowJudge
 from logbert_core.parsing import LineFormatError
+from logbert_core.runtime import build_judge, resolve_device
 from logbert_core.scoring import WindowScore
 from logbert_core.vocab import FIRST_KEY, UNK
 from logbert_core.windows import session_windows
 from training.baselines import BASELINES, BaselineConfig, Calibrated, Session, calibrate_threshold, fit_and_calibrate
 from training.complete_logs import CompleteConfig, CompleteLogDetector, ParamExtractor, SessionLines, line_features
-from training.crossfit import crossfits, fit_decision, model_config, resolve_device
+from training.crossfit import crossfits, fit_decision, model_config
 from training.data import (
     Corpus,
     SessionWindows,
@@ -55,7 +56,7 @@ from training.data import (
     read_corpus,
     split_chronological,
 )
-from training.evaluate import bundle_judge, learned_pause
+from training.evaluate import learned_pause
 from training.split import INTERLEAVE_BLOCK, split_files
 from training.train import judge_sessions, train_bundle
 
@@ -266,7 +267,8 @@ def fit_logbert(data: EvalData, settings: Settings, vocab_size: int, progress: b
 def bundle_run(bundle: Bundle, settings: Settings, data: EvalData, history: list[dict[str, float]],
                seconds: float, mode: str) -> LogBERTRun:
     """The shipped bundle's judge. Calibration windows are scored only to rank sessions for the PR curve."""
-    judge = bundle_judge(bundle, settings, resolve_device(settings.train.device))
+    judge = build_judge(bundle, settings, resolve_device(settings.train.device),
+                        threads=settings.train.scoring_threads)
     calib_scores = judge.scorer.score(data.flat_windows(data.split.calib))
     return LogBERTRun(judge, calib_scores, history, seconds, f"model rules calibrated on {mode}")
 
@@ -442,7 +444,7 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
               "input_lines": parse_stats(inputs, s),
               "lines": {"train_part": len(train_corpus.records), "test_part": len(test_corpus.records)},
               "split_files": summary, "sessions": len(sessions), "sessions_in_both_parts": len(shared),
-              "templates": bundle.vocab.size - FIRST_KEY,
+              "templates": bundle.vocab.n_templates,
               "session_length": {"p50": float(np.percentile(lengths, 50)), "p99": float(np.percentile(lengths, 99)),
                                  "max": int(lengths.max())},
               "unseen_template_sessions_test": sum(UNK in sessions[x] for x in test_ids)},
@@ -608,7 +610,7 @@ def complete_config(settings: Settings, vocab_size: int, **overrides: Any) -> Co
                 n_head=s.model.n_head, n_embd=s.model.n_embd, dropout=s.model.dropout, top_g=s.scoring.top_g,
                 mask_copies=s.scoring.mask_copies, mask_ratio=s.train.mask_ratio, epochs=s.train.epochs,
                 batch_size=s.train.batch_size, lr=s.train.lr, patience=s.train.patience, seed=s.train.seed,
-                device=resolve_device(s.train.device), num_threads=1)  # one thread: the same fit from run to run
+                device=str(resolve_device(s.train.device)), num_threads=1)  # one thread: the same fit from run to run
     return CompleteConfig(**{**base, **overrides})
 
 

@@ -18,8 +18,9 @@ from logbert_core.calibration import State
 from logbert_core.config import Settings, bundle_fields
 from logbert_core.judge import NormalSession, RestStats, Verdict, WindowJudge
 from logbert_core.parsing import TemplateIndex
+from logbert_core.runtime import resolve_device
 from logbert_core.vocab import Vocabulary
-from training.crossfit import fit_decision, model_config, resolve_device
+from training.crossfit import fit_decision, model_config
 from training.data import (
     Corpus,
     SessionWindows,
@@ -162,12 +163,12 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
                                    "and rests from all of them; the last "
                                    f"{s.train.val_fraction} validation (early stopping); model calibration: "
                                    + fd.mode},
-                 "templates": vocab.size - 4, "train_windows": sum(len(x.windows) for x in sessions),
+                 "templates": vocab.n_templates, "train_windows": sum(len(x.windows) for x in sessions),
                  "live_windows": live,
                  "train_session_len_p50_p99": [float(np.percentile(lengths, 50)), float(np.percentile(lengths, 99))]},
         "training": {"best_epoch": result.best_epoch, "history": result.history, "seconds": round(result.seconds, 1),
                      "crossfit_seconds": round(fd.fold_seconds, 1), "parse_seconds": round(t_parse, 1),
-                     "device": resolve_device(s.train.device)},
+                     "device": str(resolve_device(s.train.device))},
         "thresholds": thresholds.to_json(),
         "calibration": {"mode": fd.mode, **promise.to_json()},
         "in_period_eval": {"anomalies": len(anomalous), "caught": caught,
