@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from logbert_core.calibration import Promise
 from logbert_core.model import LogBERT, LogBERTConfig
 from logbert_core.parsing import DrainParams, TemplateIndex
+from logbert_core.rest import RestStats
 from logbert_core.vocab import Vocabulary
 
 FORMAT_VERSION = 1
@@ -308,8 +309,6 @@ def _check_template_index(index: TemplateIndex) -> None:
 
 
 def _check_rest(rest: Mapping[str, Any]) -> None:
-    from logbert_core.judge import RestStats  # judge imports this module
-
     stats = RestStats.from_json(rest)
     if not (stats.quiet_s > 0 and stats.max_len > 0 and stats.stride > 0):
         raise ValueError(f"quiet_s, max_len and stride must be > 0 (got {stats.quiet_s}, {stats.max_len}, "

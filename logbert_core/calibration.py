@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from logbert_core.rest import State
+
 UNSEEN_TEMPLATE = "unseen_template"
 UNSEEN_SET = "unseen_template_set"
 RARE_TEMPLATE = "rare_template"
@@ -311,7 +313,6 @@ def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model
 
 
 # -- leave-one-out exact evidence ---------------------------------------------------------------------------------
-State = tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from logbert_core.model import LogBERT, LogBERTConfig
 from logbert_core.scoring import torch_threads
 from logbert_core.vocab import PAD, UNK
 from logbert_core.windows import session_windows
-from training.baselines import (
+from training.detector import (
     BaselineConfig,
     Detector,
     Session,
