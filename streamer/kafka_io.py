@@ -142,7 +142,10 @@ def producer_config(timeout_s: float = 60.0) -> dict[str, Any]:
 
     Retries are kafka-python's (unbounded, with idempotence on, which keeps retries from duplicating or reordering),
     capped in time by ``delivery_timeout_ms``; records up to its ``max_request_size`` (1 MiB)."""
-    return {"acks": "all", "linger_ms": 5, "retry_backoff_ms": 200, "delivery_timeout_ms": int(timeout_s * 1000)}
+    delivery_ms = max(1006, int(timeout_s * 1000))
+    # kafka-python requires delivery_timeout_ms > linger_ms + request_timeout_ms (30 s by default)
+    return {"acks": "all", "linger_ms": 5, "retry_backoff_ms": 200, "delivery_timeout_ms": delivery_ms,
+            "request_timeout_ms": min(30_000, delivery_ms - 6)}
 
 
 def make_producer(bootstrap: str, **kwargs: Any) -> KafkaProducer:

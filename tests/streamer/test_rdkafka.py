@@ -106,7 +106,12 @@ def test_producer_settings_match_the_kafka_python_producer() -> None:
     from streamer.kafka_io import producer_config
 
     assert producer_config(30) == {"acks": "all", "linger_ms": 5, "retry_backoff_ms": 200,
-                                   "delivery_timeout_ms": config["message.timeout.ms"]}
+                                   "delivery_timeout_ms": config["message.timeout.ms"], "request_timeout_ms": 29_994}
+    from kafka import KafkaProducer
+
+    for timeout_s in (0.5, 2, 30, 60):  # kafka-python accepts each (delivery > linger + request timeout)
+        KafkaProducer(**producer_config(timeout_s), bootstrap_servers="127.0.0.1:1", bootstrap_timeout_ms=0,
+                      api_version=(3, 0)).close(0)
     assert config["message.timeout.ms"] == 30_000  # an undelivered copy leaves the queue when the send is retried
     assert (config["security.protocol"], config["sasl.mechanism"], config["sasl.username"]) == (
         "SASL_PLAINTEXT", "PLAIN", "u")
