@@ -52,11 +52,12 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from logbert_core import runtime
 from logbert_core.bundle import Bundle, BundleError, load_bundle
-from logbert_core.config import Settings, bundle_fields
+from logbert_core.config import Settings
 from logbert_core.judge import Verdict, WindowJudge
 from logbert_core.parsing import LineFormat, LineFormatError, TemplateIndex, key_of
-from logbert_core.scoring import WindowScorer
+from logbert_core.runtime import DeviceError, SettingsMismatch, build_judge, check_settings
 from logbert_core.vocab import UNK
 from logbert_core.windows import member, window_keys
 from streamer import metrics as m
@@ -110,13 +111,11 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 def check_bundle_settings(settings: Settings, bundle: Bundle) -> None:
-    """The detector must parse, window and score exactly as the model was trained."""
-    mine = bundle_fields(settings)
-    diffs = [f"  {k}: config has {mine.get(k)!r}, bundle was trained with {v!r}"
-             for k, v in sorted(bundle.settings.items()) if mine.get(k) != v]
-    if diffs:
-        raise StartupError("settings disagree with the model bundle (" + bundle.version + "):\n" + "\n".join(diffs)
-                           + "\nfix: run with the config the bundle was trained with, or retrain with logad-train")
+    """The detector must parse, window and score exactly as the model was trained (``runtime.check_settings``)."""
+    try:
+        check_settings(settings, bundle)
+    except SettingsMismatch as exc:
+        raise StartupError(str(exc)) from exc
     rest = bundle.rest
     if rest and settings.scoring.premature_end and float(rest["quiet_s"]) != settings.session.rest_s:
         log.warning("the rest horizon is %g s (session.rest_horizon_s, or idle_timeout_s), but bundle %s learned where "
@@ -124,12 +123,16 @@ def check_bundle_settings(settings: Settings, bundle: Bundle) -> None:
                     "it)", settings.session.rest_s, bundle.version, float(rest["quiet_s"]))
 
 
+def _text(value: bytes | str) -> str:
+    """A Redis reply as text (redis-py returns bytes unless the client decodes responses)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise StartupError(f"detector.device = {name!r} but CUDA is not available; use 'auto' or 'cpu'")
-    return torch.device(name)
+    try:
+        return runtime.resolve_device(name)
+    except DeviceError as exc:
+        raise StartupError(f"detector.device: {exc}") from exc
 
 
 @dataclass
@@ -437,14 +440,10 @@ class Engine:
     @classmethod
     def build(cls, settings: Settings, bundle: Bundle, device: torch.device, client: redis.Redis) -> Engine:
         check_bundle_settings(settings, bundle)
-        det, sc = settings.detector, settings.scoring
+        det = settings.detector
         max_len = bundle.model_config.max_len
-        buckets = tuple(b for b in det.buckets if b < max_len) + (max_len,)
-        scorer = WindowScorer(bundle.build_model(device), bundle.center.to(device), top_g=sc.top_g,
-                              mask_copies=sc.mask_copies, device=device, buckets=buckets,
-                              n_candidates=sc.n_candidates, bf16=det.bf16, cache_size=det.score_cache,
-                              threads=det.score_threads)
-        judge = WindowJudge.from_bundle(scorer, bundle, sc)
+        judge = build_judge(bundle, settings, device, bf16=det.bf16, cache_size=det.score_cache,
+                            threads=det.score_threads)
         pipeline = LinePipeline(settings.line_format(), ValueDecoder(settings.log.json_fields,
                                                                      settings.log.max_line_bytes),
                                 bundle.template_index(), bundle, settings.parser.unknown == "nearest",
@@ -561,7 +560,7 @@ class Worker:
             self._redis_failed(t0)
             return None  # checked again next time; the batch path handles Redis outages
         if pointer:
-            return Path(pointer.decode())
+            return Path(_text(pointer))
         return self.bundle_dir
 
     def maybe_reload(self) -> bool:
@@ -627,7 +626,7 @@ class Worker:
                                   m.REDIS_ERRORS)
         running = {self.bundle.version, *(e.bundle.version for e in self.draining)}
         for raw_version, raw_dir in sorted(known.items()):
-            version, where = raw_version.decode(), Path(raw_dir.decode())
+            version, where = _text(raw_version), Path(_text(raw_dir))
             if version in running:
                 continue
             left = self.backoff.call("redis read", lambda: left_in(self.redis, f"{ns}:{version}"),
