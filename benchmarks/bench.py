@@ -218,7 +218,7 @@ def bench_consume(stack: Stack, lines: list[str], partitions: int) -> list[dict[
                                           max_poll_records=1000)
         else:
             consumer = ConfluentConsumer(rdkafka_config(stack.broker.url, f"{group}ck", session_timeout_ms=6000,
-                                                        client_id="bench", client_kwargs={}), topic)
+                                                        client_id="bench"), topic)
         n, t0, c0 = 0, None, 0.0
         deadline = time.monotonic() + 120
         while n < len(lines) and time.monotonic() < deadline:
