@@ -200,7 +200,9 @@ def test_core_dependencies_leave_the_optional_ones_to_extras():
                for r in extras["test"]), "logad[test] must bring every extra the tests and the demo use"
 
 
-def test_the_detector_imports_and_runs_without_optional_dependencies():
+def run_without_optional_dependencies(body: str) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` in a fresh interpreter where importing any optional dependency fails, as in the detector's
+    image (which installs none of the extras)."""
     blocker = (
         "import importlib, importlib.abc, sys\n"
         f"BLOCKED = {sorted(OPTIONAL_IMPORTS)!r}\n"
@@ -208,13 +210,18 @@ def test_the_detector_imports_and_runs_without_optional_dependencies():
         "    def find_spec(self, name, path, target=None):\n"
         "        if name.split('.')[0] in BLOCKED:\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+        "sys.meta_path.insert(0, Block())\n")
+    return subprocess.run([sys.executable, "-c", blocker + body], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+
+
+def test_the_detector_imports_and_runs_without_optional_dependencies():
+    res = run_without_optional_dependencies(
         f"for m in {CORE_MODULES!r}:\n"
         "    importlib.import_module(m)\n"
         "from streamer.cli import main\n"
         "sys.argv = ['logad', 'alerts', 'forward', '--help']\n"
         "main()\n")
-    res = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "--alertmanager" in res.stdout
 
@@ -227,18 +234,7 @@ def test_the_detector_imports_and_runs_without_optional_dependencies():
 def test_a_command_whose_extra_is_missing_says_which_to_install(argv, message):
     """The detector's image leaves serve and train out: their commands name the extra instead of a traceback."""
     entry = "streamer.cli" if argv[0] == "logad" else "training.cli"
-    blocker = (
-        "import importlib.abc, sys\n"
-        f"BLOCKED = {sorted(OPTIONAL_IMPORTS)!r}\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name.split('.')[0] in BLOCKED:\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
-        f"from {entry} import main\n"
-        f"sys.argv = {argv!r}\n"
-        "main()\n")
-    res = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120, cwd=REPO)
+    res = run_without_optional_dependencies(f"from {entry} import main\nsys.argv = {argv!r}\nmain()\n")
     assert res.returncode in (1, 2) and message in res.stderr, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
 
