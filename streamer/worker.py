@@ -306,6 +306,11 @@ class _Rebalance(ConsumerRebalanceListener):
         # poll; the same rule keeps both clients alike). The next owner replays them, which adds nothing (appends
         # are idempotent, their windows are acked). A failure is raised by the loop.
         log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+        for tp in revoked:  # their new owner reports their lag: a value kept here would count it twice, frozen
+            try:
+                m.CONSUMER_LAG.remove(str(tp.partition))
+            except KeyError:
+                pass
         try:
             self.worker.finish_append()
         except OutageError:

@@ -289,3 +289,27 @@ def test_a_block_that_stopped_part_way_is_held_then_published_for_its_unfinished
     finally:
         w.scoring.close()
         w.close()
+
+
+class _Quiet:
+    """The two calls a revoke makes of its worker, doing nothing: only the gauge is under test."""
+
+    def finish_append(self) -> None:
+        return None
+
+    def settle(self, **_: object) -> None:
+        return None
+
+
+def test_a_revoked_partition_stops_reporting_its_lag():
+    """After a rebalance the new owner reports the partition's lag; the old one must not keep a frozen value."""
+    from prometheus_client import REGISTRY
+
+    from streamer import metrics as m
+
+    m.CONSUMER_LAG.labels("7").set(42)
+    m.CONSUMER_LAG.labels("8").set(5)
+    worker_mod._Rebalance(_Quiet()).on_partitions_revoked([TopicPartition("logs.raw", 7)])  # type: ignore[arg-type]
+    assert REGISTRY.get_sample_value("logad_consumer_lag", {"partition": "7"}) is None
+    assert REGISTRY.get_sample_value("logad_consumer_lag", {"partition": "8"}) == 5
+    worker_mod._Rebalance(_Quiet()).on_partitions_revoked([TopicPartition("logs.raw", 7)])  # type: ignore[arg-type]
