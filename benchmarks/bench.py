@@ -122,15 +122,11 @@ def bench_drain3(lines: list[str]) -> dict[str, Any]:
 def _scorer(threads: int, autocast: bool, cache_size: int = 0) -> tuple[Any, Any]:
     from logbert_core.bundle import load_bundle
     from logbert_core.config import load_settings
-    from logbert_core.scoring import WindowScorer
+    from logbert_core.runtime import build_judge
 
     s, bundle = load_settings(CONFIG), load_bundle(MODEL)
-    sc, cfg = s.scoring, bundle.model_config
-    buckets = tuple(b for b in s.detector.buckets if b < cfg.max_len) + (cfg.max_len,)
-    scorer = WindowScorer(bundle.build_model("cpu"), bundle.center, top_g=sc.top_g, mask_copies=sc.mask_copies,
-                          buckets=buckets, n_candidates=sc.n_candidates, bf16=autocast, threads=threads,
-                          cache_size=cache_size)
-    return scorer, bundle
+    judge = build_judge(bundle, s, "cpu", bf16=autocast, cache_size=cache_size, threads=threads)
+    return judge.scorer, bundle
 
 
 def _rate(score: Any, windows: list[list[int]], min_s: float) -> float:
