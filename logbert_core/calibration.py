@@ -243,9 +243,13 @@ def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model
     p_model = np.min([loo_pvalues(s.values) for s in model], axis=0) if model else np.ones(n_m)
     p_exact_of_model = p_exact[rows] if exact and n_m else np.ones(n_m)
 
-    def estimate(a: float) -> tuple[int, int, float]:
-        fe = int((p_exact <= a).sum())
-        fm = int(((p_model <= a) & ~(p_exact_of_model <= a)).sum())
+    def estimate(a: float, also: np.ndarray | None = None) -> tuple[int, int, float]:
+        """Calibration sessions flagged at level ``a`` (exact, and model-only), and the estimated rate; ``also``:
+        exact sessions flagged besides (by rules kept at their ceiling)."""
+        exact_flags = p_exact <= a if also is None else (p_exact <= a) | also
+        of_model = exact_flags[rows] if exact and n_m else p_exact_of_model <= a
+        fe = int(exact_flags.sum())
+        fm = int(((p_model <= a) & ~of_model).sum())
         return fe, fm, (fe / n_e if n_e else 0.0) + (fm / n_m if n_m else 0.0)
 
     n_min = min(n for n in (n_e, n_m) if n)
@@ -299,10 +303,7 @@ def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model
                                 f"reach its ceiling ({s.ceiling:g}), more than level {level:.5f} allows")
         thresholds[s.name] = t
     if at_ceiling.any():  # the sessions those rules flag join the estimate
-        flagged = (p_exact <= level) | at_ceiling
-        fe = int(flagged.sum())
-        fm = int(((p_model <= level) & ~flagged[rows]).sum()) if n_m else 0
-        est = fe / n_e + (fm / n_m if n_m else 0.0)
+        fe, fm, est = estimate(level, at_ceiling)
     upper = (binomial_upper(fe, n_e) if n_e else 0.0) + (binomial_upper(fm, n_m) if n_m else 0.0)
     if model and n_m and 1.0 / (n_m + 1) > level:
         warnings.append(f"the model rules rest on {n_m} sessions the model did not fit on: they can never fire at "
