@@ -362,14 +362,30 @@ class ExactHistory:
         return False
 
 
+@dataclass(frozen=True)
+class Routine:
+    """What calibration needs of routine novelty: ``counts``, each routine-novelty key with how many later normal
+    sessions of the forward test held such novelty (its count for ``rare_template``, which no training window
+    gives); ``of_key``, each template key mined from lines of a routine level with that level's key (what the
+    detector would have given the template, had the training history lacked it: leave-one-out evidence uses it)."""
+
+    counts: Mapping[int, int] = field(default_factory=dict)
+    of_key: Mapping[int, int] = field(default_factory=dict)
+
+
 def exact_evidence(sessions: Sequence[NormalSession], *, unk: int, max_len: int, rarity_total: float,
-                   rest: Any | None = None) -> dict[str, np.ndarray]:
+                   rest: Any | None = None, routine: Routine | None = None) -> dict[str, np.ndarray]:
     """Leave-one-out evidence of every normal session on the exact rules: each session judged by the statistics of
     all the *other* sessions, as a session the bundle never saw would be judged by all of them.
 
     ``rarity_total`` is the denominator of ``KeyCounts.rarity``; ``rest`` (a ``RestStats`` of all sessions) turns
-    the premature-end evidence on. Returns rule name -> (n,) array."""
+    the premature-end evidence on. ``routine``: a template that only this session had, mined from lines of a
+    routine level, is judged as the detector would judge it, by its level's routine-novelty key
+    (``logbert_core.novelty``): no unseen template, left out of the set, and as rare as that key's count.
+    Returns rule name -> (n,) array."""
     h = ExactHistory.of(sessions)
+    of_key = routine.of_key if routine is not None else {}
+    routine_count = routine.counts if routine is not None else {}
     n = len(sessions)
     unseen = np.zeros(n)
     novel_set = np.zeros(n)
@@ -378,17 +394,19 @@ def exact_evidence(sessions: Sequence[NormalSession], *, unk: int, max_len: int,
     for i, s in enumerate(sessions):
         own = Counter(k for w in s.windows for k in w)
         own_keys = set(own)
+        mine_only = {k for k in own_keys if h.key_sessions[k] <= 1}  # unseen, were this session new
+        quiet_new = {k for k in mine_only if k in of_key}  # ... at a routine level
         for w, seen in zip(s.windows, s.quiet_seen()):
             if not w:
                 continue
-            if unk in w or any(h.key_sessions[k] <= 1 for k in own_keys.intersection(w)):
+            if unk in w or any(k in mine_only and k not in quiet_new for k in w):
                 unseen[i] = 1.0
-            ws = frozenset(w)
-            if h.set_sessions[ws] <= 1:  # only this session had this set
+            ws = frozenset(w) - quiet_new if quiet_new else frozenset(w)
+            if ws and h.set_sessions[ws] <= 1:  # only this session had this set
                 closing = len(w) < max_len
                 if not h.covered_by_others(ws, i) or not closing or seen:
                     novel_set[i] = 1.0
-            c = min(h.key_counts[k] - own[k] for k in w)
+            c = min(routine_count.get(of_key[k], 0) if k in quiet_new else h.key_counts[k] - own[k] for k in w)
             rarity[i] = max(rarity[i], -math.log((c + 1) / rarity_total))
             if rest is not None and seen and rest.closing(w):
                 state = tuple(sorted(Counter(w).items()))

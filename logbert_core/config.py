@@ -224,6 +224,11 @@ class ScoringSection(_Section):
     # learned for field_window sessions: those end at a clock boundary, not where their logs stop.
     premature_end: bool = True
     n_candidates: int = Field(default=3, gt=0)
+    # Levels (the line format's ``level`` group, compared without case) at which a new template may be routine: the
+    # trainer's forward test (logbert_core.novelty) decides from the training history whether it is. Others (WARN,
+    # ERROR, FATAL ...) always count. () turns the test off.
+    routine_levels: tuple[str, ...] = ("TRACE", "DEBUG", "FINE", "FINER", "FINEST", "CONFIG", "VERBOSE", "INFO",
+                                       "INFORMATION", "NOTICE")
 
 
 class DetectorSection(_Section):

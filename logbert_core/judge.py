@@ -3,7 +3,10 @@
 A window is anomalous when a rule's evidence passes its threshold; ``logbert_core.calibration`` sets every threshold
 at once, from one false-positive budget on all normal history (its docstring says how). The rules:
 
-* ``unseen_template``: it holds a template never seen in normal training logs (key ``UNK``);
+* ``unseen_template``: it holds a template never seen in normal training logs (key ``UNK``). An unseen template
+  at a level where the training history shows new templates to be routine (``logbert_core.novelty``) has its
+  level's key instead: it is no evidence for this rule, for ``unseen_template_set`` or (through its count) for
+  ``rare_template``;
 * ``unseen_template_set``: its set of templates was never the set of a normal training window. A set that is part
   of a normal one (a session that stopped half-way, or one still running) counts only once the session was seen to
   stop: the quiet after the window was observed (``quiet_seen``); until then the verdict is pending, as for
@@ -43,6 +46,7 @@ from logbert_core.calibration import (
     UNSEEN_TEMPLATE,
     NormalSession,
     Promise,
+    Routine,
     RuleSample,
     choose_level,
     conformal_threshold,
@@ -107,7 +111,8 @@ class WindowJudge:
 
     def __init__(self, scorer: WindowScorer, thresholds: Thresholds, known_sets: frozenset[frozenset[int]],
                  novel_template: bool = True, novel_template_set: bool = True, use_distance: bool = True,
-                 key_counts: KeyCounts | None = None, rest: RestStats | None = None) -> None:
+                 key_counts: KeyCounts | None = None, rest: RestStats | None = None,
+                 routine_keys: frozenset[int] = frozenset()) -> None:
         self.scorer = scorer
         self.thresholds = thresholds
         self.known_sets = known_sets
@@ -116,6 +121,7 @@ class WindowJudge:
         self.use_distance = use_distance
         self.key_counts = key_counts  # None, or a bundle without a rarity threshold: the rare rule is off
         self.rest = rest  # None, or a bundle without a premature-end threshold: the rule is off
+        self.routine_keys = routine_keys  # unseen templates at routine levels: no template set counts them
         self.max_len = scorer.model.config.max_len  # windows shorter than this close their session
         # only the maximal sets matter for containment; most normal windows are subsets of a few lifecycles
         self._maximal = [k for k in known_sets if not any(k < other for other in known_sets)]
@@ -126,7 +132,8 @@ class WindowJudge:
         """The bundle's rules, each on or off as ``scoring`` says (the detector, ``serve`` and offline evaluation)."""
         rest = RestStats.from_json(bundle.rest) if scoring.premature_end and bundle.rest else None
         return cls(scorer, bundle.thresholds, bundle.known_sets, scoring.novel_template, scoring.novel_template_set,
-                   scoring.use_distance, KeyCounts(bundle.key_counts) if scoring.rare_template else None, rest)
+                   scoring.use_distance, KeyCounts(bundle.key_counts) if scoring.rare_template else None, rest,
+                   bundle.vocab.routine_keys)
 
     def covered(self, keys: frozenset[int]) -> bool:
         """Whether some normal training window had all of these templates together."""
@@ -160,8 +167,8 @@ class WindowJudge:
             waits: list[str] = []
             if unseen_on and UNK in keys:
                 reasons.append(UNSEEN_TEMPLATE)
-            if set_on:
-                fs = frozenset(keys)
+            fs = frozenset(keys) - self.routine_keys if self.routine_keys else frozenset(keys)
+            if set_on and fs:
                 if fs not in self.known_sets:
                     if seen or len(keys) >= self.max_len or not self.covered(fs):
                         reasons.append(UNSEEN_SET)
@@ -212,20 +219,26 @@ def session_scores(scores: Sequence[WindowScore], sizes: Sequence[int]) -> list[
 def calibrated_judge(scorer: WindowScorer, sessions: Sequence[NormalSession], model_rows: Sequence[int],
                      model_scores: Sequence[Sequence[WindowScore]] | None = None, *, target_fpr: float,
                      novel_template: bool = True, novel_template_set: bool = True, use_distance: bool = True,
-                     rare_template: bool = True, rest: RestStats | None = None) -> Calibrated:
+                     rare_template: bool = True, rest: RestStats | None = None,
+                     routine: Routine | None = None) -> Calibrated:
     """The product's decision for a trained model, from normal sessions only (``logbert_core.calibration``).
 
     ``sessions``: every normal training session; the judge's statistics (known templates and sets, key counts;
     ``rest``, built from the same sessions, turns the premature-end rule on) come from all of them, and each
     session's exact evidence is taken leave-one-out. ``model_rows``: the sessions the model did not fit on, whose
     model evidence calibrates the model rules: ``model_scores`` (one list of window scores per row, from
-    out-of-fold models), or, without it, ``scorer``'s scores of their windows (a held-out slice)."""
+    out-of-fold models), or, without it, ``scorer``'s scores of their windows (a held-out slice). ``routine``:
+    the routine-novelty keys (``Vocabulary.routine_levels``, ``logbert_core.novelty``) with their counts, which
+    join the key counts, and the templates of routine levels, which leave-one-out evidence judges as the
+    detector would judge them unseen."""
     if not sessions:
         raise ValueError("calibration needs at least one normal session")
     counts = KeyCounts.of(w for s in sessions for w in s.windows)
+    if routine is not None and routine.counts:
+        counts = KeyCounts({**counts.counts, **routine.counts})
     known = frozenset(frozenset(w) for s in sessions for w in s.windows)
     ev = exact_evidence(sessions, unk=UNK, max_len=scorer.model.config.max_len, rarity_total=counts.total,
-                        rest=rest)
+                        rest=rest, routine=routine)
     exact = []
     if novel_template:
         exact.append(RuleSample(UNSEEN_TEMPLATE, ev[UNSEEN_TEMPLATE], 1.0))
@@ -259,5 +272,6 @@ def calibrated_judge(scorer: WindowScorer, sessions: Sequence[NormalSession], mo
                + level.promise.describe(),
         rare=t.get(RARE_TEMPLATE, inf), premature=t.get(PREMATURE_END, inf), unseen=t.get(UNSEEN_TEMPLATE, inf),
         unseen_set=t.get(UNSEEN_SET, inf), promise=level.promise)
-    judge = WindowJudge(scorer, th, known, novel_template, novel_template_set, use_distance, counts, rest)
+    judge = WindowJudge(scorer, th, known, novel_template, novel_template_set, use_distance, counts, rest,
+                        frozenset(routine.counts if routine is not None else ()))
     return Calibrated(judge, th, known, counts, [x for ss in model_scores for x in ss], level.promise, rest)

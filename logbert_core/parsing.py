@@ -53,6 +53,7 @@ class LogRecord:
     content: str  # the free-text message the template is mined from
     line: str  # the raw line, unchanged
     label: str | None = None  # an inline label group, where a data set carries one (BGL); never used to detect
+    level: str | None = None  # the ``level`` group (INFO, WARN, FATAL ...), where the format has one
 
 
 def line_digest(line: str) -> str:
@@ -77,7 +78,8 @@ class SessionRule:
 class LineFormat:
     """Splits raw lines into ``LogRecord``s."""
 
-    __slots__ = ("_re", "_ts_fields", "_ts_format", "_rule", "_key_re", "_ts_cache", "_has_label", "_ts_fixed")
+    __slots__ = ("_re", "_ts_fields", "_ts_format", "_rule", "_key_re", "_ts_cache", "_has_label", "_has_level",
+                 "_ts_fixed")
 
     def __init__(self, line_regex: str, timestamp_fields: Sequence[str], timestamp_format: str,
                  session: SessionRule) -> None:
@@ -97,6 +99,7 @@ class LineFormat:
         self._key_re = re.compile(session.key_regex) if session.key_regex else None
         self._ts_cache: dict[str, float] = {}
         self._has_label = "label" in self._re.groupindex
+        self._has_level = "level" in self._re.groupindex
         self._ts_fixed = _FixedWidthTime.compile(timestamp_format)
 
     def parse(self, line: str) -> LogRecord:
@@ -118,7 +121,8 @@ class LineFormat:
         if not sessions:
             raise LineFormatError("no_session_key", "no session key found in the line")
         label = m.group("label") if self._has_label else None
-        return LogRecord(timestamp=ts, session_ids=sessions, content=content, line=line, label=label)
+        level = m.group("level") if self._has_level else None
+        return LogRecord(timestamp=ts, session_ids=sessions, content=content, line=line, label=label, level=level)
 
     def _timestamp(self, text: str) -> float:
         ts = self._ts_cache.get(text)
@@ -416,7 +420,10 @@ class TemplateIndex:
         return index
 
 
-def key_of(index: TemplateIndex, vocab: Vocabulary, content: str, nearest: bool) -> tuple[int, Lookup]:
-    """Model key of a message: the detector and the trainer both call this, so keys agree by construction."""
+def key_of(index: TemplateIndex, vocab: Vocabulary, content: str, nearest: bool, level: str | None = None
+           ) -> tuple[int, Lookup]:
+    """Model key of a message: the detector and the trainer both call this, so keys agree by construction.
+    ``level``: the line's level; an unseen template at one of the vocabulary's routine levels gets that level's
+    key instead of ``UNK`` (``Vocabulary.routine_levels``)."""
     found = index.lookup(content, nearest)
-    return vocab.key(found.template_id), found
+    return vocab.key(found.template_id, level), found

@@ -202,6 +202,12 @@ def _promise_findings(bundle: Bundle) -> list[Finding]:
         return [Finding(WARN, "model", "the bundle states no false-positive promise (trained before calibration "
                                        "on all normal history)", "retrain with logad-train")]
     out = [Finding(INFO, "model", f"decision: {p.describe()}")]
+    if bundle.vocab.routine_levels:
+        seen = {n["level"]: n for n in bundle.metrics.get("calibration", {}).get("novelty_forward", [])}
+        why = "; ".join(f"{lv}: {seen[lv]['sessions']} of {seen[lv]['of']} later normal sessions" for lv in
+                        bundle.vocab.routine_levels if lv in seen)
+        out.append(Finding(INFO, "model", f"new templates at level(s) {', '.join(bundle.vocab.routine_levels)} are "
+                                          f"routine in the training history and flag nothing by themselves ({why})"))
     out += [Finding(WARN, "model", f"calibration: {w}", "train on a longer normal history, or accept the rate "
                                                         "stated above") for w in p.warnings]
     for w in bundle.metrics.get("warnings", []):

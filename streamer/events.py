@@ -30,7 +30,7 @@ from logbert_core.judge import (
     UNSEEN_TEMPLATE,
     Verdict,
 )
-from logbert_core.vocab import UNK, Vocabulary
+from logbert_core.vocab import Vocabulary
 from logbert_core.windows import member_key
 
 SCHEMA_VERSION: Final = 1  # bumped only by a change an older consumer could misread (module docstring)
@@ -227,7 +227,7 @@ def build_event(*, event_id: str, session_id: str, members: tuple[str, ...], lo:
     positions = []
     for i, mem in enumerate(members):
         key = member_key(mem)
-        seen = key != UNK
+        seen = not vocab.unseen(key)
         miss = misses.get(i)
         text = vocab.text(key) if seen else clip_template(unseen_text.get(mem[7:], "<template never seen in training>"))
         expected = [Expected(key=c.key, template=vocab.text(c.key), probability=round(c.prob, 4))
@@ -244,7 +244,7 @@ def build_event(*, event_id: str, session_id: str, members: tuple[str, ...], lo:
     if first_miss is not None:
         parts.append(f"at position {first_miss.position} saw {first_miss.template!r}, expected "
                      f"{first_miss.expected[0].template!r}")
-    if RARE_TEMPLATE in verdict.reasons and verdict.rarest is not None and verdict.rarest[0] != UNK:
+    if RARE_TEMPLATE in verdict.reasons and verdict.rarest is not None and not vocab.unseen(verdict.rarest[0]):
         key, count = verdict.rarest
         parts.append(f"{vocab.text(key)!r} occurred only {count} time(s) in normal training windows")
     if PREMATURE_END in verdict.reasons and verdict.quiet is not None:

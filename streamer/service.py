@@ -47,7 +47,6 @@ from logbert_core.config import ServeSection, Settings
 from logbert_core.judge import Verdict
 from logbert_core.parsing import LineFormatError, key_of, line_digest
 from logbert_core.runtime import DeviceError, SettingsMismatch, build_judge, check_settings, resolve_device
-from logbert_core.vocab import UNK
 from logbert_core.windows import canonical_entries, session_windows, window_keys
 from streamer import metrics as m
 from streamer.decode import Rejected, ValueDecoder
@@ -256,7 +255,7 @@ class SessionDetector:
             except LineFormatError as exc:
                 rejected.append(RejectedLine(index=i, reason=exc.reason, detail=str(exc)[:200]))
                 continue
-            key, found = key_of(self.index, vocab, rec.content, self.nearest)
+            key, found = key_of(self.index, vocab, rec.content, self.nearest, rec.level)
             n_entries += len(rec.session_ids)
             if n_entries > max_entries:
                 raise Refused(413, "too_many_windows", f"lines 0 to {i} add {n_entries} entries to their sessions, "
@@ -272,7 +271,7 @@ class SessionDetector:
                     got = entries[sid] = []
                     order[sid] = (rec.timestamp, len(order))
                 got.append((rec.timestamp, key, line))
-            if key == UNK:
+            if vocab.unseen(key):
                 unseen[line_digest(line)] = found.template
         for r in rejected:
             m.SERVE_LINES_REJECTED.labels(r.reason).inc()

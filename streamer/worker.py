@@ -58,7 +58,6 @@ from logbert_core.config import Settings
 from logbert_core.judge import Verdict, WindowJudge
 from logbert_core.parsing import LineFormat, LineFormatError, TemplateIndex, key_of
 from logbert_core.runtime import DeviceError, SettingsMismatch, build_judge, check_settings
-from logbert_core.vocab import UNK
 from logbert_core.windows import member, window_keys
 from streamer import metrics as m
 from streamer.decode import Rejected, ValueDecoder
@@ -172,7 +171,7 @@ class LinePipeline:
                 continue
             try:
                 parsed = parse(line)
-                key, found = key_of(index, vocab, parsed.content, nearest)
+                key, found = key_of(index, vocab, parsed.content, nearest, parsed.level)
                 mem = member(key, line)
             except LineFormatError as exc:
                 rejects.append((rec, exc.reason, str(exc)))
@@ -185,8 +184,9 @@ class LinePipeline:
                 self.errors += 1
                 rejects.append((rec, PARSE_ERROR, f"{type(exc).__name__}: {exc}"[:500]))
                 continue
-            text = clip_template(found.template) if key == UNK else ""  # what an event shows of it, no more in Redis
-            out.unseen += key == UNK
+            unseen = vocab.unseen(key)
+            text = clip_template(found.template) if unseen else ""  # what an event shows of it, no more in Redis
+            out.unseen += unseen
             stamps[rec.topic, rec.partition] = parsed.timestamp
             origin = f"{rec.partition}:{rec.offset}" if self.input_offsets else ""
             for sid in parsed.session_ids:
@@ -1236,8 +1236,9 @@ class Worker:
                     k) for w, v, k in zip(chunk, verdicts, keys) if v.end_pending and not v.anomalous]
         if not flagged and not waiting:
             return []
+        unseen = engine.bundle.vocab.unseen
         texts = self.backoff.call("redis read", lambda: engine.store.unseen_texts([w for w, _, k in flagged + waiting
-                                                                                    if UNK in k]),
+                                                                                    if any(map(unseen, k))]),
                                   (redis.RedisError,), m.REDIS_ERRORS)
         bundle = engine.bundle
         th = bundle.thresholds

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from logbert_core.calibration import Routine
 from logbert_core.config import Settings
 from logbert_core.judge import Calibrated, NormalSession, RestStats, calibrated_judge, session_scores
 from logbert_core.model import LogBERT, LogBERTConfig
@@ -70,8 +71,10 @@ class FittedDecision:
 
 
 def fit_decision(settings: Settings, cfg: LogBERTConfig, order: Sequence[str], normal: Sequence[NormalSession],
-                 rest: RestStats | None, progress: bool = False) -> FittedDecision:
-    """``order``: the normal sessions' ids, chronological; ``normal``: each one's windows, aligned with it."""
+                 rest: RestStats | None, progress: bool = False, routine: Routine | None = None
+                 ) -> FittedDecision:
+    """``order``: the normal sessions' ids, chronological; ``normal``: each one's windows, aligned with it;
+    ``routine``: the routine-novelty keys and their counts (``calibrated_judge``)."""
     s = settings
     if len(order) != len(normal):
         raise ValueError(f"{len(order)} session ids for {len(normal)} normal sessions")
@@ -122,6 +125,7 @@ def fit_decision(settings: Settings, cfg: LogBERTConfig, order: Sequence[str], n
     set_rule = sc.novel_template_set and s.session.kind != "field_window"
     cal = calibrated_judge(scorer, normal, model_rows, model_scores, target_fpr=sc.target_fpr,
                            novel_template=sc.novel_template, novel_template_set=set_rule,
-                           use_distance=sc.use_distance, rare_template=sc.rare_template, rest=rest)
+                           use_distance=sc.use_distance, rare_template=sc.rare_template, rest=rest,
+                           routine=routine)
     split = {"fit": len(train_ids), "val": len(val_ids), "calib": len(model_rows), "normal": len(order)}
     return FittedDecision(result, cal, mode, split, fold_seconds)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from logbert_core.parsing import LineFormat, LineFormatError, LogRecord, TemplateIndex, key_of
-from logbert_core.vocab import UNK, Vocabulary
+from logbert_core.vocab import Vocabulary
 from logbert_core.windows import (
     canonical_entries,
     live_windows,
@@ -238,7 +238,7 @@ def build_windows(corpus: Corpus, sessions: Iterable[str], index: TemplateIndex,
         for i in idx:
             k = keys.get(i)
             if k is None:
-                k = keys[i] = key_of(index, vocab, corpus.records[i].content, nearest)[0]
+                k = keys[i] = key_of(index, vocab, corpus.records[i].content, nearest, corpus.records[i].level)[0]
             rec = corpus.records[i]
             entries.append((rec.timestamp, k, rec.line))
         canon = canonical_entries(entries)
@@ -255,7 +255,7 @@ def build_windows(corpus: Corpus, sessions: Iterable[str], index: TemplateIndex,
             seen = [(stamps[sp.hi] if sp.hi < n else end) - stamps[sp.hi - 1] >= rest_s for sp in spans]
         out[sid] = SessionWindows(
             session_id=sid, windows=[ks[s.lo:s.hi] for s in spans], first_ts=canon[0][0], last_ts=canon[-1][0],
-            n_lines=len(ks), unseen_lines=sum(1 for k in ks if k == UNK), seen=seen,
+            n_lines=len(ks), unseen_lines=sum(1 for k in ks if vocab.unseen(k)), seen=seen,
         )
     return out
 
@@ -282,7 +282,7 @@ def canonical_lines(corpus: Corpus, sessions: Iterable[str], index: TemplateInde
             rec = corpus.records[i]
             k = keys.get(i)
             if k is None:
-                k = keys[i] = key_of(index, vocab, rec.content, nearest)[0]
+                k = keys[i] = key_of(index, vocab, rec.content, nearest, rec.level)[0]
             entries.append((rec.timestamp, k, rec.line))
             content.setdefault(member(k, rec.line), rec.content)  # one member = one raw line = one content
         out[sid] = [CanonicalLine(ts, member_key(m), content[m]) for ts, m in canonical_entries(entries)]

@@ -434,7 +434,9 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
     else:
         lw = {**train_w, **test_w}
     windows = {k: v.windows for k, v in lw.items()}
-    sessions = {k: _session_keys(v, bundle.model_config.max_len, s.model.stride)
+    # The baselines see every unseen template as UNK, routine level or not: they are the plain rules
+    routine = bundle.vocab.routine_keys
+    sessions = {k: [UNK if x in routine else x for x in _session_keys(v, bundle.model_config.max_len, s.model.stride)]
                 for part in (train_w, test_w) for k, v in part.items()}
     lines = _session_lines(bundle, s, train_corpus, test_corpus, sessions) if line_feats else None
     lengths = np.array([len(v) for v in sessions.values()])

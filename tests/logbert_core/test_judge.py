@@ -153,3 +153,17 @@ def test_wilson_upper_bound():
     assert wilson_upper(0, 765) == pytest.approx(0.0035, abs=1e-4)
     assert wilson_upper(10, 10) == 1.0
     assert 0.5 < wilson_upper(5, 10) < 0.8
+
+
+def test_an_unseen_template_at_a_routine_level_is_no_novelty_evidence():
+    routine = 9  # the key of "an unseen template at level INFO"
+    counts = KeyCounts({4: 100, 5: 100, routine: 500})
+    windows = {(4, 5, routine): ws(), (routine,): ws(), (4, 5, UNK): ws()}
+    known = frozenset({frozenset({4, 5})})
+    th = Thresholds(0.5, 5.0, "test", rare=counts.rarity([4]) + 0.5)
+    judge = WindowJudge(FixedScorer(windows), th, known, key_counts=counts, routine_keys=frozenset({routine}))
+    got = {w: v.reasons for w, v in zip(windows, judge.judge([list(w) for w in windows]))}
+    assert got[(4, 5, routine)] == () and got[(routine,)] == ()  # no set, no unseen, not rare by its count
+    assert got[(4, 5, UNK)] == (UNSEEN_TEMPLATE, UNSEEN_SET, RARE_TEMPLATE)
+    plain = WindowJudge(FixedScorer(windows), th, known, key_counts=counts)
+    assert plain.judge([[4, 5, routine]])[0].reasons == (UNSEEN_SET,)  # without the routine key set

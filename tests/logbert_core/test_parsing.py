@@ -65,7 +65,7 @@ def test_bgl_sessions_are_node_and_window():
     rec = s.line_format().parse(line)
     assert rec.session_ids == ("R02-M1-N0-C:J12-U11@1117838400",)
     assert rec.content == "instruction cache parity error corrected"
-    assert rec.label == "-"
+    assert rec.label == "-" and rec.level == "INFO"  # the level decides whether a new template can be routine
 
 
 def test_lookup_never_changes_trained_state(hdfs):

@@ -9,6 +9,7 @@ from e2e_harness import BUNDLE, CONFIG
 from logbert_core.bundle import Thresholds
 from logbert_core.calibration import Promise
 from logbert_core.config import load_settings
+from logbert_core.vocab import Vocabulary
 from streamer.doctor import INFO, WARN, _promise_findings, check_model
 
 
@@ -22,7 +23,7 @@ def test_doctor_states_the_shipped_bundles_promise() -> None:
 def test_doctor_warns_about_a_small_history_and_an_old_bundle() -> None:
     promise = Promise(0.005, 1 / 51, 50, 50, 0, 0.0, 0.058, ("unseen_template",),
                       ("50 normal sessions cannot vouch for target_fpr 0.005 by counting",))
-    small = SimpleNamespace(thresholds=Thresholds(0.5, 1.0, "test", promise=promise),
+    small = SimpleNamespace(thresholds=Thresholds(0.5, 1.0, "test", promise=promise), vocab=Vocabulary.build({1: "a"}),
                             metrics={"warnings": [*promise.warnings, "in-period recall 0.500 is below 0.9"]})
     got = [(f.status, f.message) for f in _promise_findings(small)]  # type: ignore[arg-type]
     assert got[0][0] == INFO and got[0][1].startswith("decision: FPR 0.0000 (95 % bound 0.0580")
@@ -31,3 +32,15 @@ def test_doctor_warns_about_a_small_history_and_an_old_bundle() -> None:
     old = SimpleNamespace(thresholds=Thresholds(0.5, 1.0, "quantile"), metrics={})
     (finding,) = _promise_findings(old)  # type: ignore[arg-type]
     assert finding.status == WARN and "retrain" in finding.fix
+
+
+def test_doctor_names_the_levels_whose_new_templates_are_routine() -> None:
+    promise = Promise(0.005, 0.005, 500, 500, 0, 0.004, 0.006, ("unseen_template",), ())
+    forward = [{"level": "INFO", "sessions": 120, "of": 250, "lower_95": 0.43, "routine": True},
+               {"level": "FATAL", "sessions": 1, "of": 250, "lower_95": 0.0002, "routine": False}]
+    bundle = SimpleNamespace(thresholds=Thresholds(0.5, 1.0, "test", promise=promise),
+                             vocab=Vocabulary.build({1: "a"}).with_routine_levels(["INFO"]),
+                             metrics={"calibration": {"novelty_forward": forward}})
+    got = [f.message for f in _promise_findings(bundle)]  # type: ignore[arg-type]
+    assert got[1] == ("new templates at level(s) INFO are routine in the training history and flag nothing by "
+                      "themselves (INFO: 120 of 250 later normal sessions)")
