@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from logbert_core.ingest import LineReader
 from logbert_core.parsing import DrainParams, LineFormat, SessionRule
 
 
@@ -591,6 +592,10 @@ class Settings(BaseSettings):
         s = self.session
         rule = SessionRule(kind=s.kind, key_regex=s.key_regex, field=s.field, window_s=s.window_s)
         return LineFormat(self.log.line_regex, self.log.timestamp_fields, self.log.timestamp_format, rule)
+
+    def line_reader(self) -> LineReader:
+        """The one ingest path (``logbert_core.ingest``): Kafka values, serve requests and training files."""
+        return LineReader(self.line_format(), self.log.json_fields, self.log.max_line_bytes)
 
     def drain_params(self) -> DrainParams:
         p = self.parser

@@ -8,6 +8,7 @@ with SIGTERM, and scores the flagged sessions against the labels.
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ import click
 import redis
 
 from logbert_core.config import load_settings
-from logbert_core.parsing import LineFormatError
+from logbert_core.ingest import Rejected
+from logbert_core.labels import parse_labels
 from streamer.embedded import start_broker, start_redis
 from streamer.events import AnomalyEvent
 from streamer.kafka_io import committed_offsets, end_offsets, ensure_topics, produce_lines
@@ -51,10 +54,25 @@ class DemoOptions:
     timeout_s: float = 600.0
 
 
-def _read_lines(path: Path) -> list[str]:
-    from training.data import iter_lines  # file reading shared with the trainer (gzip aware)
+def _read_lines(path: Path) -> list[bytes]:
+    """The file's lines as a shipper sends them: their bytes, without line ends (``.gz`` decompressed)."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
+            return [line.rstrip(b"\r\n") for line in fh]
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise click.ClickException(f"{path}: cannot read it ({exc})") from exc
 
-    return list(iter_lines([path]))
+
+def _read_labels(path: Path) -> dict[str, bool]:
+    """The labels file, read as the trainer reads it (``logbert_core.labels``); a bad file is a message."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return parse_labels(fh, str(path))
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"{path}: not a text CSV file (bytes that are not UTF-8)") from exc
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc) if isinstance(exc, ValueError) else f"{path}: cannot read it "
+                                   f"({exc.strerror or exc})") from exc
 
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
@@ -65,12 +83,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     echo = click.echo
     labels: dict[str, bool] | None = None
     if labels_file is not None:
-        from training.data import load_labels  # the trainer's reader: the same format, the same errors
-
-        try:
-            labels = load_labels(labels_file)  # before anything starts: a bad file is a message, not a lost run
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from exc
+        labels = _read_labels(labels_file)  # before anything starts: a bad file is a message, not a lost run
     echo(f"logad demo: model {model_dir}, stream {input_file.name} ({opts.fmt}), {opts.workers} worker(s), "
          f"{opts.partitions} partitions")
     workdir = Path(tempfile.mkdtemp(prefix="logad-demo-"))
@@ -181,15 +194,14 @@ def _wait_until_done(bootstrap: str, group: str, topic: str, r: redis.Redis, pro
     raise TimeoutError(f"the detector did not finish within {timeout_s:.0f} s; logs in {workdir}")
 
 
-def _summarise(lines: list[str], events: dict[str, AnomalyEvent], n_events: int, labels: dict[str, bool] | None,
+def _summarise(lines: list[bytes], events: dict[str, AnomalyEvent], n_events: int, labels: dict[str, bool] | None,
                settings: Any, sent: int, t_committed: float, t_done: float, codes: list[int]) -> dict[str, Any]:
-    fmt = settings.line_format()
+    read = settings.line_reader().read  # the sessions the detector reads from these lines
     sessions: set[str] = set()
     for line in lines:
-        try:
-            sessions.update(fmt.parse(line).session_ids)
-        except LineFormatError:
-            continue
+        rec = read(line)
+        if not isinstance(rec, Rejected):
+            sessions.update(rec.session_ids)
     flagged = {ev.session_id for ev in events.values()}
     out: dict[str, Any] = {
         "lines": sent, "sessions": len(sessions), "events": n_events, "distinct_event_ids": len(events),

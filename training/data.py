@@ -6,7 +6,6 @@ windowing) is a ``logbert_core`` function called here; nothing is re-implemented
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import logging
@@ -17,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from logbert_core.parsing import LineFormat, LineFormatError, LogRecord, TemplateIndex, key_of
+from logbert_core.ingest import LineReader, Rejected
+from logbert_core.labels import parse_labels
+from logbert_core.parsing import LogRecord, TemplateIndex, key_of
 from logbert_core.vocab import Vocabulary
 from logbert_core.windows import (
     canonical_entries,
@@ -30,7 +31,6 @@ from logbert_core.windows import (
 
 log = logging.getLogger(__name__)
 
-LABEL_VALUES = {"normal": False, "0": False, "anomaly": True, "1": True}  # lower-cased Label column -> anomalous
 
 
 @dataclass
@@ -88,18 +88,17 @@ def file_fingerprint(paths: Sequence[str | Path]) -> str:
     return h.hexdigest()
 
 
-def read_corpus(paths: Sequence[str | Path], fmt: LineFormat) -> Corpus:
+def read_corpus(paths: Sequence[str | Path], reader: LineReader) -> Corpus:
+    """The records of the files' lines, each read as the detector reads a message value (``LineReader.read``:
+    the same decoding, line format and reasons to reject); rejected lines are counted by reason."""
     records: list[LogRecord] = []
     rejected: Counter[str] = Counter()
     sessions: dict[str, list[int]] = {}
+    read = reader.read
     for line in iter_lines(paths):
-        if not line.strip():
-            rejected["empty"] += 1
-            continue
-        try:
-            rec = fmt.parse(line)
-        except LineFormatError as exc:
-            rejected[exc.reason] += 1
+        rec = read(line.encode("utf-8", "surrogateescape"))  # the file's own bytes (open_text kept them)
+        if isinstance(rec, Rejected):
+            rejected[rec.reason] += 1
             continue
         i = len(records)
         records.append(rec)
@@ -118,52 +117,14 @@ def no_sessions(name: str, rejected: Mapping[str, int]) -> ValueError:
 
 
 def load_labels(path: str | Path) -> dict[str, bool]:
-    """``BlockId,Label`` CSV (Loghub style) -> {session id: anomalous}.
-
-    A row that cannot be read or an id labelled both ways is an error naming the line, never skipped or overridden:
-    a lost anomaly label puts that session into training as normal. The same label repeated is fine.
-    """
-    out: dict[str, bool] = {}
-    first: dict[str, tuple[int, str]] = {}  # id -> (line, label as written) where it was first labelled
+    """``BlockId,Label`` CSV (Loghub style) -> {session id: anomalous} (``logbert_core.labels.parse_labels``)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            _check_label_header(path, next(reader, None))
-            for row in reader:
-                if not any(c.strip() for c in row):
-                    continue
-                if len(row) < 2 or not row[0].strip():
-                    raise ValueError(f"{path}, line {reader.line_num}: expected 'id,label', got {','.join(row)!r}")
-                sid, written = row[0].strip(), row[1].strip()
-                value = LABEL_VALUES.get(written.lower())
-                if value is None:
-                    raise ValueError(f"{path}, line {reader.line_num}: unknown label {row[1]!r} for {sid!r} "
-                                     "(Normal/Anomaly or 0/1)")
-                if sid in first and out[sid] != value:
-                    at, was = first[sid]
-                    raise ValueError(f"{path}: {sid!r} is labelled {was} on line {at} but {written} on line "
-                                     f"{reader.line_num}")
-                first.setdefault(sid, (reader.line_num, written))
-                out[sid] = value
+            return parse_labels(fh, str(path))
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not a text CSV file (bytes that are not UTF-8)") from exc
-    except csv.Error as exc:
-        raise ValueError(f"{path}, line {reader.line_num}: unreadable CSV ({exc})") from exc
     except OSError as exc:
         raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
-    return out
-
-
-def _check_label_header(path: str | Path, header: list[str] | None) -> None:
-    """An id column, then ``Label``: a file without its header would lose its first row to it."""
-    cols = [c.strip().lower() for c in header or []]
-    if not any(cols):
-        raise ValueError(f"{path}: no header; expected 'BlockId,Label' on line 1, then one row per session")
-    if len(cols) >= 2 and cols[1] in LABEL_VALUES:
-        raise ValueError(f"{path}, line 1: a data row where the header 'BlockId,Label' should be")
-    if len(cols) < 2 or cols[1] != "label" or not cols[0].replace("_", "").replace(" ", "").endswith("id"):
-        raise ValueError(f"{path}, line 1: expected the header 'BlockId,Label' (an id column, then Label), "
-                         f"got {','.join(header or [])!r}")
 
 
 def check_labels(labels: Mapping[str, bool], sessions: Iterable[str], path: str | Path, inputs: str) -> None:

@@ -28,7 +28,7 @@ def offline_windows(bundle: Bundle, settings: Settings, inputs: Sequence[str | P
     """The detector's windows of these files. A session whose last line came less than the pause length the bundle
     learned before the data's end is marked as not seen to stop (``SessionWindows.seen``), as the detector treats
     the end of its input; ``finished``: every session is complete (as ``POST /detect`` takes its sessions)."""
-    corpus = read_corpus(inputs, settings.line_format())
+    corpus = read_corpus(inputs, settings.line_reader())
     return build_windows(corpus, corpus.chronological(), bundle.template_index(), bundle.vocab,
                          settings.parser.unknown == "nearest", bundle.model_config.max_len, settings.model.stride,
                          rest_s=None if finished else learned_pause(bundle))

@@ -34,8 +34,8 @@ import torch
 
 from logbert_core.bundle import Bundle, Thresholds, load_bundle
 from logbert_core.config import ScoringSection, Settings
+from logbert_core.ingest import Rejected
 from logbert_core.judge import DISTANCE, KEY_MISSES, NormalSession, RestStats, Verdict, WindowJudge
-from logbert_core.parsing import LineFormatError
 from logbert_core.runtime import build_judge, resolve_device
 from logbert_core.scoring import WindowScore
 from logbert_core.vocab import FIRST_KEY, UNK
@@ -313,18 +313,14 @@ def _windows_of(bundle: Bundle, settings: Settings, corpus: Corpus, quiet_s: flo
 
 def parse_stats(inputs: Sequence[str | Path], settings: Settings) -> dict[str, Any]:
     """Lines of the input files: how many parse into a session, and the rejected ones by reason."""
-    fmt = settings.line_format()
+    read = settings.line_reader().read
     rejected: Counter[str] = Counter()
     total = 0
     for line in iter_lines(inputs):
         total += 1
-        if not line.strip():
-            rejected["empty"] += 1
-            continue
-        try:
-            fmt.parse(line)
-        except LineFormatError as exc:
-            rejected[exc.reason] += 1
+        rec = read(line.encode("utf-8", "surrogateescape"))
+        if isinstance(rec, Rejected):
+            rejected[rec.reason] += 1
     return {"lines": total, "parsed": total - sum(rejected.values()), "rejected_by_reason": dict(rejected)}
 
 
@@ -363,7 +359,7 @@ def keep_history(settings: Settings, path: Path, labels_csv: str | Path | None, 
     and the anomalous sessions that began before the next normal one: the history a new deployment has."""
     if history < 3:
         raise ValueError(f"history={history}: need at least 3 normal sessions (fit, validation, calibration)")
-    corpus = read_corpus([path], settings.line_format())
+    corpus = read_corpus([path], settings.line_reader())
     labels = load_labels(labels_csv) if labels_csv else inline_labels(corpus)
     order = corpus.chronological()
     normal = [sid for sid in order if not labels.get(sid, False)]
@@ -402,9 +398,9 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
         report = train_bundle(s, [work / "train.log"], bundle_dir, train_labels, progress=progress,
                               source=f"the earlier part of {describe(inputs)}")
         bundle = load_bundle(bundle_dir)
-        fmt = s.line_format()
-        train_corpus = read_corpus([work / "train.log"], fmt)
-        test_corpus = read_corpus([work / "test.log"], fmt)
+        reader = s.line_reader()
+        train_corpus = read_corpus([work / "train.log"], reader)
+        test_corpus = read_corpus([work / "test.log"], reader)
     fit_seconds = time.perf_counter() - t0
     train_w, test_w = _windows_of(bundle, s, train_corpus), _windows_of(bundle, s, test_corpus)
     if labels_csv:

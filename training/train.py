@@ -129,9 +129,8 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
     t0 = time.perf_counter()
     s = settings
     name = source or describe(inputs)
-    fmt = s.line_format()
     given = load_labels(labels_csv) if labels_csv else None  # a bad labels file fails before the logs are read
-    corpus = read_corpus(inputs, fmt)
+    corpus = read_corpus(inputs, s.line_reader())
     if not corpus.sessions:
         raise no_sessions(name, corpus.rejected)
     if given is not None and labels_csv:

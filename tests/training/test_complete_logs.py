@@ -65,7 +65,7 @@ LINES = [  # two blocks; out of time order in the file, one line repeated verbat
 def parsed(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     path = tmp_path_factory.mktemp("logs") / "x.log"
     path.write_text("\n".join(LINES) + "\n")
-    corpus = read_corpus([path], SETTINGS.line_format())
+    corpus = read_corpus([path], SETTINGS.line_reader())
     index = TemplateIndex(SETTINGS.drain_params())
     vocab = mine_templates(corpus, corpus.sessions, index)
     return corpus, index, vocab

@@ -26,7 +26,7 @@ def test_quiet_flags_follow_the_rest_horizon(tmp_path: Path) -> None:
                               hdfs_line("100640", a, 0), hdfs_line("101639", b, 1), hdfs_line("101640", b, 2),
                               hdfs_line("101820", "blk_3", 0)]) + "\n")
     s = load_settings(ROOT / "config" / "hdfs.toml")
-    corpus = read_corpus([log], s.line_format())
+    corpus = read_corpus([log], s.line_reader())
     index = TemplateIndex(s.drain_params())
     vocab = mine_templates(corpus, list(corpus.sessions), index)
     live = build_windows(corpus, [a, b], index, vocab, False, 64, 32, quiet_s=30, rest_s=300)

@@ -85,7 +85,7 @@ def test_routine_info_novelty_gets_its_key_in_every_ingest_path(bundle_dir: Path
     # the trainer's windows
     path = tmp_path / "fresh.log"
     path.write_text("\n".join(fresh) + "\n")
-    corpus = read_corpus([path], settings.line_format())
+    corpus = read_corpus([path], settings.line_reader())
     (sid,) = corpus.sessions
     windows = build_windows(corpus, [sid], bundle.template_index(), vocab, False, 64, 32)
     known = vocab.key(bundle.template_index().lookup("instruction cache parity error corrected").template_id)
