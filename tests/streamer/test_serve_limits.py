@@ -28,8 +28,12 @@ import pytest
 
 from logbert_core.bundle import load_bundle
 from logbert_core.config import ConfigError, load_settings
+from streamer import serve_detector
 from streamer.errors import StartupError
-from streamer.service import Admission, Budget, FairLock, Refused, SessionDetector, is_loopback, load_token
+from streamer.serve_detector import SessionDetector
+from streamer.serve_limits import Budget, FairLock, Refused
+from streamer.serve_middleware import Admission
+from streamer.service import is_loopback, load_token
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "hdfs.toml"
@@ -120,17 +124,22 @@ def test_sessions_and_entries_are_counted_while_parsing():
     assert len(seen) == 214
 
 
-def test_the_answer_does_not_depend_on_chunking(lines):
+def test_the_answer_does_not_depend_on_chunking(lines, monkeypatch):
     """Scoring in chunks (turns at the model) gives the verdicts of one batch."""
-    import streamer.service as service
     det = detector()
+    turns: list[int] = []
+    real_turn = det._lock.turn
+
+    def turn(budget: Budget) -> Any:
+        turns.append(1)
+        return real_turn(budget)
+
+    monkeypatch.setattr(det._lock, "turn", turn)
     whole = det.detect(lines)
-    saved = service.CHUNK_POSITIONS
-    try:
-        service.CHUNK_POSITIONS = 64  # one full window per turn
-        chunked = det.detect(lines)
-    finally:
-        service.CHUNK_POSITIONS = saved
+    in_one = len(turns)
+    monkeypatch.setattr(serve_detector, "CHUNK_POSITIONS", 64)  # one full window per turn
+    chunked = det.detect(lines)
+    assert len(turns) - in_one > in_one  # the patch took: more turns than unpatched
     strip = re.compile(rb'"cut_ms":\d+|"detected_at":"[^"]*"')
     assert strip.sub(b"", whole) == strip.sub(b"", chunked)
 
