@@ -1,14 +1,16 @@
 """How logad's processes write their own log lines: the text format people read, or one JSON object per line for a
 log collector. Shared by ``logad`` and ``logad-train``.
 
-Pure: formatters turn a ``logging.LogRecord`` into a string and the level is parsed from a name; installing a handler,
-and reading ``LOGAD_LOG_FORMAT`` / ``LOGAD_LOG_LEVEL``, is the command lines' business.
+Formatters turn a ``logging.LogRecord`` into a string and the level is parsed from a name. ``install`` and
+``lower_to_info`` are the one implementation of both command lines' ``--log-format``/``--log-level``/``-v``; reading
+the options and ``LOGAD_LOG_FORMAT`` / ``LOGAD_LOG_LEVEL`` is the command lines' business (this module knows no click).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from types import TracebackType
@@ -77,3 +79,23 @@ def uncaught_hook(logger: logging.Logger) -> Callable[[type[BaseException], Base
         logger.critical("uncaught %s: %s", kind.__name__, exc, exc_info=(kind, exc, tb))
 
     return hook
+
+
+def install(log_format: str, log_level: str | None, verbose: bool, logger: logging.Logger) -> None:
+    """A process's own logging: one handler on stderr in ``log_format``, the root at ``level(log_level, verbose)``,
+    and with JSON an excepthook that writes a crash as one record of ``logger``, not a bare traceback.
+
+    ``ValueError`` for an unknown level or format, before anything is installed."""
+    root_level = level(log_level, verbose)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=root_level, handlers=[handler])
+    if log_format == "json":
+        sys.excepthook = uncaught_hook(logger)
+
+
+def lower_to_info() -> None:
+    """``-v`` after the subcommand (``logad run -v``): the same as before it, INFO unless the root logs more already."""
+    root = logging.getLogger()
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)

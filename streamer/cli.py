@@ -1,4 +1,6 @@
-"""``logad``: the detector's command line. A thin layer: parse -> settings -> construct -> run."""
+"""``logad``: the detector's command line. A thin layer: parse -> settings -> construct -> run.
+
+What all commands share (``-v`` anywhere, logging options, the settings loader) is in ``streamer.cli_base``."""
 
 from __future__ import annotations
 
@@ -11,75 +13,22 @@ from typing import Any
 import click
 
 from logbert_core import logs
-from logbert_core.build import describe
-from logbert_core.config import ConfigError, Settings, load_settings
+from streamer.cli_base import Group, print_version, quiet_kafka, read_settings, setup_logging
 
 log = logging.getLogger("logad")
 
 
-def _settings(config: str | None, **overrides: Any) -> Settings:
-    try:
-        return load_settings(config, **overrides)
-    except ConfigError as exc:
-        click.echo(f"logad: configuration error\n{exc}", err=True)
-        sys.exit(2)
-
-
-def _setup_logging(verbose: bool, log_format: str, log_level: str | None) -> None:
-    """One handler on stderr, text or JSON (logbert_core.logs); WARNING unless LOGAD_LOG_LEVEL or -v says more."""
-    try:
-        level = logs.level(log_level, verbose)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--log-level' / LOGAD_LOG_LEVEL") from exc
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logs.formatter(log_format))
-    logging.basicConfig(level=level, handlers=[handler])
-    if log_format == "json":
-        sys.excepthook = logs.uncaught_hook(log)  # a crash is one JSON line too, not a bare traceback
-
-
-def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    """``-v`` after the subcommand (``logad run -v``): the same as before it, INFO unless the level is lower."""
-    if value and logging.getLogger().getEffectiveLevel() > logging.INFO:
-        logging.getLogger().setLevel(logging.INFO)
-
-
-def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        click.echo(describe("logad"))
-        ctx.exit()
-
-
-class _Group(click.Group):
-    """A group whose commands (and subgroups' commands) all accept ``-v``, so it works anywhere on the line."""
-
-    group_class = type  # subgroups are _Group too
-
-    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        if not any("--verbose" in p.opts for p in cmd.params):
-            cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, callback=_verbose,
-                                           help="Log progress details to stderr (as logad -v)."))
-        super().add_command(cmd, name)
-
-
-def _quiet_kafka() -> None:
-    """For the interactive commands: errors are reported by the command itself; kafka-python's connection retries
-    are noise unless -v asked for details."""
-    if not logging.getLogger().isEnabledFor(logging.INFO):
-        logging.getLogger("kafka").setLevel(logging.CRITICAL)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr (INFO).")
 @click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True,
               envvar="LOGAD_LOG_FORMAT", show_envvar=True, help="Own log lines as text, or one JSON object per line.")
 @click.option("--log-level", default=None, envvar="LOGAD_LOG_LEVEL", show_envvar=True, metavar="LEVEL",
               help=f"{', '.join(logs.LEVELS)} (default WARNING; -v lowers it to INFO).")
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=print_version,
               help="Print logad's, torch's and python's versions and exit.")
 def main(verbose: bool, log_format: str, log_level: str | None) -> None:
     """Streaming log anomaly detection: Kafka in, LogBERT on Redis session windows, anomaly events out."""
-    _setup_logging(verbose, log_format, log_level)
+    setup_logging(verbose, log_format, log_level)
 
 
 @main.command()
@@ -94,7 +43,7 @@ def run(config: str, model_dir: str, exit_when_idle: float | None) -> None:
     from streamer.http import StatusServer
     from streamer.worker import Worker
 
-    settings = _settings(config)
+    settings = read_settings(config)
     try:
         bundle = load_bundle(model_dir)
         worker = Worker(settings, bundle, bundle_dir=model_dir)
@@ -177,8 +126,8 @@ def replay(file: str, config: str | None, bootstrap_servers: str | None, topic: 
     from streamer.kafka_clients import client_settings
     from streamer.kafka_io import KafkaIOError, KafkaSettingsError, produce_file
 
-    s = _settings(config)
-    _quiet_kafka()
+    s = read_settings(config)
+    quiet_kafka()
     target = topic or s.kafka.input_topic
     t0 = time.monotonic()
     try:
@@ -217,8 +166,8 @@ def tail(config: str | None, bootstrap_servers: str | None, topic: str | None, f
     from streamer.kafka_io import KafkaSettingsError
     from streamer.render import render_event
 
-    s = _settings(config)
-    _quiet_kafka()
+    s = read_settings(config)
+    quiet_kafka()
     bootstrap = bootstrap_servers or s.kafka.bootstrap_servers
     try:
         kw = client_settings(s.kafka, "kafka-python")
@@ -278,7 +227,7 @@ def serve(config: str, model_dir: str, host: str | None, port: int | None) -> No
                    "pip install 'logad[serve]'", err=True)
         sys.exit(2)
 
-    s = _settings(config)
+    s = read_settings(config)
     try:
         token = load_token(s.serve)
         detector = SessionDetector(s, load_bundle(model_dir))
@@ -313,8 +262,8 @@ def doctor(config: str | None, model_dir: str | None, timeout: float, create_top
     Exits 0 when everything needed by 'logad run' is in place, 1 otherwise."""
     from streamer.doctor import doctor as run_doctor
 
-    s = _settings(config)
-    _quiet_kafka()
+    s = read_settings(config)
+    quiet_kafka()
     click.echo(f"logad doctor: config {config or '(defaults + environment)'}"
                + (f", model {model_dir}" if model_dir else ""))
     ok, report = run_doctor(s, model_dir, timeout_s=timeout, create_topics=create_topics)
@@ -347,7 +296,7 @@ def model_use(bundle_dir: str, config: str) -> None:
     from streamer.errors import StartupError
     from streamer.worker import check_bundle_settings
 
-    s = _settings(config)
+    s = read_settings(config)
     path = Path(bundle_dir).resolve()
     try:
         bundle = load_bundle(path)
@@ -379,7 +328,7 @@ def model_show(config: str) -> None:
     """Print the bundle the detectors are pointed at, if a pointer is set."""
     import redis as redis_lib
 
-    s = _settings(config)
+    s = read_settings(config)
     key = f"{s.redis.namespace}:model:current"
     try:
         from streamer.windows import client_for
@@ -431,7 +380,7 @@ def alerts_forward(config: str | None, brokers: str | None, topic: str | None, g
     from streamer.http import StatusServer
     from streamer.kafka_clients import client_settings
 
-    s = _settings(config)
+    s = read_settings(config)
     logging.getLogger("kafka").setLevel(logging.WARNING)  # -v shows the forwarder's own progress, not the client's
     try:
         sink = Alertmanager(alertmanager_url, timeout_s=timeout)

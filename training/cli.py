@@ -21,8 +21,8 @@ log = logging.getLogger("logad.train")
 
 def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     """``-v`` after the subcommand (``logad-train evaluate -v``): the same as before it."""
-    if value and logging.getLogger().getEffectiveLevel() > logging.INFO:
-        logging.getLogger().setLevel(logging.INFO)
+    if value:
+        logs.lower_to_info()
 
 
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -156,14 +156,9 @@ def _record(command: str, params: Mapping[str, object], data: Mapping[str, objec
 def main(verbose: bool, log_format: str, log_level: str | None) -> None:
     """Offline jobs: build a model bundle from historical logs, split data chronologically."""
     try:
-        level = logs.level(log_level, verbose)
+        logs.install(log_format, log_level, verbose, log)  # stderr: stdout carries the reports
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--log-level' / LOGAD_LOG_LEVEL") from exc
-    handler = logging.StreamHandler()  # stderr: stdout carries the reports
-    handler.setFormatter(logs.formatter(log_format))
-    logging.basicConfig(level=level, handlers=[handler])
-    if log_format == "json":
-        sys.excepthook = logs.uncaught_hook(log)
     # evaluation (average precision, PCA and isolation-forest baselines) and the report's plots need the train
     # extra; the detector's image leaves it out
     missing = [m for m in ("sklearn", "matplotlib") if not _installed(m)]

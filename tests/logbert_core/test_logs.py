@@ -106,3 +106,13 @@ def test_build_info_is_bounded_and_describes_itself():
     assert set(info) == {"version", "python", "torch"} and all(info.values())
     assert info["python"] == ".".join(map(str, sys.version_info[:3]))
     assert describe("logad") == f"logad {info['version']} (torch {info['torch']}, python {info['python']})"
+
+
+def test_lower_to_info_never_makes_the_root_quieter(monkeypatch):
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", logging.WARNING)
+    logs.lower_to_info()
+    assert root.level == logging.INFO
+    root.setLevel(logging.DEBUG)
+    logs.lower_to_info()
+    assert root.level == logging.DEBUG
