@@ -5,16 +5,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import sys
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import click
 
 from logbert_core import logs
 from logbert_core.build import describe
-from logbert_core.config import ConfigError, Settings, bundle_fields, load_settings
+from logbert_core.config import ConfigError, Settings, load_settings
+from training.cli_outputs import check_bundle_dir, check_out_dir, record_run, run_params, runs_options
 
 log = logging.getLogger("logad.train")
 
@@ -72,79 +71,6 @@ def _settings(config: str | None) -> Settings:
         sys.exit(2)
 
 
-def _unusable_dir(path: Path) -> str | None:
-    """Why ``path`` cannot be made (or written into) as a directory; None when it can."""
-    p = path.absolute()
-    there = next(q for q in (p, *p.parents) if os.path.lexists(q))
-    if not there.is_dir():
-        return f"{there} exists and is not a directory"
-    if not os.access(there, os.W_OK | os.X_OK):
-        return f"{there} is not writable"
-    return None
-
-
-def _out_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """``--out`` checked when the command line is read: a job must not fail on its output after the work is done."""
-    problem = _unusable_dir(Path(value))
-    if problem:
-        raise click.BadParameter(f"cannot create {value}: {problem}")
-    return value
-
-
-def _bundle_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """``--out`` of ``train``: writing a bundle replaces the whole directory (``save_bundle``), so it must be new,
-    empty or a bundle already; its parent must take the temporary directory the bundle is written to first."""
-    path = Path(value)
-    if path.name in ("", ".", ".."):
-        raise click.BadParameter(f"{value}: name the bundle directory (e.g. models/mine)")
-    problem = _unusable_dir(path.absolute().parent)
-    if problem:
-        raise click.BadParameter(f"cannot create {value}: {problem}")
-    if path.is_dir() and any(path.iterdir()) and not (path / "bundle.json").is_file():
-        raise click.BadParameter(f"{value} holds files but no model bundle, and a bundle replaces its directory "
-                                 "as a whole; give a new or empty directory")
-    return value
-
-
-def _runs_file(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """``--runs-file`` checked up front. The record is a by-product: where it cannot be written (a read-only image
-    running the default path), the job says so now and runs without it, rather than refusing to train."""
-    if value:
-        path = Path(value)
-        problem = "it is a directory" if path.is_dir() else _unusable_dir(path.absolute().parent)
-        if problem:
-            click.echo(f"warning: the run record will not be written: cannot write {value} ({problem}); "
-                       "set --runs-file (or LOGAD_RUNS_FILE) to a writable path, or to '' to skip it", err=True)
-            return ""
-    return value
-
-
-def _runs_options(f: Callable[..., None]) -> Callable[..., None]:
-    """``--runs-file`` and ``--mlflow/--no-mlflow``: where the run record goes (see ``training.runs``)."""
-    f = click.option("--mlflow/--no-mlflow", "mlflow", default=None,
-                     help="Also log the run to MLflow (default: when mlflow is installed).")(f)
-    return click.option("--runs-file", envvar="LOGAD_RUNS_FILE", default="runs/runs.jsonl", show_default=True,
-                        callback=_runs_file,
-                        help="JSON-lines runs store to append this run's record to; empty to skip. "
-                             "Env: LOGAD_RUNS_FILE.")(f)
-
-
-def _params(settings: Settings, **options: object) -> dict[str, object]:
-    """The settings that shape a run (bundle fields and training section) plus the command's options."""
-    train = {f"train.{k}": v for k, v in settings.train.model_dump(mode="json").items()}
-    return {**bundle_fields(settings), **train, **{f"option.{k}": v for k, v in options.items()}}
-
-
-def _record(command: str, params: Mapping[str, object], data: Mapping[str, object], metrics: Mapping[str, object],
-            bundle_version: str | None, outputs: dict[str, str], runs_file: str, mlflow: bool | None) -> None:
-    from training.runs import make_record, record_run
-
-    record = make_record(command, params, data, metrics, bundle_version, outputs)
-    written = record_run(record, runs_file or None, mlflow)
-    if written is not None:
-        click.echo(f"  run {record['run_id']} recorded in {written}")
-
-
 @click.group(cls=_DefaultToTrain, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details (INFO).")
 @click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True,
@@ -174,10 +100,10 @@ def main(verbose: bool, log_format: str, log_level: str | None) -> None:
               help="Raw log file(s), oldest first. Repeat or list several after one --input.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CSV 'BlockId,Label': anomalous sessions are kept out of training, used only to evaluate.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, callback=_bundle_dir,
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, callback=check_bundle_dir,
               help="Bundle directory to write (new, empty, or a bundle to replace).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-@_runs_options
+@runs_options
 @click.argument("more_inputs", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 def train(config: str, inputs: tuple[str, ...], labels: str | None, out_dir: str, no_progress: bool,
           more_inputs: tuple[str, ...], runs_file: str, mlflow: bool | None) -> None:
@@ -210,8 +136,8 @@ def train(config: str, inputs: tuple[str, ...], labels: str | None, out_dir: str
                "thresholds": {k: v for k, v in m["thresholds"].items() if k not in ("method", "promise")},
                "training": {k: m["training"][k] for k in ("best_epoch", "seconds")},
                "final_val_loss": min(h["val_loss"] for h in m["training"]["history"])}
-    _record("train", _params(settings, config=config, labels=labels, out=out_dir), data, metrics, report.version,
-            {"bundle": str(report.out_dir)}, runs_file, mlflow)
+    record_run("train", run_params(settings, config=config, labels=labels, out=out_dir), data, metrics,
+               report.version, {"bundle": str(report.out_dir)}, runs_file, mlflow)
 
 
 @main.command()
@@ -220,7 +146,7 @@ def train(config: str, inputs: tuple[str, ...], labels: str | None, out_dir: str
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--test-fraction", type=click.FloatRange(0.01, 0.9), default=0.3, show_default=True,
               help="Share of sessions (the latest by first timestamp) held out as the test set.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, callback=_out_dir)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, callback=check_out_dir)
 def split(config: str, inputs: tuple[str, ...], labels: str | None, test_fraction: float, out_dir: str) -> None:
     """Chronological split by session: earlier sessions -> train.log, later ones -> test.log (+ label CSVs).
 
@@ -271,10 +197,10 @@ def split(config: str, inputs: tuple[str, ...], labels: str | None, test_fractio
 @click.option("--goal-f1", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Test F1 the shipped decision is held to: the report says whether it is met, and if not, by how "
                    "much and where the errors come from.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, callback=_out_dir,
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, callback=check_out_dir,
               help="Report directory to write.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-@_runs_options
+@runs_options
 def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_fraction: float,
              sequences_train: str | None, sequences_abnormal: str | None, sequences_normal: str | None,
              normal_ids: str | None, methods: str, baseline_epochs: int, live: bool, history: int | None,
@@ -309,7 +235,7 @@ def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_frac
     options = {"config": config, "inputs": list(inputs), "labels": labels, "test_fraction": test_fraction,
                "sequences": list(seq), "normal_ids": normal_ids, "methods": chosen, "live": live, "history": history,
                "baseline_epochs": baseline_epochs, "goal_f1": goal_f1}
-    params = {**_params(settings, **options)}
+    params = {**run_params(settings, **options)}
     name = title or f"{settings.log.family}: {ev.data.protocol} protocol"
     doc = write_report(out_dir, ev.data, ev.results, title=name,
                  params={"target_fpr": settings.scoring.target_fpr, **params, **ev.extra}, notes=ev.notes,
@@ -332,7 +258,8 @@ def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_frac
                for r in ev.results}
     data = {"inputs": ev.data.data.get("inputs"), "split": ev.data.split.counts(ev.data.labels),
             "protocol": ev.data.protocol}
-    _record("evaluate", params, data, metrics, ev.extra.get("bundle_version"), {"report": out_dir}, runs_file, mlflow)
+    record_run("evaluate", params, data, metrics, ev.extra.get("bundle_version"), {"report": out_dir}, runs_file,
+               mlflow)
 
 
 @main.command()
@@ -345,10 +272,10 @@ def evaluate(config: str, inputs: tuple[str, ...], labels: str | None, test_frac
 @click.option("--grid", "grid_items", multiple=True,
               help="name=v1,v2 (repeatable): top_g, n_embd, mask_ratio, n_layer, lr, ... or section.field. "
                    "Default: top_g=3,5,8 n_embd=32,64 mask_ratio=0.15,0.3.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, callback=_out_dir,
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, callback=check_out_dir,
               help="Report directory to write.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-@_runs_options
+@runs_options
 def search(config: str, inputs: tuple[str, ...], labels: str | None, test_fraction: float,
            grid_items: tuple[str, ...], out_dir: str, no_progress: bool, runs_file: str, mlflow: bool | None) -> None:
     """Grid search for LogBERT: select on the validation split only, score the winner on the test split once."""
@@ -361,7 +288,7 @@ def search(config: str, inputs: tuple[str, ...], labels: str | None, test_fracti
         result = run_search(settings, inputs, labels, test_fraction, grid, out_dir, progress=not no_progress)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    base = _params(settings, config=config, inputs=list(inputs), labels=labels, test_fraction=test_fraction)
+    base = run_params(settings, config=config, inputs=list(inputs), labels=labels, test_fraction=test_fraction)
     doc = write_search_report(out_dir, result, grid, base)
     w = doc["winner"]
     click.echo(f"search report written to {out_dir}: {len(result.candidates)} candidates")
@@ -369,9 +296,9 @@ def search(config: str, inputs: tuple[str, ...], labels: str | None, test_fracti
                f"R {w['test']['recall']} F1 {w['test']['f1']} FPR {w['test']['fpr']}")
     metrics = {"winner_validation": w["validation"], "winner_test": w["test"],
                "candidates": len(result.candidates)}
-    _record("search", {**base, "grid": grid, "winner": w["params"]},
-            {"inputs": result.data.data.get("inputs"), "split": result.data.split.counts(result.data.labels)},
-            metrics, w["bundle_version"], {"report": out_dir}, runs_file, mlflow)
+    record_run("search", {**base, "grid": grid, "winner": w["params"]},
+               {"inputs": result.data.data.get("inputs"), "split": result.data.split.counts(result.data.labels)},
+               metrics, w["bundle_version"], {"report": out_dir}, runs_file, mlflow)
 
 
 @main.command()
@@ -381,7 +308,7 @@ def search(config: str, inputs: tuple[str, ...], labels: str | None, test_fracti
                                          "hadoop_sequences (default: all).")
 @click.option("--no-small", is_flag=True, help="Skip the small-history variants (first 50 normal sessions).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports/benchmark", show_default=True,
-              callback=_out_dir, help="Directory for benchmark.md, benchmark.json and each suite's bundle.")
+              callback=check_out_dir, help="Directory for benchmark.md, benchmark.json and each suite's bundle.")
 def benchmark(shared: str, only: str, no_small: bool, out_dir: str) -> None:
     """Every labelled data set, full and small history: the shipped decision, LogBERT alone, the one-line rules.
 
