@@ -1,6 +1,7 @@
 """``logad``: the detector's command line. A thin layer: parse -> settings -> construct -> run.
 
-What all commands share (``-v`` anywhere, logging options, the settings loader) is in ``streamer.cli_base``."""
+The ``model`` and ``alerts`` subgroups live in ``streamer.cli_model`` and ``streamer.cli_alerts``; what all commands
+share (``-v`` anywhere, logging options, the settings loader) in ``streamer.cli_base``."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from logbert_core import logs
+from streamer.cli_alerts import alerts
 from streamer.cli_base import Group, print_version, quiet_kafka, read_settings, setup_logging
+from streamer.cli_model import model
 
 log = logging.getLogger("logad")
 
@@ -279,153 +281,8 @@ def schema() -> None:
     click.echo(render_schema(), nl=False)
 
 
-@main.group()
-def model() -> None:
-    """Which model bundle the detectors run (hot reload through a Redis pointer)."""
-
-
-@model.command("use")
-@click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--config", type=click.Path(dir_okay=False), required=True)
-def model_use(bundle_dir: str, config: str) -> None:
-    """Point every `logad run` of this namespace at BUNDLE_DIR (checked first); they switch between batches.
-    Rolling back is pointing back at the previous bundle."""
-    import redis as redis_lib
-
-    from logbert_core.bundle import BundleError, load_bundle
-    from streamer.errors import StartupError
-    from streamer.worker import check_bundle_settings
-
-    s = read_settings(config)
-    path = Path(bundle_dir).resolve()
-    try:
-        bundle = load_bundle(path)
-        check_bundle_settings(s, bundle)
-    except (BundleError, StartupError) as exc:
-        click.echo(f"logad model use: refused: {exc}", err=True)
-        sys.exit(2)
-    key = f"{s.redis.namespace}:model:current"
-    try:
-        from streamer.windows import client_for
-
-        r = client_for(s.redis.url, s.redis.cluster, socket_timeout=5)
-        previous = r.getset(key, str(path))
-    except redis_lib.RedisError as exc:
-        click.echo(f"logad model use: Redis unavailable ({exc}); nothing changed", err=True)
-        sys.exit(1)
-    was = _text(previous) if previous else "(the --model directory of each detector)"
-    click.echo(f"{key} -> {path} (version {bundle.version}); was {was}")
-
-
-def _text(value: bytes | str) -> str:
-    """A Redis reply as text (redis-py returns bytes unless the client decodes responses)."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
-@model.command("show")
-@click.option("--config", type=click.Path(dir_okay=False), required=True)
-def model_show(config: str) -> None:
-    """Print the bundle the detectors are pointed at, if a pointer is set."""
-    import redis as redis_lib
-
-    s = read_settings(config)
-    key = f"{s.redis.namespace}:model:current"
-    try:
-        from streamer.windows import client_for
-
-        value = client_for(s.redis.url, s.redis.cluster, socket_timeout=5).get(key)
-    except redis_lib.RedisError as exc:
-        click.echo(f"logad model show: Redis unavailable ({exc})", err=True)
-        sys.exit(1)
-    click.echo(_text(value) if value else f"{key} is not set: each detector runs its --model directory")
-
-
-@main.group()
-def alerts() -> None:
-    """Anomaly events to alerting systems."""
-
-
-@alerts.command("forward")
-@click.option("--config", type=click.Path(dir_okay=False), default=None,
-              help="TOML config: broker, output topic and SASL/SSL settings (LOGAD_KAFKA__* override it).")
-@click.option("--brokers", "--bootstrap-servers", "brokers", default=None, help="Override kafka.bootstrap_servers.")
-@click.option("--topic", default=None, help="Override kafka.output_topic (the anomalies topic).")
-@click.option("--group", default="logad-alerts", show_default=True, help="Consumer group of the forwarders.")
-@click.option("--alertmanager", "alertmanager_url", envvar="LOGAD_ALERTMANAGER_URL", required=True,
-              help="Alertmanager base URL, e.g. http://alertmanager:9093 (env LOGAD_ALERTMANAGER_URL); "
-                   "basic auth as https://user:pass@host.")
-@click.option("--resolve-after", type=click.FloatRange(min=1), default=3600.0, show_default=True,
-              metavar="SECONDS", help="An alert resolves this long after its last window was posted.")
-@click.option("--generator-url", default="", help="Link shown with each alert (e.g. a dashboard).")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds per POST.")
-@click.option("--start-at", type=click.Choice(["earliest", "latest"]), default="earliest", show_default=True,
-              help="Where a new consumer group starts (a group that committed resumes where it stopped).")
-@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="/metrics, /health, /ready address.")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8081, show_default=True,
-              help="0 disables the HTTP server.")
-@click.option("--max-events", type=click.IntRange(min=1), default=None, help="Exit after forwarding this many.")
-@click.option("--idle-exit", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
-              help="Exit once the topic stayed empty this long (backfills, tests).")
-def alerts_forward(config: str | None, brokers: str | None, topic: str | None, group: str, alertmanager_url: str,
-                   resolve_after: float, generator_url: str, timeout: float, start_at: str, metrics_host: str,
-                   metrics_port: int, max_events: int | None, idle_exit: float | None) -> None:
-    """Post anomaly events to Alertmanager, one alert per session; commit only what was delivered."""
-    import signal
-    import threading
-    from datetime import timedelta
-
-    from streamer.alerts import Alertmanager, AlertsError, Forwarder, make_kafka_consumer
-    from streamer.errors import StartupError
-    from streamer.http import StatusServer
-    from streamer.kafka_clients import client_settings
-
-    s = read_settings(config)
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # -v shows the forwarder's own progress, not the client's
-    try:
-        sink = Alertmanager(alertmanager_url, timeout_s=timeout)
-    except AlertsError as exc:
-        click.echo(f"logad alerts forward: {exc}", err=True)
-        sys.exit(2)
-    bootstrap = brokers or s.kafka.bootstrap_servers
-    out_topic = topic or s.kafka.output_topic
-    try:
-        consumer = make_kafka_consumer(bootstrap, out_topic, group, start_at=start_at,
-                                       session_timeout_ms=s.kafka.session_timeout_ms,
-                                       client_kwargs=client_settings(s.kafka, "kafka-python"))
-    except StartupError as exc:  # settings kafka-python cannot honour
-        click.echo(f"logad alerts forward: {exc}", err=True)
-        sys.exit(2)
-    except AlertsError as exc:
-        click.echo(f"logad alerts forward: {exc}", err=True)
-        sys.exit(1)
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: Any) -> None:
-        log.info("signal %d: finishing the batch in hand, then stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    fwd = Forwarder(consumer, sink, resolve_after=timedelta(seconds=resolve_after), generator_url=generator_url,
-                    stop_event=stop)
-    server = None
-    if metrics_port:
-        try:
-            server = StatusServer(metrics_host, metrics_port, fwd.readiness).start()
-        except OSError as exc:
-            click.echo(f"logad alerts forward: cannot listen on {metrics_host}:{metrics_port} ({exc}); "
-                       "use --metrics-port (0 disables)", err=True)
-            consumer.close(autocommit=False)
-            sys.exit(2)
-    log.info("forwarding %s on %s (group %s) to %s", out_topic, bootstrap, group, sink.url)
-    try:
-        stats = fwd.run(max_events=max_events, idle_exit_s=idle_exit)
-    finally:
-        consumer.close(autocommit=False)
-        if server is not None:
-            server.stop()
-    click.echo(json.dumps({"stopped": True, **stats.__dict__}), err=True)
+main.add_command(model)
+main.add_command(alerts)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """What every ``logad`` command shares: the group that gives each subcommand ``-v``, the global logging options
 (``logbert_core.logs`` does the work), ``--version``, and the settings loader that turns a bad config into exit 2.
+
+``streamer.cli`` defines the ``logad`` group with these; ``streamer.cli_model`` and ``streamer.cli_alerts`` add their
+subgroups to it.
 """
 
 from __future__ import annotations
