@@ -50,7 +50,8 @@ def alerts_forward(config: str | None, brokers: str | None, topic: str | None, g
     import threading
     from datetime import timedelta
 
-    from streamer.alerts import Alertmanager, AlertsError, Forwarder, make_kafka_consumer
+    from streamer.alertmanager import Alertmanager, AlertsError
+    from streamer.alerts import Forwarder, make_kafka_consumer
     from streamer.errors import StartupError
     from streamer.http import StatusServer
     from streamer.kafka_clients import client_settings

@@ -20,8 +20,9 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import REGISTRY
 
-from streamer import alerts as fa
-from streamer.alerts import Alertmanager, AlertsError, Backoff, EventView, Forwarder, alerts_url, to_alerts
+from streamer.alert_payload import INVALID_REASONS, EventView, to_alerts
+from streamer.alertmanager import Alertmanager, AlertsError, alerts_url
+from streamer.alerts import Backoff, Forwarder
 from streamer.events import AnomalyEvent
 
 Record = namedtuple("Record", "topic partition offset value")
@@ -236,7 +237,7 @@ def test_an_unreachable_alertmanager_is_retried_and_a_stop_commits_nothing(am_fa
 def test_records_that_are_not_events_are_logged_counted_and_committed(am_factory, caplog):
     consumer = FakeConsumer(recs(b"not json", b'{"event_id": "x"}', b"[1, 2]", event("blk_1", 0), start=7))
     am = am_factory(consumer=consumer)
-    before = {r: metric("logad_alerts_invalid_records_total", reason=r) for r in fa.INVALID_REASONS}
+    before = {r: metric("logad_alerts_invalid_records_total", reason=r) for r in INVALID_REASONS}
     stats = forwarder(consumer, am.url).run(max_events=1)
     assert [a["labels"]["session_id"] for a in am.delivered()] == ["blk_1"]
     assert consumer.commits == [{("logs.anomalies", 0): 11}]

@@ -18,7 +18,7 @@ from logbert_core.judge import DISTANCE, KEY_MISSES, PREMATURE_END, RARE_TEMPLAT
 from logbert_core.scoring import Candidate, Miss, WindowScore
 from logbert_core.vocab import UNK
 from logbert_core.windows import member
-from streamer.alerts import EventView, read_event, to_alerts
+from streamer.alert_payload import EventView, read_event, to_alerts
 from streamer.events import (
     CE_STRUCTURED,
     CE_TYPE,
