@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -52,41 +51,117 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# Processes still running, stopped at interpreter exit. The one piece of module state here, and it only ever holds
-# processes this interpreter started.
-_live: set[ManagedProcess] = set()
+# Runs still going, stopped at interpreter exit. The one piece of module state here, and it only ever holds processes
+# this interpreter started.
+_live: set[_Run] = set()
 _live_lock = threading.Lock()
 _atexit_registered = False
 
 
-def _track(proc: ManagedProcess) -> None:
+def _track(run: _Run) -> None:
     global _atexit_registered
     with _live_lock:
-        _live.add(proc)
+        _live.add(run)
         if not _atexit_registered:
             atexit.register(_stop_all)
             _atexit_registered = True
 
 
-def _untrack(proc: ManagedProcess) -> None:
+def _untrack(run: _Run) -> None:
     with _live_lock:
-        _live.discard(proc)
+        _live.discard(run)
 
 
 def _stop_all() -> None:
     with _live_lock:
-        procs = list(_live)
-    for proc in procs:
+        runs = list(_live)
+    for run in runs:
         try:
-            proc.stop(timeout=3)
+            run.terminate(timeout=3)
         except OSError as exc:  # at exit: report and keep stopping the others
-            log.warning("could not stop %s (pid %s): %s", proc.name, proc.pid, exc)
+            log.warning("could not stop %s (pid %s): %s", run.name, run.pid, exc)
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a process's log file, for error messages ("" when it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class _Run:
+    """One run of a managed process: the OS process (in a session of its own, so Ctrl-C in a terminal reaches us,
+    not it), the log file it writes to while it runs, and whether it is paused. Tracked, so that it is stopped at
+    interpreter exit, until ``release()``; a restart is a new run."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, cwd: Path, env: dict[str, str] | None) -> None:
+        self.name = name
+        self._log = open(log_path, "ab")  # append: a restart keeps the earlier runs' output
+        self._log.write(f"--- {time.strftime('%H:%M:%S')} start: {' '.join(argv)}\n".encode())
+        self._log.flush()
+        try:
+            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                          cwd=cwd, env=env, start_new_session=True)
+        except OSError as exc:
+            self._log.close()
+            raise EmbeddedProcessError(f"could not start {name} ({argv[0]}): {exc}") from exc
+        self.pid = self.popen.pid
+        self.paused = False
+        _track(self)
+
+    @property
+    def alive(self) -> bool:
+        """True while the process exists (paused counts as alive)."""
+        return self.popen.poll() is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        try:
+            self.popen.send_signal(sig)
+        except ProcessLookupError:  # exited between poll() and the signal
+            pass
+
+    def pause(self) -> None:
+        self.signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        self.signal(signal.SIGCONT)
+        self.paused = False
+
+    def terminate(self, timeout: float) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; a paused process is resumed first. Then ``release()``."""
+        if self.alive:
+            self.signal(signal.SIGCONT)  # a stopped process would hold SIGTERM pending forever
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %s) ignored SIGTERM for %.1fs; killing it", self.name, self.pid, timeout)
+                self.signal(signal.SIGKILL)
+                self.popen.wait()
+        self.release()
+
+    def kill(self) -> None:
+        """SIGKILL, no chance to flush (a crash); then ``release()``."""
+        if self.alive:
+            self.signal(signal.SIGKILL)
+            self.popen.wait()
+        self.release()
+
+    def release(self) -> None:
+        """The process is gone (or left to itself): close the log file, stop tracking. Idempotent."""
+        self.paused = False
+        self._log.close()
+        _untrack(self)
 
 
 class ManagedProcess:
     """One local server process: started, probed until ready, paused, killed and restarted on the same port.
 
     ``ready`` is called repeatedly after a start until it returns True (the server answers) or the start times out.
+    Each start is a ``_Run``; the last one stays after a stop, for ``returncode``.
     """
 
     def __init__(self, name: str, argv: Sequence[str], port: int, url: str, ready: Callable[[ManagedProcess], bool],
@@ -102,36 +177,26 @@ class ManagedProcess:
         self.work_dir = work_dir if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"logad-{name}-"))
         self.log_path = self.work_dir / f"{name}.log"
         self.start_timeout_s = start_timeout_s
-        self._popen: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
-        self._paused = False
+        self._run: _Run | None = None
 
     # -- state ---------------------------------------------------------------------------------------------------
 
     @property
     def pid(self) -> int | None:
-        return self._popen.pid if self._popen is not None else None
+        return self._run.pid if self._run is not None else None
 
     @property
     def running(self) -> bool:
         """True while the process exists (paused counts as running)."""
-        return self._popen is not None and self._popen.poll() is None
+        return self._run is not None and self._run.alive
 
     @property
     def paused(self) -> bool:
-        return self._paused and self.running
+        return self._run is not None and self._run.paused and self._run.alive
 
     @property
     def returncode(self) -> int | None:
-        return self._popen.poll() if self._popen is not None else None
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last ``lines`` lines of the log file, for error messages."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return self._run.popen.poll() if self._run is not None else None
 
     def __repr__(self) -> str:
         state = "paused" if self.paused else "running" if self.running else "stopped"
@@ -143,75 +208,29 @@ class ManagedProcess:
         """Start the process and wait until it answers; raises ``EmbeddedProcessError`` with the log tail if not."""
         if self.running:
             raise EmbeddedProcessError(f"{self.name} is already running (pid {self.pid})")
-        self._close_log()
-        self._log_file = open(self.log_path, "ab")  # append: a restart keeps the earlier runs' output
-        self._log_file.write(f"--- {time.strftime('%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
-        self._log_file.flush()
-        try:
-            self._popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                           stderr=subprocess.STDOUT, cwd=self.work_dir, env=self._env,
-                                           start_new_session=True)  # Ctrl-C in a terminal reaches us, not them
-        except OSError as exc:
-            self._close_log()
-            raise EmbeddedProcessError(f"could not start {self.name} ({self.argv[0]}): {exc}") from exc
-        self._paused = False
-        _track(self)
-        self._wait_ready()
+        if self._run is not None:
+            self._run.release()  # it exited by itself
+        self._run = _Run(self.name, self.argv, self.log_path, self.work_dir, self._env)
+        _wait_ready(self, self._ready)
         return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout_s
-        while True:
-            if not self.running:
-                code = self.returncode
-                self._cleanup()
-                raise EmbeddedProcessError(
-                    f"{self.name} exited with code {code} while starting on port {self.port}; "
-                    f"log {self.log_path}:\n{self.log_tail()}")
-            if self._ready(self):
-                return
-            if time.monotonic() > deadline:
-                self.kill()
-                raise EmbeddedProcessError(
-                    f"{self.name} did not answer on {self.url} within {self.start_timeout_s:.0f}s; "
-                    f"log {self.log_path}:\n{self.log_tail()}")
-            time.sleep(0.05)
 
     def stop(self, timeout: float = 5) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds. Idempotent; a paused process is resumed first."""
-        if self._popen is None:
-            return
-        if self._popen.poll() is None:
-            self._signal(signal.SIGCONT)  # a stopped process would hold SIGTERM pending forever
-            self._signal(signal.SIGTERM)
-            try:
-                self._popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s (pid %s) ignored SIGTERM for %.1fs; killing it", self.name, self.pid, timeout)
-                self._signal(signal.SIGKILL)
-                self._popen.wait()
-        self._cleanup()
+        if self._run is not None:
+            self._run.terminate(timeout)
 
     def kill(self) -> None:
         """SIGKILL, no chance to flush: a crash."""
-        if self._popen is None:
-            return
-        if self._popen.poll() is None:
-            self._signal(signal.SIGKILL)
-            self._popen.wait()
-        self._cleanup()
+        if self._run is not None:
+            self._run.kill()
 
     def pause(self) -> None:
         """SIGSTOP: the process keeps its sockets but answers nothing (a hung server, for fault tests)."""
-        self._require_running("pause")
-        self._signal(signal.SIGSTOP)
-        self._paused = True
+        self._alive_run("pause").pause()
 
     def resume(self) -> None:
         """SIGCONT after ``pause()``."""
-        self._require_running("resume")
-        self._signal(signal.SIGCONT)
-        self._paused = False
+        self._alive_run("resume").resume()
 
     def restart(self, stop_timeout: float = 5) -> ManagedProcess:
         """Stop if running, then start again with the same command line on the same port and wait until ready."""
@@ -227,28 +246,33 @@ class ManagedProcess:
                  tb: TracebackType | None) -> None:
         self.stop()
 
-    # -- helpers -------------------------------------------------------------------------------------------------
-
-    def _require_running(self, what: str) -> None:
-        if not self.running:
+    def _alive_run(self, what: str) -> _Run:
+        if self._run is None or not self._run.alive:
             raise EmbeddedProcessError(f"cannot {what} {self.name}: not running (exit code {self.returncode})")
+        return self._run
 
-    def _signal(self, sig: signal.Signals) -> None:
-        assert self._popen is not None
-        try:
-            self._popen.send_signal(sig)
-        except ProcessLookupError:  # exited between poll() and the signal
-            pass
 
-    def _cleanup(self) -> None:
-        self._paused = False
-        self._close_log()
-        _untrack(self)
+# -- start-up ------------------------------------------------------------------------------------------------------
 
-    def _close_log(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+def _wait_ready(proc: ManagedProcess, ready: Callable[[ManagedProcess], bool]) -> None:
+    """Probe ``ready(proc)`` until it answers; on an exit or past ``start_timeout_s``, ``EmbeddedProcessError`` with
+    the log tail (and the process killed)."""
+    deadline = time.monotonic() + proc.start_timeout_s
+    while True:
+        if not proc.running:
+            code = proc.returncode
+            proc.kill()  # releases the run: log closed, not tracked
+            raise EmbeddedProcessError(
+                f"{proc.name} exited with code {code} while starting on port {proc.port}; "
+                f"log {proc.log_path}:\n{log_tail(proc.log_path)}")
+        if ready(proc):
+            return
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise EmbeddedProcessError(
+                f"{proc.name} did not answer on {proc.url} within {proc.start_timeout_s:.0f}s; "
+                f"log {proc.log_path}:\n{log_tail(proc.log_path)}")
+        time.sleep(0.05)
 
 
 def _start_with_port_retry(build: Callable[[int], ManagedProcess], port: int | None) -> ManagedProcess:

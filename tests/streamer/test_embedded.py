@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -68,6 +70,35 @@ def test_missing_redis_server_names_the_install_command(monkeypatch: pytest.Monk
     monkeypatch.setattr(embedded.shutil, "which", lambda name: None)
     with pytest.raises(EmbeddedProcessError, match="apt-get install -y redis-server"):
         start_redis()
+
+
+def _python(name: str, code: str, tmp_path: Path, ready: Callable[[ManagedProcess], bool]) -> ManagedProcess:
+    return ManagedProcess(name, [sys.executable, "-c", code], 0, "none", ready, work_dir=tmp_path, start_timeout_s=5)
+
+
+def test_a_process_that_exits_while_starting_is_released_with_its_log(tmp_path: Path) -> None:
+    proc = _python("quitter", "print('bye', flush=True); raise SystemExit(3)", tmp_path, lambda p: False)
+    with pytest.raises(EmbeddedProcessError, match=r"(?s)quitter exited with code 3 .*quitter\.log:.*bye"):
+        proc.start()
+    assert not proc.running and proc.returncode == 3
+    assert all(run.name != "quitter" for run in embedded._live)  # nothing left for the exit hook
+    with pytest.raises(EmbeddedProcessError, match="cannot pause quitter: not running"):
+        proc.pause()
+
+
+def test_paused_stop_kill_and_restart_keep_one_log(tmp_path: Path) -> None:
+    proc = _python("sleeper", "import time; time.sleep(60)", tmp_path, lambda p: True)
+    with proc:
+        proc.pause()
+        assert proc.paused and proc.running
+        proc.stop(timeout=5)  # resumed first: a stopped process would hold SIGTERM pending
+    assert not proc.running and not proc.paused and proc.returncode == -signal.SIGTERM
+    proc.restart()
+    first = proc.pid
+    proc.kill()
+    assert proc.returncode == -signal.SIGKILL and proc.pid == first
+    assert proc.log_path.read_text().count(" start: ") == 2  # appended, not replaced
+    assert all(run.name != "sleeper" for run in embedded._live)
 
 
 # -- redis ---------------------------------------------------------------------------------------------------------
