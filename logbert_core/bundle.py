@@ -171,16 +171,6 @@ def save_bundle(out_dir: str | Path, *, family: str, model_config: LogBERTConfig
     return version
 
 
-def write_metrics(bundle_dir: str | Path, metrics: Mapping[str, Any]) -> None:
-    """Replace the metrics of a written bundle (evaluation runs after the bundle exists)."""
-    path = Path(bundle_dir) / META
-    meta = json.loads(path.read_text())
-    meta["metrics"] = dict(metrics)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def load_bundle(bundle_dir: str | Path) -> Bundle:
     """Load and check a bundle; raises ``BundleError`` naming the file and the field that is wrong.
 
