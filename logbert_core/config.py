@@ -235,7 +235,6 @@ class ScoringSection(_Section):
 class DetectorSection(_Section):
     device: Device = "auto"  # "auto": cuda when available, else cpu
     max_batch: int = Field(default=256, gt=0)
-    max_wait_ms: int = Field(default=200, ge=0)
     buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
     sweep_interval_s: float = Field(default=0.25, gt=0)  # idle sessions wait up to this long past the timeout
     pending_lease_s: float = Field(default=30.0, gt=0)

@@ -43,6 +43,18 @@ def test_invalid_values_name_the_field(monkeypatch, var, value, needle):
     assert needle in str(err.value) and var in str(err.value)
 
 
+def test_a_removed_setting_is_a_config_error_naming_it(tmp_path, monkeypatch):
+    # detector.max_wait_ms did nothing (the scorer never waited on it) and is gone: a config that still sets it
+    # gets the setting named, not a traceback; so does the environment variable
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[detector]\nmax_wait_ms = 200\n")
+    with pytest.raises(ConfigError, match=r"detector\.max_wait_ms .*not permitted"):
+        load_settings(cfg)
+    monkeypatch.setenv("LOGAD_DETECTOR__MAX_WAIT_MS", "200")
+    with pytest.raises(ConfigError, match="LOGAD_DETECTOR__MAX_WAIT_MS"):
+        load_settings(None)
+
+
 def test_cross_field_rule_is_explained(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[model]\nmax_len = 16\nstride = 32\n")
