@@ -30,6 +30,7 @@ from drain3.drain import Node
 from safetensors.torch import load_file, save_file
 
 from logbert_core.calibration import Promise
+from logbert_core.errors import LogadError
 from logbert_core.model import LogBERT, LogBERTConfig
 from logbert_core.parsing import DrainParams, TemplateIndex
 from logbert_core.rest import RestStats
@@ -41,7 +42,7 @@ META = "bundle.json"
 CENTER = "__center__"
 
 
-class BundleError(ValueError):
+class BundleError(LogadError, ValueError):
     """A bundle that cannot be loaded; the message says which file and what is wrong."""
 
 

@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from logbert_core.errors import LogadError
 from logbert_core.ingest import LineReader
 from logbert_core.parsing import DrainParams, LineFormat, SessionRule
 
@@ -618,7 +619,7 @@ def bundle_fields(settings: Settings) -> dict[str, Any]:
     return out
 
 
-class ConfigError(ValueError):
+class ConfigError(LogadError, ValueError):
     """Settings that cannot be used; the message names the field and what is allowed."""
 
 
@@ -651,6 +652,13 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     return Settings.model_validate(loaded.model_dump())
 
 
+# Settings that older configs may still hold: what became of each (the message tells the user to delete it)
+REMOVED_SETTINGS = {
+    "detector.max_wait_ms": "the scorer never waited on a timer (it scores each batch as it comes, in chunks of "
+                            "detector.max_batch), so it was removed",
+}
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
@@ -660,6 +668,9 @@ def describe_validation_error(exc: ValidationError) -> str:
             continue
         loc = ".".join(str(p) for p in err["loc"])
         env = "LOGAD_" + "__".join(str(p).upper() for p in err["loc"])
+        if loc in REMOVED_SETTINGS and err["type"] == "extra_forbidden":
+            lines.append(f"setting {loc} no longer exists: {REMOVED_SETTINGS[loc]}; delete it [env {env}]")
+            continue
         got = err.get("input")
         shown = "" if isinstance(got, dict) or _secret(loc) else f" (got {redact_url(got)!r})"
         lines.append(f"invalid setting {loc}{shown}: {msg} [env {env}]")

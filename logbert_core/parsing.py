@@ -30,13 +30,14 @@ else:  # pragma: no cover - Python 3.10
 from drain3.drain import Drain, LogCluster, Node
 from drain3.masking import LogMasker, MaskingInstruction
 
+from logbert_core.errors import LogadError
 from logbert_core.vocab import Vocabulary
 
 # what a datetime can hold (years 1 to 9999, UTC): an event's times are datetimes, so a line outside is refused here
 MIN_TIMESTAMP, MAX_TIMESTAMP = -62135596800.0, 253402300799.0
 
 
-class LineFormatError(ValueError):
+class LineFormatError(LogadError, ValueError):
     """A line does not fit the configured format (the caller dead-letters it)."""
 
     def __init__(self, reason: str, detail: str) -> None:

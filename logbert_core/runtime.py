@@ -11,15 +11,16 @@ import torch
 
 from logbert_core.bundle import Bundle
 from logbert_core.config import Settings, bundle_fields
+from logbert_core.errors import LogadError
 from logbert_core.judge import WindowJudge
 from logbert_core.scoring import WindowScorer
 
 
-class DeviceError(ValueError):
+class DeviceError(LogadError, ValueError):
     """A device setting this machine cannot honour; the message names the fix."""
 
 
-class SettingsMismatch(ValueError):
+class SettingsMismatch(LogadError, ValueError):
     """Settings that would parse, window or score differently from how the bundle was trained."""
 
 

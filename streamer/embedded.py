@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from logbert_core.errors import LogadError
+
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
@@ -40,7 +42,7 @@ _TANSU_ENV = ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_
               "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
-class EmbeddedProcessError(RuntimeError):
+class EmbeddedProcessError(LogadError):
     """A managed process that could not be found, started or made ready; the message names its log file."""
 
 

@@ -1,10 +1,11 @@
-"""Exceptions of the live detector. Third-party errors are wrapped at the boundary with ``raise ... from exc``."""
+"""Exceptions of the live detector, under ``logbert_core.errors.LogadError`` (the hierarchy is described there).
+Third-party errors are wrapped at the boundary with ``raise ... from exc``."""
 
 from __future__ import annotations
 
+from logbert_core.errors import LogadError, Unavailable
 
-class LogadError(Exception):
-    """Root of the detector's own errors."""
+__all__ = ["LogadError", "OutageError", "StartupError", "Unavailable"]
 
 
 class StartupError(LogadError):

@@ -21,7 +21,7 @@ from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
-from streamer.errors import StartupError
+from streamer.errors import StartupError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ __all__ = ["ConsumerRecord", "EventProducer", "KafkaIOError", "KafkaSettingsErro
 TIMESTAMP_KEY = "@timestamp"  # Fluent Bit's kafka output: default timestamp_key for format json
 
 
-class KafkaIOError(RuntimeError):
+class KafkaIOError(Unavailable):
     """A helper could not do its job against the broker; wraps the kafka-python error where there is one."""
 
 

@@ -48,7 +48,10 @@ def test_a_removed_setting_is_a_config_error_naming_it(tmp_path, monkeypatch):
     # gets the setting named, not a traceback; so does the environment variable
     cfg = tmp_path / "c.toml"
     cfg.write_text("[detector]\nmax_wait_ms = 200\n")
-    with pytest.raises(ConfigError, match=r"detector\.max_wait_ms .*not permitted"):
+    with pytest.raises(ConfigError, match=r"setting detector\.max_wait_ms no longer exists: .*; delete it"):
+        load_settings(cfg)
+    cfg.write_text("[detector]\nmax_wait = 200\n")  # a typo is not a removed setting
+    with pytest.raises(ConfigError, match=r"detector\.max_wait .*not permitted"):
         load_settings(cfg)
     monkeypatch.setenv("LOGAD_DETECTOR__MAX_WAIT_MS", "200")
     with pytest.raises(ConfigError, match="LOGAD_DETECTOR__MAX_WAIT_MS"):
@@ -151,3 +154,18 @@ def test_devices_are_the_ones_torch_is_asked_for(tmp_path, monkeypatch, section)
     for ok in ("auto", "cpu", "cuda", "cuda:1"):
         monkeypatch.setenv(f"LOGAD_{section.upper()}__DEVICE", ok)
         assert getattr(load_settings(None), section).device == ok
+
+
+def test_every_deliberate_error_is_a_logad_error_and_still_a_value_error():
+    from logbert_core.bundle import BundleError
+    from logbert_core.errors import LogadError, Unavailable
+    from logbert_core.parsing import LineFormatError
+    from logbert_core.runtime import DeviceError, SettingsMismatch
+    from streamer.errors import OutageError, StartupError
+    from streamer.kafka_io import KafkaIOError
+
+    for cls in (ConfigError, BundleError, LineFormatError, DeviceError, SettingsMismatch):
+        assert issubclass(cls, LogadError) and issubclass(cls, ValueError)  # callers that caught ValueError still do
+    for cls in (StartupError, OutageError, Unavailable):
+        assert issubclass(cls, LogadError)
+    assert issubclass(KafkaIOError, Unavailable)
