@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import queue
-import random
 import signal
 import socket
 import threading
@@ -43,7 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 import torch
@@ -52,26 +51,26 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from logbert_core import runtime
 from logbert_core.bundle import Bundle, BundleError, load_bundle
 from logbert_core.config import Settings
-from logbert_core.judge import Verdict, WindowJudge
-from logbert_core.parsing import LineFormat, LineFormatError, TemplateIndex, key_of
-from logbert_core.runtime import DeviceError, SettingsMismatch, build_judge, check_settings
-from logbert_core.windows import member, window_keys
+from logbert_core.judge import Verdict
+from logbert_core.windows import window_keys
 from streamer import metrics as m
-from streamer.decode import Rejected, ValueDecoder
+from streamer.backoff import Backoff
+from streamer.engine import Engine, check_bundle_settings, resolve_device
 from streamer.errors import OutageError, StartupError
-from streamer.events import EventContext, build_event, build_storm_event, clip_template, frame_event
+from streamer.events import EventContext, build_event, build_storm_event, frame_event
 from streamer.kafka_clients import client_settings, detector_consumer, event_producer
 from streamer.kafka_io import EventProducer
+from streamer.lines import PARSE_ERROR, LinePipeline, Parsed
 from streamer.rdkafka import ConfluentConsumer, ConfluentProducer
-from streamer.windows import CutWindow, Entry, PendingAppend, WindowStore, client_for, left_in
+from streamer.windows import CutWindow, PendingAppend, WindowStore, client_for, left_in
+
+__all__ = ["PARSE_ERROR", "Backoff", "Engine", "LinePipeline", "Parsed", "Worker", "check_bundle_settings",
+           "resolve_device"]
 
 log = logging.getLogger(__name__)
-PARSE_ERROR = "parse_error"  # dead-letter reason of a line whose parsing failed in a way no rule names
 SESSION_CAP = "session_cap"  # dead-letter reason of a line that would have opened a session past session.max_open
-T = TypeVar("T")
 
 # A line stamped further ahead of the wall clock than this is windowed as usual but does not move the watermark:
 # one such line (a bad clock, a typo'd year) would otherwise tell premature_end that every session has been quiet
@@ -109,191 +108,9 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def check_bundle_settings(settings: Settings, bundle: Bundle) -> None:
-    """The detector must parse, window and score exactly as the model was trained (``runtime.check_settings``)."""
-    try:
-        check_settings(settings, bundle)
-    except SettingsMismatch as exc:
-        raise StartupError(str(exc)) from exc
-    rest = bundle.rest
-    if rest and settings.scoring.premature_end and float(rest["quiet_s"]) != settings.session.rest_s:
-        log.warning("the rest horizon is %g s (session.rest_horizon_s, or idle_timeout_s), but bundle %s learned where "
-                    "sessions rest from pauses of %g s; premature_end keeps the bundle's measure (retrain to change "
-                    "it)", settings.session.rest_s, bundle.version, float(rest["quiet_s"]))
-
-
 def _text(value: bytes | str) -> str:
     """A Redis reply as text (redis-py returns bytes unless the client decodes responses)."""
     return value.decode() if isinstance(value, bytes) else value
-
-
-def resolve_device(name: str) -> torch.device:
-    try:
-        return runtime.resolve_device(name)
-    except DeviceError as exc:
-        raise StartupError(f"detector.device: {exc}") from exc
-
-
-@dataclass
-class Parsed:
-    entries: list[Entry] = field(default_factory=list)
-    origins: list[Any] = field(default_factory=list)  # the record of each entry (a refused entry dead-letters it)
-    rejects: list[tuple[Any, str, str]] = field(default_factory=list)  # (record, reason, detail)
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to consume per partition
-    stamps: dict[TopicPartition, float] = field(default_factory=dict)  # log timestamp of each partition's last line
-    unseen: int = 0
-
-
-class LinePipeline:
-    """Kafka records -> session entries, with the same parsing code the trainer used."""
-
-    def __init__(self, fmt: LineFormat, decoder: ValueDecoder, index: TemplateIndex, bundle: Bundle,
-                 nearest: bool, input_offsets: bool = True) -> None:
-        self.fmt = fmt
-        self.input_offsets = input_offsets  # keep each entry's record ("<partition>:<offset>") for its event
-        self.decoder = decoder
-        self.index = index
-        self.vocab = bundle.vocab
-        self.nearest = nearest
-        self.errors = 0  # lines whose parsing raised something other than LineFormatError
-
-    def parse(self, records: Sequence[Any]) -> Parsed:
-        out = Parsed()
-        decode, parse, index, vocab, nearest = self.decoder.decode, self.fmt.parse, self.index, self.vocab, self.nearest
-        entries, origins, rejects, offsets = out.entries, out.origins, out.rejects, out.offsets
-        last: dict[tuple[str, int], int] = {}
-        stamps: dict[tuple[str, int], float] = {}
-        for rec in records:
-            last[rec.topic, rec.partition] = rec.offset
-            line = decode(rec.value)
-            if isinstance(line, Rejected):
-                rejects.append((rec, line.reason, line.detail))
-                continue
-            try:
-                parsed = parse(line)
-                key, found = key_of(index, vocab, parsed.content, nearest, parsed.level)
-                mem = member(key, line)
-            except LineFormatError as exc:
-                rejects.append((rec, exc.reason, str(exc)))
-                continue
-            except Exception as exc:  # no rule foresaw this line: it costs one dead letter, never the worker
-                if not self.errors:
-                    log.warning("a line could not be parsed (%s[%d]@%d); it goes to the dead-letter topic as "
-                                "%s, as will any other such line (counted, not logged)", rec.topic, rec.partition,
-                                rec.offset, PARSE_ERROR, exc_info=True)
-                self.errors += 1
-                rejects.append((rec, PARSE_ERROR, f"{type(exc).__name__}: {exc}"[:500]))
-                continue
-            unseen = vocab.unseen(key)
-            text = clip_template(found.template) if unseen else ""  # what an event shows of it, no more in Redis
-            out.unseen += unseen
-            stamps[rec.topic, rec.partition] = parsed.timestamp
-            origin = f"{rec.partition}:{rec.offset}" if self.input_offsets else ""
-            for sid in parsed.session_ids:
-                entries.append(Entry(sid, parsed.timestamp, mem, text, origin))
-                origins.append(rec)
-        for (topic, partition), offset in last.items():
-            offsets[TopicPartition(topic, partition)] = offset + 1
-        out.stamps = {TopicPartition(topic, partition): ts for (topic, partition), ts in stamps.items()}
-        return out
-
-
-class Backoff:
-    """Retries an operation on infrastructure errors with exponential back-off and full jitter, within a budget.
-
-    The budget runs from the first sign of trouble: the *start* of the first failed attempt (a call that hung until
-    its socket timeout counts from when it was made), or earlier, from the start of a failed call to the same service
-    (``note_failure``) that no successful call has followed since. No try starts that could hang past the budget
-    (``try_s``: the longest one try of a service may take, its socket or request timeout): the last one starts one
-    timeout before the end, and the call gives up at the end. Once one call has given up, every later call on any
-    thread gives up at once. ``outage_s`` is how long the oldest trouble has lasted (``/health``).
-    """
-
-    def __init__(self, budget_s: float, stop: threading.Event, on_state: Callable[[bool], None],
-                 base_s: float = 0.2, cap_s: float = 5.0, on_give_up: Callable[[], None] | None = None,
-                 try_s: dict[str, float] | None = None) -> None:
-        self.budget_s = budget_s
-        self.try_s = try_s or {}
-        self.stop = stop
-        self.on_state = on_state
-        self.base_s = base_s
-        self.cap_s = cap_s
-        self.on_give_up = on_give_up  # e.g. disconnect the Redis pool, so that calls hung on it fail now
-        self.gave_up: str | None = None  # why the first call gave up
-        self._lock = threading.Lock()
-        self._trouble: dict[str, float] = {}  # service -> start of its first failed call since its last success
-        self._calls: dict[int, float] = {}  # thread -> start of the trouble its call in back-off is counted from
-
-    @staticmethod
-    def service(errors: tuple[type[BaseException], ...]) -> str:
-        return errors[0].__module__.split(".")[0]  # "redis", "kafka"
-
-    def note_failure(self, service: str, since: float) -> None:
-        """A call made at ``since`` (monotonic) failed outside ``call``: the budget of the next calls counts from it."""
-        with self._lock:
-            self._trouble.setdefault(service, since)
-
-    def outage_s(self) -> float:
-        with self._lock:
-            starts = [*self._trouble.values(), *self._calls.values()]
-        return time.monotonic() - min(starts) if starts else 0.0
-
-    def call(self, what: str, fn: Callable[[], T], errors: tuple[type[BaseException], ...], counter: Any,
-             fatal: tuple[type[BaseException], ...] = ()) -> T:
-        """Run ``fn``; on ``errors`` (but not ``fatal`` ones) back off and retry until the budget is spent."""
-        service = self.service(errors)
-        me = threading.get_ident()
-        started: float | None = None
-        attempt = 0
-        try:
-            while True:
-                if self.gave_up is not None:
-                    raise OutageError(f"{what} not tried: {self.gave_up}")
-                t_try = time.monotonic()
-                try:
-                    result = fn()
-                except errors as exc:
-                    if isinstance(exc, fatal):
-                        raise
-                    counter.inc()
-                    now = time.monotonic()
-                    with self._lock:
-                        since = self._trouble.setdefault(service, t_try)
-                        if started is None:
-                            started = self._calls[me] = min(t_try, since)
-                    if self.stop.is_set():
-                        raise OutageError(f"stopped while {what} was unavailable ({exc}); the batch in hand was not "
-                                          "committed and will be replayed") from exc
-                    deadline = started + self.budget_s
-                    last_start = deadline - self.try_s.get(service, 0.0)  # a try started later could overrun
-                    delay = random.uniform(0, min(self.cap_s, self.base_s * 2 ** attempt))
-                    if now + delay > last_start:
-                        if now < last_start:
-                            delay = last_start - now  # one last try, over by the deadline
-                        else:  # no try fits: wait out the budget, then give up
-                            time.sleep(max(0.0, deadline - time.monotonic()))
-                            spent = time.monotonic() - started
-                            self.gave_up = (f"{what} unavailable for {spent:.1f} s, from the first failed or hung "
-                                            f"call (budget detector.outage_budget_s = {self.budget_s:g} s): {exc}")
-                            if self.on_give_up is not None:
-                                self.on_give_up()
-                            raise OutageError(self.gave_up) from exc
-                    attempt += 1
-                    if attempt == 1 or attempt % 10 == 0:
-                        log.warning("%s failed (%s: %s); retrying with back-off, nothing committed meanwhile",
-                                    what, type(exc).__name__, exc)
-                    self.on_state(False)
-                    time.sleep(delay)
-                    continue
-                with self._lock:
-                    self._trouble.pop(service, None)
-                if started is not None:
-                    log.warning("%s is back after %.1f s", what, time.monotonic() - started)
-                    self.on_state(True)
-                return result
-        finally:
-            with self._lock:
-                self._calls.pop(me, None)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -430,35 +247,6 @@ class Scoring:
                 self._execute(item)
             else:
                 self._call(item)
-
-
-@dataclass
-class Engine:
-    """Everything that depends on one bundle: the parser, the judge and the Redis windows (under a prefix of the
-    bundle's version, since entries hold that bundle's template keys)."""
-
-    bundle: Bundle
-    pipeline: LinePipeline
-    judge: WindowJudge
-    store: WindowStore
-
-    @classmethod
-    def build(cls, settings: Settings, bundle: Bundle, device: torch.device, client: redis.Redis) -> Engine:
-        check_bundle_settings(settings, bundle)
-        det = settings.detector
-        max_len = bundle.model_config.max_len
-        judge = build_judge(bundle, settings, device, bf16=det.bf16, cache_size=det.score_cache,
-                            threads=det.score_threads)
-        pipeline = LinePipeline(settings.line_format(), ValueDecoder(settings.log.json_fields,
-                                                                     settings.log.max_line_bytes),
-                                bundle.template_index(), bundle, settings.parser.unknown == "nearest",
-                                settings.event.input_offsets)
-        ss = settings.session
-        store = WindowStore(client, f"{settings.redis.namespace}:{bundle.version}", max_len, settings.model.stride,
-                            ss.ttl_s, int(det.pending_lease_s * 1000), det.novel_template_cap, max_open=ss.max_open,
-                            closed_ttl_s=ss.closed_ttl_s, max_closed=ss.max_closed,
-                            protect_ms=int(settings.replay_horizon_s() * 1000))
-        return cls(bundle, pipeline, judge, store)
 
 
 class Worker:

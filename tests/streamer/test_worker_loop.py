@@ -306,7 +306,7 @@ def test_a_line_whose_parsing_raises_is_dead_lettered_not_fatal(bundle, caplog):
 
     from logbert_core.config import load_settings
     from streamer.decode import ValueDecoder
-    from streamer.worker import PARSE_ERROR, LinePipeline
+    from streamer.lines import PARSE_ERROR, LinePipeline
 
     settings = load_settings(CONFIG)
     fmt = settings.line_format()
