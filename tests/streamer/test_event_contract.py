@@ -219,7 +219,7 @@ def test_cloudevents_structured_through_the_worker_producer(broker, redis_url, t
     worker = Worker(s, bundle)
     try:
         raw = an_event(vocab).model_dump_json()
-        worker._flush([worker._event_message("blk_1", raw)])
+        worker.publisher.deliver([worker.publisher.event_message("blk_1", raw)])
     finally:
         worker.close()
     (rec,) = read_all(broker.url, s.kafka.output_topic, expected=1)

@@ -18,7 +18,9 @@ from kafka import TopicPartition
 from kafka.errors import KafkaConnectionError
 
 from logbert_core.bundle import load_bundle
+from streamer import lifecycle
 from streamer import worker as worker_mod
+from streamer.engine import Engine
 from streamer.errors import OutageError
 from streamer.worker import Worker
 
@@ -77,16 +79,15 @@ class FakeProducer:
         pass
 
 
-def test_a_start_without_a_broker_closes_the_consumer_and_stops_the_scorer_thread(redis_url):
+def test_a_start_without_a_broker_closes_the_consumer_and_stops_the_scorer_thread(redis_url, monkeypatch):
     s = settings_for("127.0.0.1:9", redis_url, "t", "g", detector={"outage_budget_s": 0.5})
 
-    class NoBroker(Worker):
-        @property
-        def producer(self):  # type: ignore[override]
-            raise KafkaConnectionError("nobody at 127.0.0.1:9")
+    def no_broker(*_: object) -> None:
+        raise KafkaConnectionError("nobody at 127.0.0.1:9")
 
+    monkeypatch.setattr(lifecycle, "event_producer", no_broker)
     consumer = FakeConsumer()
-    w = NoBroker(s, load_bundle(BUNDLE), consumer=consumer)  # type: ignore[arg-type]
+    w = Worker(s, load_bundle(BUNDLE), consumer=consumer)  # type: ignore[arg-type]
     with pytest.raises(OutageError):
         w.run()
     assert consumer.closed
@@ -97,24 +98,24 @@ def test_a_bundle_the_engine_cannot_build_is_refused_at_reload(redis_url, tmp_pa
     s = settings_for("127.0.0.1:9", redis_url, "t", "g")
     other = bundle_copy(tmp_path / "other", "hdfs-other")
     w = Worker(s, load_bundle(BUNDLE), consumer=FakeConsumer())  # type: ignore[arg-type]
-    build = worker_mod.Engine.build
+    build = Engine.build
 
     def broken(settings, bundle, device, client):  # type: ignore[no-untyped-def]
         if bundle.version == "hdfs-other":
             raise KeyError("clusters")  # what no check foresaw
         return build(settings, bundle, device, client)
 
-    monkeypatch.setattr(worker_mod.Engine, "build", staticmethod(broken))
+    monkeypatch.setattr(Engine, "build", staticmethod(broken))
     pointer = redis.Redis.from_url(redis_url)
     try:
         pointer.set(f"{s.redis.namespace}:model:current", str(other))
-        assert w.maybe_reload() is False and w.bundle.version == load_bundle(BUNDLE).version
+        assert w.models.maybe_reload() is False and w.bundle.version == load_bundle(BUNDLE).version
         assert any("refusing model bundle hdfs-other" in r.message and "KeyError" in r.message
                    for r in caplog.records)
-        assert w.maybe_reload() is False  # refused once: not built again at every check
+        assert w.models.maybe_reload() is False  # refused once: not built again at every check
         pointer.set(f"{s.redis.namespace}:model:current", str(tmp_path))  # a directory without a bundle
         (tmp_path / "bundle.json").write_text("[1]")
-        assert w.maybe_reload() is False
+        assert w.models.maybe_reload() is False
         assert any("holds a JSON list, not an object" in r.message for r in caplog.records)
     finally:
         w.scoring.close()
@@ -132,10 +133,10 @@ def test_a_line_stamped_decades_ahead_does_not_move_the_watermark(redis_url):
     consumer = FakeConsumer([[SimpleNamespace(topic="t", partition=0, offset=i, key=None, value=v.encode())
                               for i, v in enumerate(lines)]])
     w = Worker(s, load_bundle(BUNDLE), consumer=consumer, producer=FakeProducer())  # type: ignore[arg-type]
-    w.assigned = {TopicPartition("t", 0)}
+    w.progress.assigned = {TopicPartition("t", 0)}
     w.run(max_idle_s=1.0)
     assert w.watermark == 1226262975.0  # 2008-11-09 20:36:15, the first line
-    assert w.safe_watermark == 1226262975.0
+    assert w.progress.safe == 1226262975.0
     assert float(redis.Redis.from_url(redis_url).get(key)) == 1226262975.0  # the stale value was replaced
     assert consumer.commits and consumer.commits[-1] == {TopicPartition("t", 0): 2}  # both lines were taken
 
@@ -156,7 +157,7 @@ def test_after_a_switch_the_old_bundle_does_not_call_a_running_session_stopped(r
     mine = [line for line in lines if blk + " " in line + " "]
     producer = FakeProducer()
     w = Worker(s, load_bundle(BUNDLE), consumer=FakeConsumer(), producer=producer)  # type: ignore[arg-type]
-    w.assigned = {TopicPartition("t", 0)}
+    w.progress.assigned = {TopicPartition("t", 0)}
     offset = 0
 
     def feed(batch: list[str]) -> None:
@@ -170,16 +171,16 @@ def test_after_a_switch_the_old_bundle_does_not_call_a_running_session_stopped(r
         stopped = [line.replace(blk, "blk_777") for line in mine[:2]]  # the same start, and nothing after it
         feed(mine[:2] + stopped)  # allocated, one receive: a state normal blocks never rest in
         redis.Redis.from_url(redis_url).set(f"{s.redis.namespace}:model:current", str(other))
-        assert w.maybe_reload() and w.bundle.version == "hdfs-b"
+        assert w.models.maybe_reload() and w.bundle.version == "hdfs-b"
         last = max(w.engine.pipeline.fmt.parse(line).timestamp for line in mine)
         later = time.strftime("%y%m%d %H%M%S", time.gmtime(last + 400))
         filler = f"{later} 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_999 terminating"
         feed(mine[2:] + [filler])  # the block goes on under B; the log moves on 400 s
-        w.caught_up()
+        w.progress.caught_up()
         time.sleep(s.session.idle_timeout_s + 0.5)
-        w.sweep()
+        w.closing.sweep(time.monotonic())
         w.settle(wait=True)
-        w.sweep()  # held verdicts of the draining bundle are confirmed or dropped here
+        w.closing.sweep(time.monotonic())  # held verdicts of the draining bundle are confirmed or dropped here
         w.settle(wait=True)
         stops = [json.loads(v) for _, _, v, _ in producer.sent
                  if "premature_end" in json.loads(v)["explanation"]["reasons"]]
@@ -197,17 +198,17 @@ def test_a_worker_started_after_a_switch_drains_what_the_old_bundle_left(redis_u
     line = "081109 203615 148 INFO dfs.DataNode: a template no normal block ever had, for blk_{}"
     rec = SimpleNamespace(topic="t", partition=0, offset=0, key=None, value=line.format(1).encode())
     w1 = Worker(s, load_bundle(a), consumer=FakeConsumer([[rec]]), producer=FakeProducer(), bundle_dir=a)  # type: ignore[arg-type]
-    w1._record_active()
+    w1.models.record_active()
     w1.process([rec])
     w1.finish_append()
     redis.Redis.from_url(redis_url).set(f"{s.redis.namespace}:model:current", str(b))
-    assert w1.maybe_reload() and [e.bundle.version for e in w1.draining] == ["hdfs-a"]
+    assert w1.models.maybe_reload() and [e.bundle.version for e in w1.draining] == ["hdfs-a"]
     w1.scoring.close()
     w1.close()  # dies before A's block closes
 
     producer = FakeProducer()
     w2 = Worker(s, load_bundle(b), consumer=FakeConsumer(), producer=producer, bundle_dir=b)  # type: ignore[arg-type]
-    w2.assigned = {TopicPartition("t", 0)}
+    w2.progress.assigned = {TopicPartition("t", 0)}
     w2.run(max_idle_s=s.session.idle_timeout_s + 1)
     events = [json.loads(v) for _, _, v, _ in producer.sent]
     assert [(e["session_id"], e["model_version"]) for e in events] == [("blk_1", "hdfs-a")]
@@ -224,8 +225,8 @@ def test_a_stale_future_group_watermark_is_not_handed_to_a_worker_with_nothing_r
     r.set(key, repr(3.1e9))
     w = Worker(s, load_bundle(BUNDLE), consumer=FakeConsumer(), producer=FakeProducer())  # type: ignore[arg-type]
     try:
-        assert w._share_watermark(-math.inf) == -math.inf and r.get(key) is None
-        assert w._share_watermark(1226262975.0) == 1226262975.0
+        assert w.progress.share(-math.inf) == -math.inf and r.get(key) is None
+        assert w.progress.share(1226262975.0) == 1226262975.0
     finally:
         w.scoring.close()
         w.close()
@@ -233,15 +234,15 @@ def test_a_stale_future_group_watermark_is_not_handed_to_a_worker_with_nothing_r
 
 def test_the_heap_trimmer_runs_while_the_worker_runs_and_stops_with_it(redis_url, monkeypatch):
     calls: list[int] = []
-    monkeypatch.setattr(worker_mod, "_malloc_trim", lambda: calls.append)
+    monkeypatch.setattr(lifecycle, "_malloc_trim", lambda: calls.append)
     s = settings_for("127.0.0.1:9", redis_url, "t", "g", detector={"malloc_trim_interval_s": 0.05})
     w = Worker(s, load_bundle(BUNDLE), consumer=FakeConsumer(), producer=FakeProducer())  # type: ignore[arg-type]
-    w.assigned = {TopicPartition("t", 0)}
+    w.progress.assigned = {TopicPartition("t", 0)}
     w.run(max_idle_s=0.5)
     assert len(calls) >= 3 and set(calls) == {0}
     time.sleep(0.2)
     assert "logad-malloc-trim" not in {t.name for t in threading.enumerate()}
-    assert worker_mod._malloc_trim() is not None  # glibc, here
+    assert lifecycle._malloc_trim() is not None  # glibc, here
 
 
 def test_a_block_that_stopped_part_way_is_held_then_published_for_its_unfinished_set(redis_url):
@@ -263,7 +264,7 @@ def test_a_block_that_stopped_part_way_is_held_then_published_for_its_unfinished
     part = [line.replace(blk, "blk_778") for line in mine[:9]]  # allocated, received, not finished
     producer = FakeProducer()
     w = Worker(s, bundle, consumer=FakeConsumer(), producer=producer)  # type: ignore[arg-type]
-    w.assigned = {TopicPartition("t", 0)}
+    w.progress.assigned = {TopicPartition("t", 0)}
     try:
         last = max(fmt.parse(line).timestamp for line in part)
         later = time.strftime("%y%m%d %H%M%S", time.gmtime(last + 400))
@@ -271,17 +272,17 @@ def test_a_block_that_stopped_part_way_is_held_then_published_for_its_unfinished
         w.process([SimpleNamespace(topic="t", partition=0, offset=i, key=None, value=v.encode())
                    for i, v in enumerate(part)])
         w.finish_append()
-        w.caught_up()
+        w.progress.caught_up()
         time.sleep(s.session.idle_timeout_s + 0.5)
-        w.sweep()  # the block closes; the log has not gone on past it: held
+        w.closing.sweep(time.monotonic())  # the block closes; the log has not gone on past it: held
         w.settle(wait=True)
         assert not [v for _, _, v, _ in producer.sent if json.loads(v)["session_id"] == "blk_778"]
         w.process([SimpleNamespace(topic="t", partition=0, offset=len(part), key=None, value=filler.encode())])
         w.finish_append()
-        w.caught_up()
-        w.sweep()
+        w.progress.caught_up()
+        w.closing.sweep(time.monotonic())
         w.settle(wait=True)
-        w.sweep()  # the held verdict is confirmed here
+        w.closing.sweep(time.monotonic())  # the held verdict is confirmed here
         w.settle(wait=True)
         (event,) = [json.loads(v) for _, _, v, _ in producer.sent if json.loads(v)["session_id"] == "blk_778"]
         assert event["explanation"]["reasons"] == ["unseen_template_set"]

@@ -12,11 +12,19 @@ import time
 
 import pytest
 
-from streamer.worker import Job, Scoring
+from streamer.backoff import Backoff
+from streamer.closing import Progress
+from streamer.commits import Commits
+from streamer.judging import Job, Scoring, Ticket
 
 
 def job(n: int) -> Job:
-    return Job(engine=None, windows=[n], messages=[], offsets={"p": n})  # type: ignore[arg-type]
+    return Job(engine=None, windows=[n])  # type: ignore[arg-type]
+
+
+def submit(scoring: Scoring, n: int) -> Ticket:
+    """Job ``n``, whose batch ends at offset ``n`` of partition "p"."""
+    return scoring.submit(job(n), {"p": n})  # type: ignore[dict-item]
 
 
 @pytest.mark.parametrize("depth", [0, 1, 4])
@@ -32,18 +40,18 @@ def test_jobs_come_back_in_order_once_done(depth):
     scoring = Scoring(run, depth)
     if depth == 0:
         gate.set()  # runs in the caller: nothing may block
-    jobs = [job(i) for i in range(3)]
-    submitter = threading.Thread(target=lambda: [scoring.submit(j) for j in jobs])
+    tickets: list[Ticket] = []
+    submitter = threading.Thread(target=lambda: tickets.extend(submit(scoring, i) for i in range(3)))
     submitter.start()
     if depth:
         time.sleep(0.2)
         assert scoring.completed() == []  # the first job still runs: nothing is handed back, not even later ones
         gate.set()
     submitter.join(5)
-    assert scoring.completed(wait=True) == jobs
+    assert scoring.completed(wait=True) == tickets and len(tickets) == 3
     assert ran == [0, 1, 2] and scoring.in_flight() == 0
     # a finished job keeps only what its commit needs: a burst's windows are not held until the loop collects them
-    assert all(j.windows == () and j.messages == [] and j.offsets == {"p": n} for n, j in enumerate(jobs))
+    assert all(t.job is None and t.offsets == {"p": n} for n, t in enumerate(tickets))
     scoring.close()
 
 
@@ -58,20 +66,16 @@ def test_a_batch_with_nothing_to_publish_is_committed_with_the_job_before_it():
             raise RuntimeError("broker gone")
 
     scoring = Scoring(run, 4)
-    empty = lambda off: Job(engine=None, windows=[], messages=[], offsets=off)  # type: ignore[arg-type]  # noqa: E731
+    empty = lambda off: scoring.submit(Job(engine=None), off)  # type: ignore[arg-type]  # noqa: E731
     alone = empty({"p": 1})
-    scoring.submit(alone)
     assert scoring.completed() == [alone]  # nothing ahead: done at once
-    busy = job(2)
-    scoring.submit(busy)
-    scoring.submit(empty({"p": 3, "q": 1}))
-    scoring.submit(empty({"q": 2}))
+    busy = submit(scoring, 2)
+    assert empty({"p": 3, "q": 1}) is busy and empty({"q": 2}) is busy  # they ride with the job in flight
     assert scoring.in_flight() == 1 and scoring.completed() == []
     gate.set()
     assert scoring.completed(wait=True) == [busy] and busy.offsets == {"p": 3, "q": 2}
-    failing = job(9)
-    scoring.submit(failing)
-    scoring.submit(empty({"p": 10}))
+    failing = submit(scoring, 9)
+    empty({"p": 10})
     (back,) = scoring.completed(wait=True)
     assert back is failing and back.error is not None  # settle() commits nothing of it, the folded offsets included
     scoring.close()
@@ -83,9 +87,8 @@ def test_a_failed_job_stops_the_ones_after_it():
             raise RuntimeError("redis gone")
 
     scoring = Scoring(run, 2)
-    jobs = [job(i) for i in range(4)]
-    for j in jobs:
-        scoring.submit(j)
+    for i in range(4):
+        submit(scoring, i)
     done = scoring.completed(wait=True)
     assert [j.error is None for j in done] == [True, False, False, False]
     assert isinstance(scoring.failed, RuntimeError) and all(j.error is scoring.failed for j in done[1:])
@@ -101,9 +104,9 @@ def test_calls_run_in_order_with_the_jobs_and_their_errors_stop_nothing(depth, c
 
     scoring = Scoring(lambda j: ran.append(j.windows[0]), depth)
     scoring.call(lambda: ran.append("warm"))
-    scoring.submit(job(1))
+    submit(scoring, 1)
     scoring.call(broken)
-    scoring.submit(job(2))
+    submit(scoring, 2)
     done = scoring.completed(wait=True)
     assert ran == ["warm", 1, 2] and all(j.error is None for j in done) and scoring.failed is None
     assert "broken failed" in caplog.text and "no cache today" in caplog.text
@@ -134,18 +137,13 @@ class FakeConsumer:
 
 
 def test_caught_up_under_a_steady_stream_but_not_with_a_backlog_or_a_broker_outage():
-    from types import SimpleNamespace
-
     from kafka import TopicPartition
-
-    from streamer.worker import Worker
 
     tp = TopicPartition("t", 0)
     consumer = FakeConsumer()
-    w = SimpleNamespace(assigned={tp}, consumer=consumer, broker_ok=True, _ends_seen=None, _last_catch_up_check=0.0,
-                        s=SimpleNamespace(detector=SimpleNamespace(sweep_interval_s=0.25)), watermark=-math.inf,
-                        partition_watermark={}, safe_watermark=-math.inf, _share_watermark=lambda mine: -math.inf)
-    check = lambda: Worker.caught_up(w)  # noqa: E731
+    w = Progress(lambda: consumer, 0.25, share=lambda mine: -math.inf)
+    w.assigned = {tp}
+    check = w.caught_up
 
     consumer.end[tp], consumer.pos[tp] = 100, 100
     assert check()  # at the end now
@@ -176,37 +174,32 @@ def test_caught_up_under_a_steady_stream_but_not_with_a_backlog_or_a_broker_outa
 def test_the_safe_watermark_waits_for_partitions_with_lines_left_to_read():
     """Lines of a session may sit unread in one partition while another has shown later log times: the log has gone
     on for sure only as far as the last line read of each partition that still has lines to read."""
-    from types import SimpleNamespace
-
     from kafka import TopicPartition
-
-    from streamer.worker import Worker
 
     a, b = TopicPartition("t", 0), TopicPartition("t", 1)
     consumer = FakeConsumer()
-    w = SimpleNamespace(assigned={a, b}, consumer=consumer, broker_ok=True, _ends_seen=None,
-                        _last_catch_up_check=0.0, s=SimpleNamespace(detector=SimpleNamespace(sweep_interval_s=0.25)),
-                        watermark=2000.0, partition_watermark={a: 2000.0, b: 1500.0}, safe_watermark=-math.inf,
-                        _share_watermark=lambda mine: 1800.0)  # the group's: another worker got that far
-    check = lambda: Worker.caught_up(w)  # noqa: E731
+    w = Progress(lambda: consumer, 0.25, share=lambda mine: 1800.0)  # the group's: another worker got that far
+    w.assigned = {a, b}
+    w.watermark, w.partition_watermark = 2000.0, {a: 2000.0, b: 1500.0}
+    check = w.caught_up
     consumer.end, consumer.pos = {a: 10, b: 10}, {a: 10, b: 10}
-    assert check() and w.safe_watermark == 2000.0  # everything read: as far as any partition went
+    assert check() and w.safe == 2000.0  # everything read: as far as any partition went
     consumer.end, consumer.pos = {a: 20, b: 20}, {a: 20, b: 12}  # b got lines it has not read yet
-    assert check() and w.safe_watermark == 1500.0  # caught up by the previous ends, but b holds the log back
+    assert check() and w.safe == 1500.0  # caught up by the previous ends, but b holds the log back
     w.watermark, w.partition_watermark = -math.inf, {}  # taken over, nothing new to read: the group's watermark
     consumer.pos[b] = 20
-    assert check() and w.safe_watermark == 1800.0
+    assert check() and w.safe == 1800.0
     consumer.end[b] = 30  # but not while a partition of ours still has lines to read
-    assert check() and w.safe_watermark == -math.inf
+    assert check() and w.safe == -math.inf
     w.watermark, w.partition_watermark = 2000.0, {a: 2000.0, b: 1500.0}
     c = TopicPartition("t", 2)  # newly assigned, nothing read from it yet
     w.assigned.add(c)
     consumer.end[c], consumer.pos[c] = 5, 0
     consumer.pos[b] = 30
-    assert not check() and w.safe_watermark == -math.inf  # not caught up: the last safe value stands
+    assert not check() and w.safe == -math.inf  # not caught up: the last safe value stands
     consumer.pos[c] = 5
     w.partition_watermark[c] = 1900.0
-    assert check() and w.safe_watermark == 2000.0
+    assert check() and w.safe == 2000.0
 
 
 class CommitRecorder:
@@ -217,63 +210,51 @@ class CommitRecorder:
         self.commits.append(dict(offsets))
 
 
-def settling_worker(interval_ms: int, run=lambda j: None):
-    from types import SimpleNamespace
-
-    from streamer.worker import Backoff
-
+def settling(interval_ms: int, run=lambda j: None) -> tuple[Commits, CommitRecorder]:
     stop = threading.Event()
-    w = SimpleNamespace(scoring=Scoring(run, 0), consumer=CommitRecorder(), stop_event=stop,
-                        s=SimpleNamespace(kafka=SimpleNamespace(commit_interval_ms=interval_ms)),
-                        backoff=Backoff(10, stop, lambda ok: None), _done_offsets={}, _last_commit=0.0)
-    return w
+    scoring, recorder = Scoring(run, 0), CommitRecorder()
+    return Commits(scoring, lambda: recorder, Backoff(10, stop, lambda ok: None), interval_ms, stop), recorder
 
 
 def test_done_batches_are_committed_together_at_most_every_interval():
-    from streamer.worker import Worker
-
-    w = settling_worker(60_000)
-    settle = lambda **kw: Worker.settle(w, **kw)  # noqa: E731
-    w.scoring.submit(job(1))
+    commits, consumer = settling(60_000)
+    scoring, settle = commits.scoring, commits.settle
+    submit(scoring, 1)
     settle()
-    assert w.consumer.commits == [{"p": 1}]  # the first commit is due at once
-    w.scoring.submit(Job(engine=None, windows=[2], messages=[], offsets={"p": 2, "q": 7}))  # type: ignore[arg-type]
+    assert consumer.commits == [{"p": 1}]  # the first commit is due at once
+    scoring.submit(job(2), {"p": 2, "q": 7})  # type: ignore[dict-item]
     settle()
-    w.scoring.submit(job(3))
+    submit(scoring, 3)
     settle()
-    assert w.consumer.commits == [{"p": 1}]  # within the interval: held
+    assert consumer.commits == [{"p": 1}]  # within the interval: held
     settle(wait=True)  # stopping, or waiting for every job: what is done is committed now, the latest per partition
-    assert w.consumer.commits == [{"p": 1}, {"p": 3, "q": 7}]
-    w.scoring.submit(job(4))
+    assert consumer.commits == [{"p": 1}, {"p": 3, "q": 7}]
+    submit(scoring, 4)
     settle(commit=False)  # revoked: handed back uncommitted, and not committed later either (the next owner's)
     settle(wait=True)
-    assert w.consumer.commits == [{"p": 1}, {"p": 3, "q": 7}]
+    assert consumer.commits == [{"p": 1}, {"p": 3, "q": 7}]
 
 
 def test_with_interval_zero_every_batch_is_committed():
-    from streamer.worker import Worker
-
-    w = settling_worker(0)
+    commits, consumer = settling(0)
     for n in (1, 2):
-        w.scoring.submit(job(n))
-        Worker.settle(w)
-    assert w.consumer.commits == [{"p": 1}, {"p": 2}]
+        submit(commits.scoring, n)
+        commits.settle()
+    assert consumer.commits == [{"p": 1}, {"p": 2}]
 
 
 def test_a_failure_commits_the_batches_done_before_it_at_once_and_raises():
-    from streamer.worker import Worker
-
     def run(j: Job) -> None:
         if j.windows[0] == 3:
             raise RuntimeError("redis gone")
 
-    w = settling_worker(60_000, run)
-    w._last_commit = time.monotonic()  # a commit was just made: the next one is not due by the clock
+    commits, consumer = settling(60_000, run)
+    commits.last_commit = time.monotonic()  # a commit was just made: the next one is not due by the clock
     for n in (1, 2, 3, 4):
-        w.scoring.submit(job(n))
+        submit(commits.scoring, n)
     with pytest.raises(RuntimeError, match="redis gone"):
-        Worker.settle(w)
-    assert w.consumer.commits == [{"p": 2}]  # 1 and 2 are done; 3 failed and 4 never ran
+        commits.settle()
+    assert consumer.commits == [{"p": 2}]  # 1 and 2 are done; 3 failed and 4 never ran
 
 
 def test_a_dead_letter_over_the_cap_is_cut_and_says_so():
@@ -281,20 +262,25 @@ def test_a_dead_letter_over_the_cap_is_cut_and_says_so():
     its outage budget ran out. Its value is cut, and headers say so; the whole record stays on the input topic."""
     from types import SimpleNamespace
 
-    from streamer.worker import Worker
+    from e2e_harness import CONFIG
 
-    w = SimpleNamespace(s=SimpleNamespace(kafka=SimpleNamespace(dlq="in.dlq", dlq_max_value_bytes=1000)),
-                        stats={"rejected": 0})
+    from logbert_core.config import load_settings
+    from streamer.publishing import Publisher
+    from streamer.tally import Tally
+
+    settings = load_settings(CONFIG, kafka={"dlq_topic": "in.dlq", "dlq_max_value_bytes": 1000})
+    stats = Tally()
+    publisher = Publisher(settings, producer=None, backoff=None, stats=stats, context=None)  # type: ignore[arg-type]
     rec = SimpleNamespace(topic="in", partition=2, offset=77, key=b"k", value=b"x" * 5000)
-    topic, key, value, headers = Worker._dead_letter(w, rec, "too_large", "line of 5000 bytes")
+    topic, key, value, headers = publisher.dead_letter(rec, "too_large", "line of 5000 bytes")
     assert (topic, key, value) == ("in.dlq", b"k", b"x" * 1000)
     h = dict(headers)
     assert h["logad.truncated"] == b"true" and h["logad.original_bytes"] == b"5000"
     assert (h["logad.source.partition"], h["logad.source.offset"], h["logad.reason"]) == (b"2", b"77", b"too_large")
     rec.value = b"y" * 1000  # at the cap: as it came, without the headers
-    _, _, value, headers = Worker._dead_letter(w, rec, "format_mismatch", "")
+    _, _, value, headers = publisher.dead_letter(rec, "format_mismatch", "")
     assert value == b"y" * 1000 and "logad.truncated" not in dict(headers)
-    assert w.stats["rejected"] == 2
+    assert stats["rejected"] == 2
 
 
 def test_a_line_whose_parsing_raises_is_dead_lettered_not_fatal(bundle, caplog):
@@ -335,8 +321,7 @@ def test_a_job_of_held_stops_whose_events_were_all_suppressed_still_runs():
     (and let go of in the worker): it runs like any other job."""
     ran: list[Job] = []
     scoring = Scoring(ran.append, 2)
-    only_ends = Job(engine=None, windows=[], messages=[], offsets=None, ends=[("blk_1", "{}")],  # type: ignore[arg-type]
-                    end_events=0)
-    scoring.submit(only_ends)
-    assert scoring.completed(wait=True) == [only_ends] and ran == [only_ends]
+    only_ends = Job(engine=None, ends=(("blk_1", "{}"),), end_events=0)  # type: ignore[arg-type]
+    ticket = scoring.submit(only_ends)
+    assert scoring.completed(wait=True) == [ticket] and ran == [only_ends]
     scoring.close()
