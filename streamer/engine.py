@@ -13,7 +13,6 @@ from logbert_core.bundle import Bundle
 from logbert_core.config import Settings
 from logbert_core.judge import WindowJudge
 from logbert_core.runtime import DeviceError, SettingsMismatch, build_judge, check_settings
-from streamer.decode import ValueDecoder
 from streamer.errors import StartupError
 from streamer.lines import LinePipeline
 from streamer.windows import WindowStore
@@ -58,10 +57,8 @@ class Engine:
         max_len = bundle.model_config.max_len
         judge = build_judge(bundle, settings, device, bf16=det.bf16, cache_size=det.score_cache,
                             threads=det.score_threads)
-        pipeline = LinePipeline(settings.line_format(), ValueDecoder(settings.log.json_fields,
-                                                                     settings.log.max_line_bytes),
-                                bundle.template_index(), bundle, settings.parser.unknown == "nearest",
-                                settings.event.input_offsets)
+        pipeline = LinePipeline(settings.line_reader(), bundle.template_index(), bundle,
+                                settings.parser.unknown == "nearest", settings.event.input_offsets)
         ss = settings.session
         store = WindowStore(client, f"{settings.redis.namespace}:{bundle.version}", max_len, settings.model.stride,
                             ss.ttl_s, int(det.pending_lease_s * 1000), det.novel_template_cap, max_open=ss.max_open,

@@ -1,4 +1,5 @@
-"""Kafka records -> session entries: decode, parse, template lookup, with the same parsing code the trainer used.
+"""Kafka records -> session entries: each value read by ``logbert_core.ingest.LineReader`` (decode and line format,
+the one ingest path the trainer and ``logad serve`` share), then the template lookup.
 
 A record that cannot become an entry is data, not a crash: it comes back as a reject ``(record, reason, detail)``
 for the dead-letter topic (``publishing.Publisher.dead_letter``). The entries go to Redis next (``intake.Intake``).
@@ -14,9 +15,9 @@ from typing import Any
 from kafka import TopicPartition
 
 from logbert_core.bundle import Bundle
-from logbert_core.parsing import LineFormat, LineFormatError, TemplateIndex, key_of
+from logbert_core.ingest import LineReader, Rejected
+from logbert_core.parsing import TemplateIndex, key_of
 from logbert_core.windows import member
-from streamer.decode import Rejected, ValueDecoder
 from streamer.events import clip_template
 from streamer.windows import Entry
 
@@ -37,11 +38,10 @@ class Parsed:
 class LinePipeline:
     """Kafka records -> session entries, with the same parsing code the trainer used."""
 
-    def __init__(self, fmt: LineFormat, decoder: ValueDecoder, index: TemplateIndex, bundle: Bundle,
-                 nearest: bool, input_offsets: bool = True) -> None:
-        self.fmt = fmt
+    def __init__(self, reader: LineReader, index: TemplateIndex, bundle: Bundle, nearest: bool,
+                 input_offsets: bool = True) -> None:
+        self.reader = reader
         self.input_offsets = input_offsets  # keep each entry's record ("<partition>:<offset>") for its event
-        self.decoder = decoder
         self.index = index
         self.vocab = bundle.vocab
         self.nearest = nearest
@@ -49,23 +49,19 @@ class LinePipeline:
 
     def parse(self, records: Sequence[Any]) -> Parsed:
         out = Parsed()
-        decode, parse, index, vocab, nearest = self.decoder.decode, self.fmt.parse, self.index, self.vocab, self.nearest
+        read, index, vocab, nearest = self.reader.read, self.index, self.vocab, self.nearest
         entries, origins, rejects, offsets = out.entries, out.origins, out.rejects, out.offsets
         last: dict[tuple[str, int], int] = {}
         stamps: dict[tuple[str, int], float] = {}
         for rec in records:
             last[rec.topic, rec.partition] = rec.offset
-            line = decode(rec.value)
-            if isinstance(line, Rejected):
-                rejects.append((rec, line.reason, line.detail))
-                continue
             try:
-                parsed = parse(line)
+                parsed = read(rec.value)
+                if isinstance(parsed, Rejected):
+                    rejects.append((rec, parsed.reason, parsed.detail))
+                    continue
                 key, found = key_of(index, vocab, parsed.content, nearest, parsed.level)
-                mem = member(key, line)
-            except LineFormatError as exc:
-                rejects.append((rec, exc.reason, str(exc)))
-                continue
+                mem = member(key, parsed.line)
             except Exception as exc:  # no rule foresaw this line: it costs one dead letter, never the worker
                 if not self.errors:
                     log.warning("a line could not be parsed (%s[%d]@%d); it goes to the dead-letter topic as "

@@ -11,11 +11,11 @@ from pydantic_core import to_json
 from logbert_core.bundle import Bundle
 from logbert_core.config import Settings
 from logbert_core.judge import Verdict
-from logbert_core.parsing import LineFormatError, key_of, line_digest
+from logbert_core.parsing import key_of, line_digest
 from logbert_core.runtime import DeviceError, SettingsMismatch, build_judge, check_settings, resolve_device
 from logbert_core.windows import canonical_entries, session_windows, window_keys
 from streamer import metrics as m
-from streamer.decode import Rejected, ValueDecoder
+from streamer.decode import Rejected
 from streamer.errors import StartupError
 from streamer.events import Explanation, build_event
 from streamer.serve_limits import Budget, FairLock, Refused
@@ -41,8 +41,7 @@ class SessionDetector:
         self.bundle = bundle
         self.device = str(dev)
         self.judge = build_judge(bundle, settings, dev, threads=settings.train.scoring_threads)
-        self.fmt = settings.line_format()
-        self.decoder = ValueDecoder(settings.log.json_fields, settings.log.max_line_bytes)
+        self.reader = settings.line_reader()  # the one ingest path (logbert_core.ingest), as the worker and trainer
         self.index = bundle.template_index()
         self.nearest = settings.parser.unknown == "nearest"
         self._lock = FairLock()
@@ -67,15 +66,11 @@ class SessionDetector:
         for i, raw in enumerate(lines):
             if not i & 255:
                 budget.check()
-            line = self.decoder.decode(raw.encode("utf-8", "surrogatepass"))
-            if isinstance(line, Rejected):
-                rejected.append(RejectedLine(index=i, reason=line.reason, detail=line.detail))
+            rec = self.reader.read(raw.encode("utf-8", "surrogatepass"))
+            if isinstance(rec, Rejected):
+                rejected.append(RejectedLine(index=i, reason=rec.reason, detail=rec.detail[:200]))
                 continue
-            try:
-                rec = self.fmt.parse(line)
-            except LineFormatError as exc:
-                rejected.append(RejectedLine(index=i, reason=exc.reason, detail=str(exc)[:200]))
-                continue
+            line = rec.line
             key, found = key_of(self.index, vocab, rec.content, self.nearest, rec.level)
             n_entries += len(rec.session_ids)
             if n_entries > max_entries:

@@ -63,27 +63,37 @@ def outcomes_of_trainer(tmp_path: Path) -> tuple[Counter[str], list[tuple[str, s
     return got, sorted((sid, r.content) for r in corpus.records for sid in r.session_ids)
 
 
-def test_the_three_ingest_paths_keep_and_reject_alike(tmp_path: Path, bundle) -> None:
+def test_the_three_ingest_paths_keep_and_reject_alike(tmp_path: Path, bundle, monkeypatch) -> None:
     expected = Counter(want for _, want in CASES)
     settings = load_settings(CONFIG)
+    calls: Counter[str] = Counter()
+    path = ["trainer"]
+    real_read = ingest.LineReader.read
+
+    def read(self, value):  # type: ignore[no-untyped-def]
+        calls[path[0]] += 1
+        return real_read(self, value)
+
+    monkeypatch.setattr(ingest.LineReader, "read", read)  # every path must go through this one function
 
     trainer, trainer_entries = outcomes_of_trainer(tmp_path)
 
-    pipe = LinePipeline(settings.line_format(), ingest.ValueDecoder(settings.log.json_fields,
-                                                                    settings.log.max_line_bytes),
-                        bundle.template_index(), bundle, False)
+    path[0] = "worker"
+    pipe = LinePipeline(settings.line_reader(), bundle.template_index(), bundle, False)
     records = [SimpleNamespace(topic="logs.raw", partition=0, offset=i, value=v) for i, (v, _) in enumerate(CASES)]
     parsed = pipe.parse(records)
     worker = Counter(reason for _, reason, _ in parsed.rejects)
     worker["ok"] = len({id(r) for r in parsed.origins})
 
     # a /detect request carries text: bytes that are not UTF-8 arrive as lone surrogates, as a JSON body can hold
+    path[0] = "serve"
     served = json.loads(SessionDetector(settings, bundle).detect([v.decode("utf-8", "surrogateescape")
                                                                    for v, _ in CASES]))
     serve = Counter(r["reason"] for r in served["rejected"])
     serve["ok"] = len(CASES) - len(served["rejected"])
 
     assert trainer == worker == serve == expected
+    assert calls == {"trainer": len(CASES), "worker": len(CASES), "serve": len(CASES)}
 
     # the kept lines land in the same sessions with the same keys on every path
     index, vocab = bundle.template_index(), bundle.vocab

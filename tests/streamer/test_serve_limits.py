@@ -103,14 +103,14 @@ def test_sessions_and_entries_are_counted_while_parsing():
     more entries than the window cap can hold."""
     det = detector(max_sessions=10)
     seen: list[str] = []
-    parse = det.fmt.parse
+    parse = det.reader.fmt.parse
 
     class Counting:
         def parse(self, line: str) -> Any:
             seen.append(line)
             return parse(line)
 
-    det.fmt = Counting()  # type: ignore[assignment]
+    det.reader.fmt = Counting()  # type: ignore[assignment]
     base = "081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_1 terminating"
     err = refusal(det, flood(base, n_lines=10_000, ids_per_line=10))
     assert err.reason == "too_many_sessions" and "line 1 names session 11" in err.message
@@ -118,7 +118,7 @@ def test_sessions_and_entries_are_counted_while_parsing():
     # entries too: 3 sessions, 5 at most, and 10 windows of stride 32 hold at most 10 * 32 + 5 * 64 = 640 entries;
     # the line that adds the 641st is the last one parsed
     det, seen[:] = detector(max_sessions=5, max_windows=10), []
-    det.fmt = Counting()  # type: ignore[assignment]
+    det.reader.fmt = Counting()  # type: ignore[assignment]
     err = refusal(det, [re.sub(r"blk_-?\d+", "blk_1 blk_2 blk_3", base)] * 1000)
     assert err.reason == "too_many_windows" and "serve.max_windows" in err.message and "642 entries" in err.message
     assert len(seen) == 214

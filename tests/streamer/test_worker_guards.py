@@ -172,7 +172,7 @@ def test_after_a_switch_the_old_bundle_does_not_call_a_running_session_stopped(r
         feed(mine[:2] + stopped)  # allocated, one receive: a state normal blocks never rest in
         redis.Redis.from_url(redis_url).set(f"{s.redis.namespace}:model:current", str(other))
         assert w.models.maybe_reload() and w.bundle.version == "hdfs-b"
-        last = max(w.engine.pipeline.fmt.parse(line).timestamp for line in mine)
+        last = max(w.engine.pipeline.reader.fmt.parse(line).timestamp for line in mine)
         later = time.strftime("%y%m%d %H%M%S", time.gmtime(last + 400))
         filler = f"{later} 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_999 terminating"
         feed(mine[2:] + [filler])  # the block goes on under B; the log moves on 400 s

@@ -291,7 +291,7 @@ def test_a_line_whose_parsing_raises_is_dead_lettered_not_fatal(bundle, caplog):
     from e2e_harness import CONFIG
 
     from logbert_core.config import load_settings
-    from streamer.decode import ValueDecoder
+    from logbert_core.ingest import LineReader
     from streamer.lines import PARSE_ERROR, LinePipeline
 
     settings = load_settings(CONFIG)
@@ -303,7 +303,7 @@ def test_a_line_whose_parsing_raises_is_dead_lettered_not_fatal(bundle, caplog):
                 raise OverflowError("a case nobody wrote a rule for")
             return fmt.parse(line)
 
-    pipe = LinePipeline(Flaky(), ValueDecoder(["log"], 10_000), bundle.template_index(), bundle, False)  # type: ignore[arg-type]
+    pipe = LinePipeline(LineReader(Flaky(), ["log"], 10_000), bundle.template_index(), bundle, False)  # type: ignore[arg-type]
     good = "081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_42 terminating"
     recs = [SimpleNamespace(topic="t", partition=0, offset=i, value=v.encode())
             for i, v in enumerate([good, good + " boom", good + " boom again", "not a log line"])]

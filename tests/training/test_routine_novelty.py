@@ -18,7 +18,6 @@ from logbert_core.config import Settings, load_settings
 from logbert_core.judge import UNSEEN_TEMPLATE
 from logbert_core.vocab import UNK
 from logbert_core.windows import member_key
-from streamer.decode import ValueDecoder
 from streamer.service import SessionDetector
 from streamer.worker import LinePipeline
 from training.data import build_windows, read_corpus
@@ -92,7 +91,7 @@ def test_routine_info_novelty_gets_its_key_in_every_ingest_path(bundle_dir: Path
     assert sorted(windows[sid].windows[0]) == sorted([routine, UNK, known])
 
     # the worker's line pipeline
-    pipe = LinePipeline(settings.line_format(), ValueDecoder(["log"], 10_000), bundle.template_index(), bundle, False)
+    pipe = LinePipeline(settings.line_reader(), bundle.template_index(), bundle, False)
     records = [SimpleNamespace(topic="logs.raw", partition=0, offset=i, value=x.encode()) for i, x in enumerate(fresh)]
     parsed = pipe.parse(records)
     assert [member_key(e.member) for e in parsed.entries] == [routine, UNK, known] and parsed.unseen == 2
