@@ -208,8 +208,8 @@ class Closing:
         store = self.models.engine.store
         t0 = time.monotonic()
         try:
-            m.SESSIONS_OPEN.set(store.open_sessions())
-            m.PREMATURE_WAITING.set(store.held_ends())
+            m.SESSIONS_OPEN.set(store.sweeps.open_sessions())
+            m.PREMATURE_WAITING.set(store.verdicts.held_ends())
             finished = [e for e in self.models.draining if not any(e.store.left())]
         except redis.RedisError:
             self.backoff.redis_failed(t0)
@@ -221,7 +221,7 @@ class Closing:
         idle_ms = int(self.s.session.idle_timeout_s * 1000)
         total = 0
         while True:  # a sweep stops at its limit (1000 sessions); go on while more are due
-            res = self.backoff.redis("redis sweep", lambda: engine.store.sweep(now_ms, idle_ms))
+            res = self.backoff.redis("redis sweep", lambda: engine.store.sweeps.sweep(now_ms, idle_ms))
             m.SESSIONS_CLOSED.inc(res.closed_sessions)
             if res.evicted:
                 m.SESSIONS_EVICTED.inc(res.evicted)
@@ -247,7 +247,7 @@ class Closing:
         safe = self.progress.safe
         if rest is None or not math.isfinite(safe):
             return 0
-        due = self.backoff.redis("redis read", lambda: engine.store.due_ends(safe - rest.quiet_s))
+        due = self.backoff.redis("redis read", lambda: engine.store.verdicts.due_ends(safe - rest.quiet_s))
         version = engine.bundle.version
         flight = self._ends_in_flight
         for key in [k for k, ticket in flight.items() if ticket.done.is_set()]:  # published or failed: look again
@@ -256,10 +256,10 @@ class Closing:
         active = self.models.engine
         if due and engine is not active:
             # a draining bundle's session that came back went on under the active bundle: it did not stop
-            back = self.backoff.redis("redis read", lambda: active.store.known_sessions([s for s, _ in due]))
+            back = self.backoff.redis("redis read", lambda: active.store.verdicts.known_sessions([s for s, _ in due]))
             if back:
                 gone = [(sid, ev) for sid, ev in due if sid in back]
-                self.backoff.redis("redis drop", lambda: engine.store.drop_ends(gone))
+                self.backoff.redis("redis drop", lambda: engine.store.verdicts.drop_ends(gone))
                 m.PREMATURE_DROPPED.inc(len(gone))
                 due = [(sid, ev) for sid, ev in due if sid not in back]
         if not due:

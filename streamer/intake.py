@@ -53,7 +53,7 @@ class Intake:
         self.stats.add("consumed", len(records))
         self.land()  # the previous batch's reply came in while this one was parsed
         now_ms = int(time.time() * 1000)
-        self._in_flight = (engine, parsed, engine.store.append_start(parsed.entries, now_ms))
+        self._in_flight = (engine, parsed, engine.store.appends.append_start(parsed.entries, now_ms))
 
     def land(self) -> None:
         """Read the reply of the append in flight (retrying it with back-off) and hand the batch's windows, dead
@@ -61,7 +61,7 @@ class Intake:
         if self._in_flight is None:
             return
         engine, parsed, pending = self._in_flight
-        appended = self.backoff.redis("redis append", lambda: engine.store.append_finish(pending))
+        appended = self.backoff.redis("redis append", lambda: engine.store.appends.append_finish(pending))
         self._in_flight = None
         self.progress.advance(parsed)
         if appended.novel_templates:

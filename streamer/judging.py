@@ -216,8 +216,8 @@ class Judging:
         if not flagged and not waiting:
             return []
         unseen = engine.bundle.vocab.unseen
-        texts = self.backoff.redis("redis read", lambda: engine.store.unseen_texts([w for w, _, k in flagged + waiting
-                                                                                     if any(map(unseen, k))]))
+        novel = [w for w, _, k in flagged + waiting if any(map(unseen, k))]
+        texts = self.backoff.redis("redis read", lambda: engine.store.verdicts.unseen_texts(novel))
         bundle = engine.bundle
         th = bundle.thresholds
 

@@ -59,13 +59,13 @@ class Publisher:
             with m.FLUSH_SECONDS.time():  # back-off included: what the events waited for
                 self.backoff.call("publish", lambda: self.deliver(messages), (KafkaError,), m.BROKER_ERRORS)
         if held:
-            n = self.backoff.redis("redis hold", lambda: engine.store.hold_ends(held))
+            n = self.backoff.redis("redis hold", lambda: engine.store.verdicts.hold_ends(held))
             m.PREMATURE_HELD.inc(n)
         if windows:
             ids = [w.id for w in windows]
-            self.backoff.redis("redis ack", lambda: engine.store.ack(ids))
+            self.backoff.redis("redis ack", lambda: engine.store.verdicts.ack(ids))
         if ends:
-            self.backoff.redis("redis drop", lambda: engine.store.drop_ends(ends))
+            self.backoff.redis("redis drop", lambda: engine.store.verdicts.drop_ends(ends))
             published = len(ends) if end_events is None else end_events  # the others: past the rate limit
             self.stats.add("anomalies", published)
             m.ANOMALIES.inc(published)
@@ -119,14 +119,14 @@ class Publisher:
         The others are counted, never published; their windows are acknowledged and committed as usual."""
         limit = self.s.detector.max_events_per_minute
         ttl = int(self.s.replay_horizon_s()) + 120
-        got = self.backoff.redis("redis rate", lambda: engine.store.rate(events, limit, ttl))
+        got = self.backoff.redis("redis rate", lambda: engine.store.events.rate(events, limit, ttl))
         keep = [g == 1 for g in got]
         summaries = []
         for (event_id, cut_ms, _), g in zip(events, got):
             if g != 2:
                 continue
             minute = cut_ms // 60_000
-            trip, published = self.backoff.redis("redis rate", lambda: engine.store.rate_minute(minute))
+            trip, published = self.backoff.redis("redis rate", lambda: engine.store.events.rate_minute(minute))
             ev = build_storm_event(prefix=engine.store.prefix, minute=minute, limit=limit,
                                    trip_event_id=trip or event_id, published=published,
                                    model_version=engine.bundle.version, context=self.context)

@@ -178,7 +178,8 @@ class Models:
         """No session open and no window pending under any bundle (False while Redis does not answer)."""
         t0 = time.monotonic()
         try:
-            return not any(e.store.open_sessions() or e.store.pending() for e in (self.engine, *self.draining))
+            return not any(e.store.sweeps.open_sessions() or e.store.verdicts.pending()
+                           for e in (self.engine, *self.draining))
         except redis.RedisError:
             self.backoff.redis_failed(t0)
             return False

@@ -14,6 +14,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from streamer.window_layout import CutWindow, Entry, StoreKeys
+from streamer.window_scripts import APPEND
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +44,16 @@ class PendingAppend:
 class Appending(StoreKeys):
     """``WindowStore``'s appends; every method is one round trip."""
 
-    max_len: int
-    stride: int
-    ttl_s: int
-    lease_ms: int
-    novel_cap: int
-    max_open: int
-    _append: Script
+    def __init__(self, client: redis.Redis, prefix: str, *, max_len: int, stride: int, ttl_s: int, lease_ms: int,
+                 novel_cap: int, max_open: int) -> None:
+        super().__init__(client, prefix)
+        self.max_len = max_len
+        self.stride = stride
+        self.ttl_s = ttl_s
+        self.lease_ms = lease_ms
+        self.novel_cap = novel_cap
+        self.max_open = max_open
+        self._append: Script = client.register_script(APPEND)
 
     def append(self, entries: Sequence[Entry], now_ms: int) -> AppendResult:
         """Add entries (idempotent) and cut the windows that became full; they are leased to the caller."""

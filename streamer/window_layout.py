@@ -131,10 +131,11 @@ class CutWindow:
 
 
 class StoreKeys:
-    """The client and the key names that every part of ``WindowStore`` shares (``WindowStore.__init__`` sets them)."""
+    """The client and the key names that every part of ``WindowStore`` shares."""
 
-    r: redis.Redis
-    prefix: str  # ``key_prefix(...)``: P in the layout above
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.r = client
+        self.prefix = prefix  # ``key_prefix(...)``: P in the layout above
 
     def key(self, part: str) -> str:
         """The name of one of the store's keys: ``key("idle")`` is ``P:idle``."""

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import redis
 from redis.commands.core import Script
 
 from streamer.window_layout import CutWindow, StoreKeys, as_text
+from streamer.window_scripts import ACK, DROP, HOLD
 
 
 class PendingVerdicts(StoreKeys):
     """``WindowStore``'s leases and held stops; every method is one round trip."""
 
-    _ack: Script
-    _hold: Script
-    _drop: Script
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        super().__init__(client, prefix)
+        self._ack: Script = client.register_script(ACK)
+        self._hold: Script = client.register_script(HOLD)
+        self._drop: Script = client.register_script(DROP)
 
     def ack(self, window_ids: Sequence[str]) -> None:
         """The windows' verdicts are published: drop them from ``P:pending`` and ``P:w``."""

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import redis
 from redis.commands.core import Script
 
 from streamer.window_layout import StoreKeys, as_text
+from streamer.window_scripts import RATE
 
 
 class EventRate(StoreKeys):
     """``WindowStore``'s event limit; every method is one round trip."""
 
-    _rate: Script
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        super().__init__(client, prefix)
+        self._rate: Script = client.register_script(RATE)
 
     def rate(self, events: Sequence[tuple[str, int, str]], limit: int, ttl_s: int) -> list[int]:
         """Admit anomaly events ``(event id, cut_ms, reasons)`` under ``limit`` per minute of ``cut_ms``, for every

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis
 from redis.commands.core import Script
 
 from streamer.window_layout import CutWindow, StoreKeys, as_text
+from streamer.window_scripts import SWEEP
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +27,15 @@ class SweepResult:
 class Sweeping(StoreKeys):
     """``WindowStore``'s sweep (two round trips, three past ``max_closed``) and its count of open sessions."""
 
-    ttl_s: int
-    lease_ms: int
-    closed_ttl_s: int
-    max_closed: int
-    protect_ms: int
-    _sweep: Script
+    def __init__(self, client: redis.Redis, prefix: str, *, ttl_s: int, lease_ms: int, closed_ttl_s: int,
+                 max_closed: int, protect_ms: int) -> None:
+        super().__init__(client, prefix)
+        self.ttl_s = ttl_s
+        self.lease_ms = lease_ms
+        self.closed_ttl_s = closed_ttl_s
+        self.max_closed = max_closed
+        self.protect_ms = protect_ms
+        self._sweep: Script = client.register_script(SWEEP)
 
     def sweep(self, now_ms: int, idle_ms: int, limit: int = 1000) -> SweepResult:
         """Close sessions idle for ``idle_ms`` (cutting their last window) and claim windows whose lease ran out.

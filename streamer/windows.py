@@ -11,7 +11,8 @@
 * ``window_pending``: leases until ``ack``, and ``premature_end`` verdicts held until the quiet after them;
 * ``window_rate``: the per-minute limit on anomaly events.
 
-Callers import what they need from here.
+``WindowStore`` holds one of each (``store.appends``, ``store.sweeps``, ``store.verdicts``, ``store.events``), so a
+caller names the concern it works on. Callers import what they need from here.
 """
 
 from __future__ import annotations
@@ -19,22 +20,21 @@ from __future__ import annotations
 import redis
 
 from streamer.window_append import Appending, AppendResult, PendingAppend
-from streamer.window_layout import CutWindow, Entry, client_for, hash_tag, key_prefix, left_in
+from streamer.window_layout import CutWindow, Entry, StoreKeys, client_for, hash_tag, key_prefix, left_in
 from streamer.window_pending import PendingVerdicts
 from streamer.window_rate import EventRate
-from streamer.window_scripts import ACK, APPEND, DROP, HOLD, RATE, SCRIPTS, SWEEP
+from streamer.window_scripts import SCRIPTS
 from streamer.window_sweep import Sweeping, SweepResult
 
 __all__ = ["SCRIPTS", "AppendResult", "CutWindow", "Entry", "PendingAppend", "SweepResult", "WindowStore",
            "client_for", "hash_tag", "key_prefix", "left_in"]
 
 
-class WindowStore(Appending, Sweeping, PendingVerdicts, EventRate):
-    """Session windows in Redis; every method is one round trip, but ``sweep`` (two, or three past
-    ``max_closed``). ``client`` may be a ``RedisCluster`` (``client_for``).
-
-    Its methods come from its parts (the module's docstring): the worker holds one store per bundle and calls all of
-    them on it."""
+class WindowStore(StoreKeys):
+    """Session windows of one bundle in Redis, as four parts that share one client and key prefix: ``appends``
+    (``Appending``), ``sweeps`` (``Sweeping``), ``verdicts`` (``PendingVerdicts``: leases and held stops) and
+    ``events`` (``EventRate``). Every method of a part is one round trip, but ``sweeps.sweep`` (two, or three past
+    ``max_closed``). ``client`` may be a ``RedisCluster`` (``client_for``)."""
 
     def __init__(self, client: redis.Redis, prefix: str, max_len: int, stride: int, ttl_s: int,
                  lease_ms: int, novel_cap: int = 10_000, *, max_open: int = 0, closed_ttl_s: int | None = None,
@@ -45,23 +45,15 @@ class WindowStore(Appending, Sweeping, PendingVerdicts, EventRate):
         kept (0: none), evicting the oldest closed more than ``protect_ms`` ago."""
         if not 0 < stride <= max_len:
             raise ValueError(f"stride must be in (0, max_len={max_len}], got {stride}")
-        self.r = client
-        self.prefix = key_prefix(prefix)
-        self.max_len = max_len
-        self.stride = stride
-        self.ttl_s = ttl_s
-        self.lease_ms = lease_ms
-        self.novel_cap = novel_cap
-        self.max_open = max_open
-        self.closed_ttl_s = min(closed_ttl_s or ttl_s, ttl_s)
-        self.max_closed = max_closed
-        self.protect_ms = protect_ms
-        self._append = client.register_script(APPEND)
-        self._sweep = client.register_script(SWEEP)
-        self._hold = client.register_script(HOLD)
-        self._drop = client.register_script(DROP)
-        self._ack = client.register_script(ACK)
-        self._rate = client.register_script(RATE)
+        super().__init__(client, key_prefix(prefix))
+        p = self.prefix
+        self.appends = Appending(client, p, max_len=max_len, stride=stride, ttl_s=ttl_s, lease_ms=lease_ms,
+                                 novel_cap=novel_cap, max_open=max_open)
+        kept_s = min(closed_ttl_s or ttl_s, ttl_s)
+        self.sweeps = Sweeping(client, p, ttl_s=ttl_s, lease_ms=lease_ms, closed_ttl_s=kept_s, max_closed=max_closed,
+                               protect_ms=protect_ms)
+        self.verdicts = PendingVerdicts(client, p)
+        self.events = EventRate(client, p)
 
     def left(self) -> tuple[int, int, int]:
         """Open sessions, pending windows and held stops: what must still be done under this prefix."""

@@ -83,12 +83,12 @@ def test_a_restarted_script_cache_and_the_lease_across_two_workers(cluster_url):
     lines = [Entry("blk_1", 1000.0 + i, member(4 + i % 6, f"{i} blk_1")) for i in range(3)]
     for node in a.r.get_primaries():
         a.r.get_redis_connection(node).script_flush()
-    a.append_finish(a.append_start(lines, now_ms=0))
-    (w,) = a.sweep(now_ms=10_000, idle_ms=1).windows
-    assert b.sweep(now_ms=10_500, idle_ms=1).windows == []
-    (again,) = b.sweep(now_ms=11_001, idle_ms=1).windows
+    a.appends.append_finish(a.appends.append_start(lines, now_ms=0))
+    (w,) = a.sweeps.sweep(now_ms=10_000, idle_ms=1).windows
+    assert b.sweeps.sweep(now_ms=10_500, idle_ms=1).windows == []
+    (again,) = b.sweeps.sweep(now_ms=11_001, idle_ms=1).windows
     assert again == w
-    b.ack([again.id])
+    b.verdicts.ack([again.id])
     assert a.left() == (0, 0, 0)
 
 

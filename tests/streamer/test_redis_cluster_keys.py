@@ -126,29 +126,31 @@ def workload(store: WindowStore) -> None:
         return [Entry(sid, t0 + i, member(4 + i % 6, f"{i} {sid}"), "odd <NUM>" if i == 1 else "", f"0:{i}")
                 for i in range(n)]
 
-    r1 = store.append(lines(9, "blk_a") + lines(3, "blk_b") + lines(2, "blk_c"), now_ms=1_000)
+    r1 = store.appends.append(lines(9, "blk_a") + lines(3, "blk_b") + lines(2, "blk_c"), now_ms=1_000)
     assert len(r1.windows) == 1 and r1.refused  # blk_a's first full window; blk_c past max_open=2
-    assert store.unseen_texts(r1.windows)["blk_a"] and store.known_sessions(["blk_a", "blk_c"]) == {"blk_a"}
-    store.append_finish(store.append_start(lines(10, "blk_a") + lines(4, "blk_b"), now_ms=2_000))
+    assert store.verdicts.unseen_texts(r1.windows)["blk_a"]
+    assert store.verdicts.known_sessions(["blk_a", "blk_c"]) == {"blk_a"}
+    store.appends.append_finish(store.appends.append_start(lines(10, "blk_a") + lines(4, "blk_b"), now_ms=2_000))
     store.r.delete(store.key("s:blk_b"))  # expired before its sweep
-    swept = store.sweep(now_ms=10_000, idle_ms=1_000)
+    swept = store.sweeps.sweep(now_ms=10_000, idle_ms=1_000)
     assert swept.closed_sessions == 2 and swept.expired == 1
     (last,) = [w for w in swept.windows if w.cause == "idle"]
-    assert store.hold_ends([(last, "ev-a")]) == 1 and store.drop_ends(store.due_ends(1e12)) == 1
+    assert store.verdicts.hold_ends([(last, "ev-a")]) == 1
+    assert store.verdicts.drop_ends(store.verdicts.due_ends(1e12)) == 1
     evicted = 0
     for i, t in enumerate((11_000, 12_000, 13_000)):
-        store.append(lines(2, f"blk_x{i}"), now_ms=t)
-        evicted += store.sweep(now_ms=t + 5_000, idle_ms=1_000).evicted
+        store.appends.append(lines(2, f"blk_x{i}"), now_ms=t)
+        evicted += store.sweeps.sweep(now_ms=t + 5_000, idle_ms=1_000).evicted
     assert evicted == 2  # max_closed=2: four closed, the two oldest forgotten
-    reclaimed = store.sweep(now_ms=500_000, idle_ms=1_000).windows  # every lease ran out: claimed again
+    reclaimed = store.sweeps.sweep(now_ms=500_000, idle_ms=1_000).windows  # every lease ran out: claimed again
     assert reclaimed
-    store.ack([w.id for w in reclaimed])
-    assert store.pending() == 0 and store.left() == (0, 0, 0)
+    store.verdicts.ack([w.id for w in reclaimed])
+    assert store.verdicts.pending() == 0 and store.left() == (0, 0, 0)
     minute = 29_000_000 * 60_000
     events = [(f"e{i}", minute + i * 20_000, "x") for i in range(9)]  # three minutes, the limit passed in each
-    assert store.rate(events, limit=1, ttl_s=600).count(2) == 1
-    assert store.rate_minute(minute // 60_000)[0] is not None
-    assert store.novel_templates()
+    assert store.events.rate(events, limit=1, ttl_s=600).count(2) == 1
+    assert store.events.rate_minute(minute // 60_000)[0] is not None
+    assert store.appends.novel_templates()
 
 
 def test_every_script_call_names_its_keys_in_one_slot_and_touches_no_other(redis_url, wire):
