@@ -97,7 +97,7 @@ class Bundle:
     thresholds: Thresholds
     known_sets: frozenset[frozenset[int]]  # template-key sets of normal training windows
     key_counts: Mapping[int, int] = field(default_factory=dict)  # key -> occurrences in normal training windows
-    rest: Mapping[str, Any] | None = None  # ``RestStats.to_json()``; None: no timing was learned
+    rest: RestStats | None = None  # where normal sessions rest (``premature_end``); None: no timing was learned
     metrics: Mapping[str, Any] = field(default_factory=dict)
     created_at: str = ""
     # the most frequent normal training windows, most frequent first: a detector scores them into its cache at
@@ -127,7 +127,7 @@ def save_bundle(out_dir: str | Path, *, family: str, model_config: LogBERTConfig
                 state_dict: Mapping[str, torch.Tensor], center: torch.Tensor, vocab: Vocabulary,
                 drain_params: DrainParams, drain_state: Mapping[str, Any], settings: Mapping[str, Any],
                 thresholds: Thresholds, known_sets: Iterable[frozenset[int]],
-                key_counts: Mapping[int, int] | None = None, rest: Mapping[str, Any] | None = None,
+                key_counts: Mapping[int, int] | None = None, rest: RestStats | None = None,
                 metrics: Mapping[str, Any] | None = None,
                 warm_windows: Iterable[Sequence[int]] = ()) -> str:
     """Write a bundle atomically (a temp dir renamed into place); returns its version id."""
@@ -145,7 +145,7 @@ def save_bundle(out_dir: str | Path, *, family: str, model_config: LogBERTConfig
         "key_counts": sorted([int(k), int(c)] for k, c in (key_counts or {}).items()),
     }
     if rest is not None:
-        meta["rest"] = dict(rest)
+        meta["rest"] = rest.to_json()
     version = content_version(family, tensors, meta)
     meta["version"] = version
     meta["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -221,9 +221,8 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
     with _field(path, "key_counts"):
         key_counts = {int(k): int(c) for k, c in meta.get("key_counts", [])}
     with _field(path, "rest"):
-        rest = meta.get("rest")
-        if rest is not None:
-            _check_rest(_typed(rest, dict))
+        raw_rest = meta.get("rest")
+        rest = _rest(_typed(raw_rest, dict)) if raw_rest is not None else None
     with _field(path, "metrics"):
         metrics = _typed(meta.get("metrics", {}), dict)
     with _field(path, "created_at"):
@@ -299,13 +298,14 @@ def _check_template_index(index: TemplateIndex) -> None:
             walk(node, int(key))
 
 
-def _check_rest(rest: Mapping[str, Any]) -> None:
+def _rest(rest: Mapping[str, Any]) -> RestStats:
     stats = RestStats.from_json(rest)
     if not (stats.quiet_s > 0 and stats.max_len > 0 and stats.stride > 0):
         raise ValueError(f"quiet_s, max_len and stride must be > 0 (got {stats.quiet_s}, {stats.max_len}, "
                          f"{stats.stride})")
     if not all(0 <= rested <= reached for reached, rested in stats.seen.values()):
         raise ValueError("a state rested more often than it was reached, or a count is negative")
+    return stats
 
 
 def _warm_windows(raw: Any, cfg: LogBERTConfig) -> tuple[tuple[int, ...], ...]:

@@ -130,7 +130,7 @@ class WindowJudge:
     @classmethod
     def from_bundle(cls, scorer: WindowScorer, bundle: Bundle, scoring: ScoringSection) -> WindowJudge:
         """The bundle's rules, each on or off as ``scoring`` says (the detector, ``serve`` and offline evaluation)."""
-        rest = RestStats.from_json(bundle.rest) if scoring.premature_end and bundle.rest else None
+        rest = bundle.rest if scoring.premature_end else None
         return cls(scorer, bundle.thresholds, bundle.known_sets, scoring.novel_template, scoring.novel_template_set,
                    scoring.use_distance, KeyCounts(bundle.key_counts) if scoring.rare_template else None, rest,
                    bundle.vocab.routine_keys)

@@ -27,10 +27,10 @@ def check_bundle_settings(settings: Settings, bundle: Bundle) -> None:
     except SettingsMismatch as exc:
         raise StartupError(str(exc)) from exc
     rest = bundle.rest
-    if rest and settings.scoring.premature_end and float(rest["quiet_s"]) != settings.session.rest_s:
+    if rest is not None and settings.scoring.premature_end and rest.quiet_s != settings.session.rest_s:
         log.warning("the rest horizon is %g s (session.rest_horizon_s, or idle_timeout_s), but bundle %s learned where "
                     "sessions rest from pauses of %g s; premature_end keeps the bundle's measure (retrain to change "
-                    "it)", settings.session.rest_s, bundle.version, float(rest["quiet_s"]))
+                    "it)", settings.session.rest_s, bundle.version, rest.quiet_s)
 
 
 def resolve_device(name: str) -> torch.device:

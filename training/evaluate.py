@@ -20,7 +20,7 @@ from training.train import judge_sessions, session_metrics
 
 def learned_pause(bundle: Bundle) -> float | None:
     """The pause length ``premature_end`` learned (``RestStats.quiet_s``), or None when the bundle learned none."""
-    return float(bundle.rest["quiet_s"]) if bundle.rest else None
+    return bundle.rest.quiet_s if bundle.rest is not None else None
 
 
 def offline_windows(bundle: Bundle, settings: Settings, inputs: Sequence[str | Path], finished: bool = False

@@ -215,7 +215,7 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
                           center=result.center, vocab=vocab, drain_params=s.drain_params(),
                           drain_state=index.state(), settings=bundle_fields(s), thresholds=thresholds,
                           known_sets=known_sets, key_counts=cal.key_counts.counts,
-                          rest=rest.to_json() if rest is not None else None, metrics=metrics,
+                          rest=rest, metrics=metrics,
                           warm_windows=warm)
     metrics["total_seconds"] = round(time.perf_counter() - t0, 1)
     (Path(out_dir) / "metrics.json").write_text(json.dumps({"version": version, **metrics}, indent=1) + "\n")

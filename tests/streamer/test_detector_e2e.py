@@ -132,7 +132,7 @@ def test_a_stop_is_called_only_once_the_log_went_on_without_the_session(broker, 
     input ends: flagged at once. Blocks B and C stop in the same state within seconds of the end: nobody can tell
     yet whether they stopped or the input did, so their verdicts are held. Then the log goes on: B comes back (its
     held verdict is dropped), C does not, and once the log is 5 minutes past C's last line, C is flagged."""
-    assert bundle.rest and bundle.rest["quiet_s"] == 300
+    assert bundle.rest is not None and bundle.rest.quiet_s == 300
 
     def start(blk: str, hhmmss: str) -> list[str]:
         return [f"081110 {hhmmss} 31 INFO dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: "
