@@ -20,14 +20,22 @@ from dataclasses import dataclass
 
 from logbert_core.parsing import line_digest
 
+KEY_WIDTH = 6  # a member is "<key, KEY_WIDTH digits>:<line digest>"; the Lua scripts split it at the colon
+
 
 def member(key: int, line: str) -> str:
     """The sorted-set member of one entry: key first (ties in time sort by key), then the line digest."""
-    return f"{key:06d}:{line_digest(line)}"
+    return f"{key:0{KEY_WIDTH}d}:{line_digest(line)}"
 
 
 def member_key(m: str) -> int:
-    return int(m[:6])
+    """The template key of a member."""
+    return int(m[:KEY_WIDTH])
+
+
+def member_digest(m: str) -> str:
+    """The line digest of a member: what the append script files an unseen line's text under."""
+    return m[KEY_WIDTH + 1:]
 
 
 @dataclass(frozen=True, slots=True)

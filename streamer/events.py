@@ -31,7 +31,7 @@ from logbert_core.judge import (
     Verdict,
 )
 from logbert_core.vocab import Vocabulary
-from logbert_core.windows import member_key
+from logbert_core.windows import member_digest, member_key
 
 SCHEMA_VERSION: Final = 1  # bumped only by a change an older consumer could misread (module docstring)
 SCHEMA_ID = "urn:logad:schema:anomaly-event"
@@ -229,7 +229,8 @@ def build_event(*, event_id: str, session_id: str, members: tuple[str, ...], lo:
         key = member_key(mem)
         seen = not vocab.unseen(key)
         miss = misses.get(i)
-        text = vocab.text(key) if seen else clip_template(unseen_text.get(mem[7:], "<template never seen in training>"))
+        text = vocab.text(key) if seen else clip_template(unseen_text.get(member_digest(mem),
+                                                                          "<template never seen in training>"))
         expected = [Expected(key=c.key, template=vocab.text(c.key), probability=round(c.prob, 4))
                     for c in miss.candidates] if miss is not None else []
         positions.append(Position(position=i, key=key, template=text, unexpected=miss is not None or not seen,

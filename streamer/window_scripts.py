@@ -113,7 +113,7 @@ for i = 0, n - 1 do
     added[j] = added[j] + 1
     if org ~= '' then redis.call('HSET', k_o, mem, org) end
     if txt ~= '' then
-      redis.call('HSET', k_u, string.sub(mem, 8), txt)
+      redis.call('HSET', k_u, string.sub(mem, string.find(mem, ':', 1, true) + 1), txt)  -- member_digest(mem)
       local tid = string.sub(redis.sha1hex(txt), 1, 16)
       if redis.call('HEXISTS', k_novel, tid) == 1 then
         redis.call('HINCRBY', k_novel_n, tid, 1)
