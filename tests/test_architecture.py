@@ -58,3 +58,34 @@ def test_no_import_cycles():
         if start not in state:
             visit(start, [start])
     assert cycles == []
+
+
+def test_streamer_modules_read_in_one_sitting():
+    """Issue #17: no module of the live detector is over 400 lines."""
+    long = {p.name: n for p in sorted((REPO / "streamer").glob("*.py"))
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}
+
+
+def test_no_class_has_more_than_15_methods():
+    """Issue #17: a class with more methods has more than one owner. Methods a class inherits from the project's own
+    classes count too (a class put together from mixins is one class to its callers)."""
+    classes: dict[str, tuple[list[str], set[str]]] = {}
+    for pkg in PACKAGES:
+        for path in sorted((REPO / pkg).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ClassDef):
+                    own = {f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+                    bases = [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases]
+                    classes[f"{path.stem}.{node.name}"] = (bases, own)
+    by_name = {name.split(".")[1]: v for name, v in classes.items()}
+
+    def methods(bases: list[str], own: set[str], seen: frozenset[str] = frozenset()) -> set[str]:
+        out = set(own)
+        for b in bases:
+            if b in by_name and b not in seen:
+                out |= methods(*by_name[b], seen | {b})
+        return out
+
+    big = {name: len(m) for name, (bases, own) in classes.items() if len(m := methods(bases, own)) > 15}
+    assert big == {}
