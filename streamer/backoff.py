@@ -47,7 +47,8 @@ class Backoff:
 
     @staticmethod
     def service(errors: tuple[type[BaseException], ...]) -> str:
-        return errors[0].__module__.split(".")[0]  # "redis", "kafka"
+        """The service of an error class ("redis", "kafka"): its ``service``, else the package that defines it."""
+        return getattr(errors[0], "service", None) or errors[0].__module__.split(".")[0]
 
     def note_failure(self, service: str, since: float) -> None:
         """A call made at ``since`` (monotonic) failed outside ``call``: the budget of the next calls counts from it."""

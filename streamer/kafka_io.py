@@ -21,7 +21,7 @@ from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
-from streamer.errors import StartupError, Unavailable
+from streamer.errors import KafkaSettingsError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,6 @@ TIMESTAMP_KEY = "@timestamp"  # Fluent Bit's kafka output: default timestamp_key
 
 class KafkaIOError(Unavailable):
     """A helper could not do its job against the broker; wraps the kafka-python error where there is one."""
-
-
-class KafkaSettingsError(StartupError):
-    """Kafka settings a client cannot honour (``streamer.kafka_clients``), or that librdkafka refused when a client
-    was created. The message names the setting, never a secret's value; the commands exit 2."""
 
 
 def _admin(bootstrap: str, timeout_s: float, client_kwargs: Mapping[str, Any]) -> KafkaAdminClient:
