@@ -22,7 +22,7 @@ def test_summary_counts_blocks_and_the_rules_behind_them() -> None:
     labels = {"blk_1": True, "blk_2": True, "blk_3": False, "blk_4": False, "blk_5": False}
     events = {"e1": _event("blk_1", "rare_template", "unseen_template"), "e2": _event("blk_1", "rare_template"),
               "e3": _event("blk_3", "premature_end"), "e4": _event("blk_4", "rare_template")}
-    s = _summarise([LINE.format(b) for b in blocks], events, 4, labels, settings, 5, 1.0, 2.0, [0])
+    s = _summarise([LINE.format(b).encode() for b in blocks], events, 4, labels, settings, 5, 1.0, 2.0, [0])
     assert (s["tp"], s["fp"], s["fn"], s["sessions"]) == (1, 2, 1, 5)
     assert s["precision"] == 0.3333 and s["recall"] == 0.5 and s["f1"] == 0.4
     # a block counts once per rule, however many of its events name it
