@@ -16,13 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from kafka import TopicPartition
-from kafka.errors import KafkaError
 
 from logbert_core.config import Settings
 from streamer import metrics as m
 from streamer.backoff import Backoff
+from streamer.broker import BrokerConsumer, Partition
 from streamer.engine import Engine
+from streamer.errors import BrokerUnavailable
 from streamer.judging import Job, Scoring, Ticket
 from streamer.lines import Parsed
 from streamer.publishing import Publisher
@@ -75,18 +75,18 @@ class Progress:
     Redis (and ``partition_watermark``, the same per partition); ``safe``, the watermark held back to the last line
     read of any partition that still had lines to read at the last catch-up check (premature_end judges by it)."""
 
-    def __init__(self, consumer: Callable[[], Any], sweep_interval_s: float,
+    def __init__(self, consumer: Callable[[], BrokerConsumer], sweep_interval_s: float,
                  share: Callable[[float], float]) -> None:
         self.consumer = consumer
         self.sweep_interval_s = sweep_interval_s
         self.share = share  # the group's watermark (``group_watermark``)
-        self.assigned: set[TopicPartition] = set()  # set by the rebalance listener
+        self.assigned: set[Partition] = set()  # set by the rebalance listener
         self.broker_ok = True  # False while the broker does not answer ListOffsets
         self.watermark = -math.inf
-        self.partition_watermark: dict[TopicPartition, float] = {}
+        self.partition_watermark: dict[Partition, float] = {}
         self.safe = -math.inf
         self.last_check = 0.0
-        self._ends_seen: tuple[float, dict[TopicPartition, int]] | None = None  # (when, end offsets) last check
+        self._ends_seen: tuple[float, dict[Partition, int]] | None = None  # (when, end offsets) last check
         self._future_warned = False  # a line stamped far ahead of the clock was logged once
 
     def advance(self, parsed: Parsed) -> None:
@@ -132,7 +132,7 @@ class Progress:
         try:
             listed = consumer.end_offsets(tps, timeout_ms=2000)
             positions = {tp: consumer.position(tp) for tp in tps}
-        except KafkaError as exc:
+        except BrokerUnavailable as exc:
             m.BROKER_ERRORS.inc()
             if self.broker_ok:
                 log.warning("broker not answering (%s: %s); not closing sessions until it does",

@@ -29,13 +29,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
-
-from kafka.errors import CommitFailedError, KafkaError
 
 from streamer import metrics as m
 from streamer.backoff import Backoff
-from streamer.errors import OutageError
+from streamer.broker import BrokerConsumer
+from streamer.errors import BrokerUnavailable, CommitRejected, OutageError
 from streamer.judging import Offsets, Scoring
 
 log = logging.getLogger("streamer.worker")  # the worker's parts log under its name, as before the split
@@ -44,7 +42,7 @@ log = logging.getLogger("streamer.worker")  # the worker's parts log under its n
 class Commits:
     """Commits the offsets of the jobs ``scoring`` hands back done, in order, with ``consumer()``."""
 
-    def __init__(self, scoring: Scoring, consumer: Callable[[], Any], backoff: Backoff, interval_ms: int,
+    def __init__(self, scoring: Scoring, consumer: Callable[[], BrokerConsumer], backoff: Backoff, interval_ms: int,
                  stop: threading.Event) -> None:
         self.scoring = scoring
         self.consumer = consumer
@@ -77,9 +75,9 @@ class Commits:
             self.last_commit = now
             try:
                 with m.COMMIT_SECONDS.time():
-                    self.backoff.call("offset commit", lambda: self.consumer().commit(offsets), (KafkaError,),
-                                      m.BROKER_ERRORS, fatal=(CommitFailedError,))
-            except CommitFailedError as exc:
+                    self.backoff.call("offset commit", lambda: self.consumer().commit(offsets), (BrokerUnavailable,),
+                                      m.BROKER_ERRORS)
+            except CommitRejected as exc:  # not an outage: no retry
                 # The group rebalanced while we worked: the new owner replays these records, which is safe.
                 log.warning("offset commit rejected after a rebalance (%s); the records will be replayed", exc)
             except OutageError:

@@ -15,8 +15,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from kafka.structs import OffsetAndMetadata
-
 from streamer import metrics as m
 from streamer.backoff import Backoff
 from streamer.closing import Progress
@@ -73,7 +71,6 @@ class Intake:
         letters = [self.publisher.dead_letter(rec, reason, detail) for rec, reason, detail in parsed.rejects]
         if appended.refused:
             letters += self.publisher.cap_dead_letters(parsed, appended.refused)
-        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in parsed.offsets.items()}
         job = Job(engine, appended.windows, tuple(letters), safe_watermark=self.progress.safe,
                   active=engine is self.models.engine)
-        self.scoring.submit(job, offsets)  # Commits.settle commits them once the job is done
+        self.scoring.submit(job, dict(parsed.offsets))  # Commits.settle commits them once the job is done

@@ -19,14 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kafka import TopicPartition
-from kafka.structs import OffsetAndMetadata
-
 from logbert_core.config import Settings
 from logbert_core.judge import Verdict
 from logbert_core.windows import window_keys
 from streamer import metrics as m
 from streamer.backoff import Backoff
+from streamer.broker import Partition
 from streamer.engine import Engine
 from streamer.events import build_event
 from streamer.publishing import Publisher
@@ -34,7 +32,7 @@ from streamer.tally import Tally
 from streamer.windows import CutWindow
 
 log = logging.getLogger("streamer.worker")  # the worker's parts log under its name, as before the split
-Offsets = dict[TopicPartition, OffsetAndMetadata]
+Offsets = dict[Partition, int]  # the next offset to read, per partition
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,6 +7,9 @@ arguments (the typed settings translated, and each pass-through key with a kafka
 unless ``kafka.kafka_python_ignore`` lists it: a setting is never dropped without the operator saying so.
 Bootstrap servers are not included: every caller names its own (the tools take ``--bootstrap-servers``).
 
+``broker_clients(settings)`` makes the detector's consumer and event producer (``streamer.broker``) with the library
+``kafka.client`` names.
+
 What each client supports beyond PLAIN and SCRAM:
 
 * OAUTHBEARER with OIDC client credentials: librdkafka fetches and refreshes the token itself
@@ -33,16 +36,18 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, Literal
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.net.sasl.oauth import AbstractTokenProvider
 
-from logbert_core.config import KafkaSection
-from streamer.kafka_io import EventProducer, KafkaSettingsError, heartbeat_interval_ms
+from logbert_core.config import KafkaSection, Settings
+from streamer.broker import BrokerConsumer, BrokerProducer, RebalanceListener, heartbeat_interval_ms
+from streamer.errors import KafkaSettingsError
+from streamer.kafka_io import producer_config
+from streamer.kafka_python import KafkaPythonConsumer, KafkaPythonProducer
 from streamer.rdkafka import ConfluentConsumer, ConfluentProducer, rdkafka_config, rdkafka_producer_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KAFKA_PYTHON_NAMES", "OidcTokenProvider", "client_settings", "detector_consumer", "event_producer"]
+__all__ = ["KAFKA_PYTHON_NAMES", "BrokerClients", "OidcTokenProvider", "broker_clients", "client_settings"]
 
 Client = Literal["confluent-kafka", "kafka-python"]
 
@@ -203,31 +208,46 @@ class OidcTokenProvider(AbstractTokenProvider):
 
 # -- the detector's clients ----------------------------------------------------------------------------------------
 
-def detector_consumer(k: KafkaSection, settings: dict[str, Any],
-                      listener: ConsumerRebalanceListener) -> KafkaConsumer | ConfluentConsumer:
-    """The detector's group consumer of the input topic with ``settings`` (``client_settings(k, k.client)``):
-    manual commits, from the earliest offset, heartbeats at a third of the session timeout, with either client.
-    Raises a ``KafkaError`` when no broker answers (the caller backs off)."""
-    client_id = f"logad-{k.group_id}"
-    if k.client == "confluent-kafka":
-        config = rdkafka_config(k.bootstrap_servers, k.group_id, session_timeout_ms=k.session_timeout_ms,
-                                client_id=client_id, settings=settings)
-        return ConfluentConsumer(config, k.input_topic, listener)
-    consumer = KafkaConsumer(**{
-        "bootstrap_servers": k.bootstrap_servers, "group_id": k.group_id, "enable_auto_commit": False,
-        "bootstrap_timeout_ms": 5000,  # fail fast; the worker retries with back-off within the outage budget
-        "auto_offset_reset": "earliest", "session_timeout_ms": k.session_timeout_ms,
-        "heartbeat_interval_ms": heartbeat_interval_ms(k.session_timeout_ms),
-        "max_poll_records": k.max_poll_records, "client_id": client_id, **settings})
-    consumer.subscribe([k.input_topic], listener=listener)
-    return consumer
+class BrokerClients:
+    """The detector's client pair (``streamer.broker``) with the library ``kafka.client`` names. Each method makes a
+    connected client, or raises ``BrokerUnavailable`` when no broker answers (the caller retries with back-off);
+    settings the library refuses are a ``KafkaSettingsError``, here (those ``client_settings`` refuses) or when a
+    client is made."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.kafka = k = settings.kafka
+        self.client: Client = k.client
+        self.settings = client_settings(k, k.client)  # KafkaSettingsError: exit 2
+        self.client_id = f"logad-{k.group_id}"
+        self.timeout_s = settings.kafka_request_timeout_s()  # a message is given up after this, with either client
+
+    def consumer(self, listener: RebalanceListener) -> BrokerConsumer:
+        """The group consumer of the input topic: manual commits, from the earliest offset with none committed,
+        heartbeats at a third of the session timeout."""
+        k = self.kafka
+        if self.client == "confluent-kafka":
+            return ConfluentConsumer(rdkafka_config(k.bootstrap_servers, k.group_id,
+                                                    session_timeout_ms=k.session_timeout_ms,
+                                                    client_id=self.client_id, settings=self.settings),
+                                     k.input_topic, listener)
+        return KafkaPythonConsumer({
+            "bootstrap_servers": k.bootstrap_servers, "group_id": k.group_id, "enable_auto_commit": False,
+            "bootstrap_timeout_ms": 5000,  # fail fast; the worker retries with back-off within the outage budget
+            "auto_offset_reset": "earliest", "session_timeout_ms": k.session_timeout_ms,
+            "heartbeat_interval_ms": heartbeat_interval_ms(k.session_timeout_ms),
+            "max_poll_records": k.max_poll_records, "client_id": self.client_id, **self.settings},
+            k.input_topic, listener)
+
+    def producer(self) -> BrokerProducer:
+        """The event producer: every replica acknowledges; the caller sends the whole set again after a failure."""
+        k = self.kafka
+        if self.client == "confluent-kafka":
+            return ConfluentProducer(rdkafka_producer_config(k.bootstrap_servers, client_id=self.client_id,
+                                                             settings=self.settings, timeout_s=self.timeout_s))
+        return KafkaPythonProducer({"bootstrap_servers": k.bootstrap_servers, **producer_config(self.timeout_s),
+                                    "client_id": self.client_id, **self.settings})
 
 
-def event_producer(k: KafkaSection, settings: dict[str, Any], timeout_s: float) -> EventProducer | ConfluentProducer:
-    """The detector's event producer with ``settings``; a message is given up after ``timeout_s`` with either
-    client (the caller sends the whole set again)."""
-    client_id = f"logad-{k.group_id}"
-    if k.client == "confluent-kafka":
-        return ConfluentProducer(rdkafka_producer_config(k.bootstrap_servers, client_id=client_id, settings=settings,
-                                                         timeout_s=timeout_s))
-    return EventProducer(k.bootstrap_servers, timeout_s=timeout_s, **{"client_id": client_id, **settings})
+def broker_clients(settings: Settings) -> BrokerClients:
+    """The one factory of the detector's consumer and event producer (``kafka.client``)."""
+    return BrokerClients(settings)

@@ -19,15 +19,16 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from streamer.broker import heartbeat_interval_ms
 from streamer.errors import KafkaSettingsError, Unavailable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ConsumerRecord", "EventProducer", "KafkaIOError", "KafkaSettingsError", "committed_offsets", "end_offsets",
-           "ensure_topics", "make_consumer", "make_producer", "produce_file", "produce_lines", "producer_config",
-           "read_all"]
+__all__ = ["ConsumerRecord", "KafkaIOError", "KafkaSettingsError", "committed_offsets", "end_offsets",
+           "ensure_topics", "heartbeat_interval_ms", "make_consumer", "make_producer", "produce_file", "produce_lines",
+           "producer_config", "read_all"]
 
 TIMESTAMP_KEY = "@timestamp"  # Fluent Bit's kafka output: default timestamp_key for format json
 
@@ -101,11 +102,6 @@ def ensure_topics(bootstrap: str, topics: Mapping[str, int], timeout_s: float = 
     return created
 
 
-def heartbeat_interval_ms(session_timeout_ms: int) -> int:
-    """A group member's heartbeat for this session timeout: a third of it, within 0.1-3 s (any client)."""
-    return max(100, min(3000, session_timeout_ms // 3))
-
-
 # -- clients -------------------------------------------------------------------------------------------------------
 
 def make_consumer(bootstrap: str, topic: str, group_id: str, *, session_timeout_ms: int = 10_000,
@@ -150,28 +146,6 @@ def make_producer(bootstrap: str, **kwargs: Any) -> KafkaProducer:
         return KafkaProducer(**config)
     except KafkaError as exc:
         raise KafkaIOError(f"cannot create a producer on {bootstrap}: {exc}") from exc
-
-
-class EventProducer:
-    """kafka-python's producer behind the delivery contract of ``streamer.rdkafka.ConfluentProducer``, so the
-    detector publishes alike with either client: ``deliver`` sends ``(topic, key, value, headers)`` messages and
-    returns once the broker has every one, or raises a ``KafkaError`` (the caller sends the whole set again)."""
-
-    def __init__(self, bootstrap: str, timeout_s: float = 30.0, **kwargs: Any) -> None:
-        self._p = KafkaProducer(**{"bootstrap_servers": bootstrap, **producer_config(timeout_s), **kwargs})
-
-    def deliver(self, messages: Iterable[tuple[str, bytes | None, bytes, Any]], timeout_s: float = 30.0) -> None:
-        futs = [self._p.send(topic, key=key, value=value, headers=headers) for topic, key, value, headers in messages]
-        self._p.flush(timeout=timeout_s)
-        for f in futs:
-            if not f.is_done:
-                raise KafkaTimeoutError("producer flush timed out")
-            if f.failed():
-                raise f.exception
-
-    def close(self, timeout_s: float = 10.0) -> None:
-        self._p.flush(timeout=timeout_s)
-        self._p.close(timeout=timeout_s)
 
 
 def _to_bytes(value: str | bytes) -> bytes:

@@ -13,15 +13,12 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 import redis
-from kafka import KafkaConsumer
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
 
 from logbert_core.config import Settings
 from streamer import metrics as m
-from streamer.kafka_clients import client_settings, detector_consumer, event_producer
-from streamer.kafka_io import EventProducer
-from streamer.rdkafka import ConfluentConsumer, ConfluentProducer
+from streamer.broker import BrokerConsumer, BrokerProducer, RebalanceListener
+from streamer.errors import BrokerUnavailable
+from streamer.kafka_clients import broker_clients
 
 log = logging.getLogger("streamer.worker")  # the worker's parts log under its name, as before the split
 
@@ -36,38 +33,36 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 class Clients:
-    """The worker's consumer and event producer, each made on first use (``KafkaError`` while the broker is
-    absent: the caller retries with back-off) unless given."""
+    """The worker's consumer and event producer (``streamer.broker``), each made on first use (``BrokerUnavailable``
+    while the broker is absent: the caller retries with back-off) unless given."""
 
-    def __init__(self, settings: Settings, listener: ConsumerRebalanceListener,
-                 consumer: KafkaConsumer | None = None,
-                 producer: EventProducer | ConfluentProducer | None = None) -> None:
-        self.s = settings
+    def __init__(self, settings: Settings, listener: RebalanceListener, consumer: BrokerConsumer | None = None,
+                 producer: BrokerProducer | None = None) -> None:
         self.listener = listener
-        self.kafka_kwargs = client_settings(settings.kafka, settings.kafka.client)  # KafkaSettingsError: exit 2
+        self.factory = broker_clients(settings)  # KafkaSettingsError: exit 2
         self._consumer = consumer
         self._producer = producer
 
-    def consumer(self) -> KafkaConsumer | ConfluentConsumer:
+    def consumer(self) -> BrokerConsumer:
         if self._consumer is None:
-            self._consumer = detector_consumer(self.s.kafka, self.kafka_kwargs, self.listener)
+            self._consumer = self.factory.consumer(self.listener)
         return self._consumer
 
-    def producer(self) -> EventProducer | ConfluentProducer:
+    def producer(self) -> BrokerProducer:
         if self._producer is None:
-            self._producer = event_producer(self.s.kafka, self.kafka_kwargs, self.s.kafka_request_timeout_s())
+            self._producer = self.factory.producer()
         return self._producer
 
     def close(self) -> None:
         if self._producer is not None:
             try:
                 self._producer.close(timeout_s=10)
-            except KafkaError as exc:
+            except BrokerUnavailable as exc:
                 log.warning("producer close: %s", exc)
         if self._consumer is not None:
             try:
-                self._consumer.close(autocommit=False)
-            except KafkaError as exc:
+                self._consumer.close()
+            except BrokerUnavailable as exc:
                 log.warning("consumer close: %s", exc)
         self._consumer = None
         self._producer = None

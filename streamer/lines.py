@@ -10,14 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from kafka import TopicPartition
 
 from logbert_core.bundle import Bundle
 from logbert_core.ingest import LineReader, Rejected
 from logbert_core.parsing import TemplateIndex, key_of
 from logbert_core.windows import member
+from streamer.broker import Message, Partition
 from streamer.events import clip_template
 from streamer.windows import Entry
 
@@ -28,10 +26,10 @@ PARSE_ERROR = "parse_error"  # dead-letter reason of a line whose parsing failed
 @dataclass
 class Parsed:
     entries: list[Entry] = field(default_factory=list)
-    origins: list[Any] = field(default_factory=list)  # the record of each entry (a refused entry dead-letters it)
-    rejects: list[tuple[Any, str, str]] = field(default_factory=list)  # (record, reason, detail)
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to consume per partition
-    stamps: dict[TopicPartition, float] = field(default_factory=dict)  # log timestamp of each partition's last line
+    origins: list[Message] = field(default_factory=list)  # the record of each entry (a refused one dead-letters it)
+    rejects: list[tuple[Message, str, str]] = field(default_factory=list)  # (record, reason, detail)
+    offsets: dict[Partition, int] = field(default_factory=dict)  # next offset to consume per partition
+    stamps: dict[Partition, float] = field(default_factory=dict)  # log timestamp of each partition's last line
     unseen: int = 0
 
 
@@ -47,7 +45,7 @@ class LinePipeline:
         self.nearest = nearest
         self.errors = 0  # lines whose parsing raised something other than LineFormatError
 
-    def parse(self, records: Sequence[Any]) -> Parsed:
+    def parse(self, records: Sequence[Message]) -> Parsed:
         out = Parsed()
         read, index, vocab, nearest = self.reader.read, self.index, self.vocab, self.nearest
         entries, origins, rejects, offsets = out.entries, out.origins, out.rejects, out.offsets
@@ -79,6 +77,6 @@ class LinePipeline:
                 entries.append(Entry(sid, parsed.timestamp, mem, text, origin))
                 origins.append(rec)
         for (topic, partition), offset in last.items():
-            offsets[TopicPartition(topic, partition)] = offset + 1
-        out.stamps = {TopicPartition(topic, partition): ts for (topic, partition), ts in stamps.items()}
+            offsets[Partition(topic, partition)] = offset + 1
+        out.stamps = {Partition(topic, partition): ts for (topic, partition), ts in stamps.items()}
         return out

@@ -15,16 +15,14 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from kafka.errors import KafkaError
-
 from logbert_core.config import Settings
 from streamer import metrics as m
 from streamer.backoff import Backoff
+from streamer.broker import BrokerProducer, Message
 from streamer.engine import Engine
+from streamer.errors import BrokerUnavailable
 from streamer.events import EventContext, build_storm_event, frame_event
-from streamer.kafka_io import EventProducer
 from streamer.lines import Parsed
-from streamer.rdkafka import ConfluentProducer
 from streamer.tally import Tally
 from streamer.windows import CutWindow
 
@@ -40,7 +38,7 @@ def ms_of(stamp: str) -> int:
 class Publisher:
     """Builds the worker's output records and publishes them; ``producer`` gives the (lazily made) producer."""
 
-    def __init__(self, settings: Settings, producer: Callable[[], EventProducer | ConfluentProducer],
+    def __init__(self, settings: Settings, producer: Callable[[], BrokerProducer],
                  backoff: Backoff, stats: Tally, context: EventContext) -> None:
         self.s = settings
         self._producer = producer
@@ -57,7 +55,7 @@ class Publisher:
         (``end_events`` of them published; the others were past the rate limit)."""
         if messages:
             with m.FLUSH_SECONDS.time():  # back-off included: what the events waited for
-                self.backoff.call("publish", lambda: self.deliver(messages), (KafkaError,), m.BROKER_ERRORS)
+                self.backoff.call("publish", lambda: self.deliver(messages), (BrokerUnavailable,), m.BROKER_ERRORS)
         if held:
             n = self.backoff.redis("redis hold", lambda: engine.store.verdicts.hold_ends(held))
             m.PREMATURE_HELD.inc(n)
@@ -82,7 +80,7 @@ class Publisher:
         value, headers = frame_event(event_json, ev.format, ev.source or f"urn:logad:{self.s.log.family}")
         return (self.s.kafka.output_topic, session_id.encode(), value, headers)
 
-    def dead_letter(self, rec: Any, reason: str, detail: str) -> tuple[str, bytes | None, bytes, list]:
+    def dead_letter(self, rec: Message, reason: str, detail: str) -> tuple[str, bytes | None, bytes, list]:
         m.LINES_REJECTED.labels(reason).inc()
         self.stats.add("rejected")
         headers = [("logad.source.topic", rec.topic.encode()), ("logad.source.partition", str(rec.partition).encode()),

@@ -1,5 +1,4 @@
-"""The detector's Kafka clients on librdkafka (confluent-kafka): a group consumer behind the part of kafka-python's
-API it uses, and the event producer.
+"""The detector's Kafka clients on librdkafka (confluent-kafka): ``streamer.broker``'s consumer and event producer.
 
 kafka-python decodes every record in Python: about 10 us of CPU per record here, half of what a worker spends on a
 line. librdkafka decodes in C on its own threads (about 1.6 us per record, measured on the same broker and lines;
@@ -7,24 +6,25 @@ docs/performance.md). Its producer sends and waits for the broker in C as well, 
 kafka-python's sender thread competes for the GIL with the consume loop while the scorer thread waits on it
 (about 17 ms per flush measured under load). ``kafka.client = "confluent-kafka"`` selects both.
 
-What the worker relies on, and how it maps:
+How librdkafka maps onto ``streamer.broker.BrokerConsumer``:
 
-* ``poll(timeout_ms, max_records)`` -> ``{TopicPartition: [record]}``, records with kafka-python's attribute names
-  (``topic``, ``partition``, ``offset``, ``key``, ``value``, ``timestamp``). Transport errors come back as error
-  events, not exceptions: they are counted and logged (once per kind until a record arrives again) and librdkafka
-  reconnects on its own. A fatal error raises ``KafkaError``.
-* ``commit(offsets)``: synchronous. A commit refused because the group moved on raises ``CommitFailedError`` (the
-  worker logs it; the new owner replays), any other failure a retriable ``KafkaError`` (the worker backs off).
-* ``end_offsets`` (ListOffsets), ``highwater`` (the last fetch response's), ``position``: as kafka-python's.
-* Rebalances call the same ``ConsumerRebalanceListener``. librdkafka runs the callbacks inside ``poll``, on the
-  consume thread, which is where kafka-python 3 runs them too as far as the worker can tell.
+* ``poll``: transport errors come back as error events, not exceptions: they are counted and logged (once per kind
+  until a record arrives again) and librdkafka reconnects on its own. A fatal error raises ``BrokerUnavailable``.
+* ``commit``: synchronous. A commit refused because the group moved on (rebalance in progress, illegal generation,
+  unknown member, assignment lost) raises ``CommitRejected``, any other failure ``BrokerUnavailable``.
+* ``end_offsets`` (ListOffsets, on an admin client's own connections), ``highwater`` (the last fetch response's),
+  ``position``.
+* Rebalances call the listener inside ``poll``, on the consume thread, as kafka-python 3 does as far as the worker
+  can tell.
+
+This module needs confluent-kafka only; settings librdkafka refuses are a ``KafkaSettingsError``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -33,12 +33,12 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka import KafkaError as RdError
 from confluent_kafka import TopicPartition as RdTopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
-from kafka import ConsumerRebalanceListener, TopicPartition
-from kafka.errors import CommitFailedError, KafkaConnectionError, KafkaError, KafkaTimeoutError
-from kafka.structs import OffsetAndMetadata
 
 from logbert_core.config import kafka_secret_key
-from streamer.kafka_io import KafkaSettingsError, heartbeat_interval_ms
+from streamer.broker import Message, Outgoing, Partition, RebalanceListener, heartbeat_interval_ms
+from streamer.errors import BrokerUnavailable, CommitRejected, KafkaSettingsError
+
+__all__ = ["ConfluentConsumer", "ConfluentProducer", "rdkafka_config", "rdkafka_producer_config"]
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,9 @@ log = logging.getLogger(__name__)
 _CONSUMER_ONLY = frozenset({"group.id", "enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset",
                             "session.timeout.ms", "heartbeat.interval.ms", "queued.max.messages.kbytes",
                             "enable.partition.eof", "fetch.wait.max.ms"})
-
-
-class Record:
-    """A consumed record, with the attribute names of kafka-python's ``ConsumerRecord`` that the worker reads."""
-
-    __slots__ = ("topic", "partition", "offset", "key", "value", "timestamp")
-
-    def __init__(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                 timestamp: int) -> None:
-        self.topic, self.partition, self.offset = topic, partition, offset
-        self.key, self.value, self.timestamp = key, value, timestamp
+# what a broker answers a commit with once the group has moved on: the partitions are another member's now
+_GROUP_MOVED_ON = frozenset({RdError.REBALANCE_IN_PROGRESS, RdError.ILLEGAL_GENERATION, RdError.UNKNOWN_MEMBER_ID,
+                             RdError._ASSIGNMENT_LOST})
 
 
 def rdkafka_config(bootstrap: str, group_id: str, *, session_timeout_ms: int, client_id: str,
@@ -92,13 +84,13 @@ def rdkafka_producer_config(bootstrap: str, *, client_id: str, settings: Mapping
             "message.max.bytes": 1_048_576, **(settings or {})}
 
 
-def _refused(exc: KafkaException, config: Mapping[str, Any]) -> KafkaError | KafkaSettingsError:
+def _refused(exc: KafkaException, config: Mapping[str, Any]) -> BrokerUnavailable | KafkaSettingsError:
     """A failure to create a client: settings librdkafka refused are a start-up error (no retry will help; the text
-    is librdkafka's, which names the property, with any secret value of the settings masked), anything else the
-    retriable error of ``_to_kafka_error``."""
+    is librdkafka's, which names the property, with any secret value of the settings masked), anything else
+    ``BrokerUnavailable``."""
     err = exc.args[0] if exc.args else None
     if err is None or not hasattr(err, "code") or err.code() != RdError._INVALID_ARG:
-        return _to_kafka_error(exc)
+        return _unavailable(exc)
     text = err.str()
     for key, value in config.items():
         if kafka_secret_key(key) and isinstance(value, str) and value:
@@ -108,18 +100,21 @@ def _refused(exc: KafkaException, config: Mapping[str, Any]) -> KafkaError | Kaf
 
 
 class ConfluentConsumer:
-    """A group member subscribed to one topic; see the module docstring for the API it keeps."""
+    """``streamer.broker.BrokerConsumer`` on librdkafka: a group member subscribed to one topic (see the module
+    docstring for how the calls map)."""
 
-    def __init__(self, config: Mapping[str, Any], topic: str,
-                 listener: ConsumerRebalanceListener | None = None, connect_timeout_s: float = 5.0) -> None:
-        """Raises ``KafkaConnectionError`` when no broker answers within ``connect_timeout_s`` (as kafka-python's
+    min_poll_ms = 10  # librdkafka keeps the group going on its own threads: any wait will do
+
+    def __init__(self, config: Mapping[str, Any], topic: str, listener: RebalanceListener | None = None,
+                 connect_timeout_s: float = 5.0) -> None:
+        """Raises ``BrokerUnavailable`` when no broker answers within ``connect_timeout_s`` (as kafka-python's
         consumer does at creation), so the worker's start-up back-off and outage budget apply to both clients."""
         self._listener = listener
         self._errors_logged: set[str] = set()
-        self._start: dict[TopicPartition, int] = {}  # where reading began, per assigned partition (position())
+        self._start: dict[Partition, int] = {}  # where reading began, per assigned partition (position())
         # partitions with a fetch response since they were assigned (a record or an end-of-partition event): only
         # their cached high watermark is this assignment's (highwater())
-        self._fetched: set[TopicPartition] = set()
+        self._fetched: set[Partition] = set()
         # an admin client (own connections) for ListOffsets, started on first use, with the consumer's settings
         self._admin_config = {k: v for k, v in config.items() if k not in _CONSUMER_ONLY}
         self._admin: Any = None
@@ -136,7 +131,7 @@ class ConfluentConsumer:
                               on_lost=self._on_revoke)
         except KafkaException as exc:
             self._c.close()
-            raise _to_kafka_error(exc) from exc
+            raise _unavailable(exc) from exc
 
     # -- callbacks (run inside poll, on the calling thread) ------------------------------------------------------
     def _log_error(self, err: Any) -> None:
@@ -146,16 +141,16 @@ class ConfluentConsumer:
         self._start.clear()
         self._fetched.clear()
         if self._listener is not None:
-            self._listener.on_partitions_assigned({TopicPartition(p.topic, p.partition) for p in partitions})
+            self._listener.on_partitions_assigned({Partition(p.topic, p.partition) for p in partitions})
 
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
         self._start.clear()
         self._fetched.clear()
         if self._listener is not None:
-            self._listener.on_partitions_revoked({TopicPartition(p.topic, p.partition) for p in partitions})
+            self._listener.on_partitions_revoked({Partition(p.topic, p.partition) for p in partitions})
 
-    # -- the consumer API ----------------------------------------------------------------------------------------
-    def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
+    # -- BrokerConsumer ------------------------------------------------------------------------------------------
+    def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[Partition, list[Message]]:
         """What has arrived, up to ``max_records``; waits up to ``timeout_ms`` only while nothing has. (librdkafka's
         batch consume waits until the batch is full or the timeout passes: on a slow stream every batch would
         wait the whole timeout.)"""
@@ -167,47 +162,48 @@ class ConfluentConsumer:
                 if messages and max_records > 1:
                     messages += consume(num_messages=max_records - 1, timeout=0)
         except KafkaException as exc:
-            raise _to_kafka_error(exc) from exc
-        out: dict[TopicPartition, list[Record]] = {}
-        tps: dict[tuple[str, int], TopicPartition] = {}
+            raise _unavailable(exc) from exc
+        out: dict[Partition, list[Message]] = {}
+        tps: dict[tuple[str, int], Partition] = {}
         for msg in messages:
             err = msg.error()
             if err is not None:
                 if err.code() == RdError._PARTITION_EOF:
-                    self._fetched.add(TopicPartition(msg.topic(), msg.partition()))
+                    eof_topic, eof_partition = msg.topic(), msg.partition()
+                    if eof_topic is not None and eof_partition is not None:
+                        self._fetched.add(Partition(eof_topic, eof_partition))
                     continue
                 self._log_error(err)
                 if err.fatal():
-                    raise KafkaError(f"fatal consumer error: {err.str()}")
+                    raise BrokerUnavailable(f"librdkafka: fatal consumer error: {err.str()}")
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             if topic is None or partition is None or offset is None:  # librdkafka sets all three on a record
                 continue
             tp = tps.get((topic, partition))
             if tp is None:
-                tp = tps[topic, partition] = TopicPartition(topic, partition)
+                tp = tps[topic, partition] = Partition(topic, partition)
                 out[tp] = []
-            out[tp].append(Record(topic, partition, offset, msg.key(), msg.value(), msg.timestamp()[1]))
+            out[tp].append(Message(topic, partition, offset, msg.key(), msg.value(), msg.timestamp()[1]))
         if out:
             self._errors_logged.clear()
             self._fetched.update(out)
         return out
 
-    def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
-        parts = [RdTopicPartition(tp.topic, tp.partition, om.offset) for tp, om in offsets.items()]
+    def commit(self, offsets: Mapping[Partition, int]) -> None:
+        parts = [RdTopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
         try:
             result = self._c.commit(offsets=parts, asynchronous=False)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
-            if err is not None and err.code() in (RdError.REBALANCE_IN_PROGRESS, RdError.ILLEGAL_GENERATION,
-                                                  RdError.UNKNOWN_MEMBER_ID, RdError._ASSIGNMENT_LOST):
-                raise CommitFailedError(f"commit refused: {err.str()}") from exc
-            raise _to_kafka_error(exc) from exc
+            if err is not None and err.code() in _GROUP_MOVED_ON:
+                raise CommitRejected(f"commit refused: {err.str()}") from exc
+            raise _unavailable(exc) from exc
         failed = [p.error for p in result or [] if p.error is not None]
         if failed:
-            raise KafkaConnectionError(f"commit failed for {len(failed)} partition(s): {failed[0].str()}")
+            raise BrokerUnavailable(f"librdkafka: commit failed for {len(failed)} partition(s): {failed[0].str()}")
 
-    def end_offsets(self, partitions: Iterable[TopicPartition], timeout_ms: int = 2000) -> dict[TopicPartition, int]:
+    def end_offsets(self, partitions: Iterable[Partition], timeout_ms: int = 2000) -> dict[Partition, int]:
         """ListOffsets(latest) in one request per broker, on an admin client's own connection: on the consumer's
         connection the request would queue behind the long-polling fetch (about 0.5 s per partition, measured)."""
         tps = list(partitions)
@@ -222,56 +218,56 @@ class ConfluentConsumer:
             by_key = {(k.topic, k.partition): f for k, f in futures.items()}
             return {tp: by_key[tp.topic, tp.partition].result(timeout=timeout_s + 1).offset for tp in tps}
         except KafkaException as exc:
-            raise _to_kafka_error(exc) from exc
+            raise _unavailable(exc) from exc
         except FutureTimeout as exc:
-            raise KafkaConnectionError(f"ListOffsets did not answer within {timeout_s} s") from exc
+            raise BrokerUnavailable(f"librdkafka: ListOffsets did not answer within {timeout_s} s") from exc
 
-    def highwater(self, tp: TopicPartition) -> int | None:
+    def highwater(self, partition: Partition) -> int | None:
         """The high watermark of the latest fetch response, or None before this assignment's first one (the value
         librdkafka keeps from an earlier assignment of the partition may be stale)."""
-        if tp not in self._fetched:
+        if partition not in self._fetched:
             return None
         try:
-            _low, high = self._c.get_watermark_offsets(RdTopicPartition(tp.topic, tp.partition), cached=True)
+            _low, high = self._c.get_watermark_offsets(RdTopicPartition(*partition), cached=True)
         except KafkaException:
             return None
         return high if high >= 0 else None
 
-    def position(self, tp: TopicPartition) -> int:
+    def position(self, partition: Partition) -> int:
         """The next offset this consumer reads: the fetch position once a record came from the partition, else
         where reading began (the committed offset, else the start of the log; asked once per assignment)."""
-        rtp = RdTopicPartition(tp.topic, tp.partition)
+        rtp = RdTopicPartition(*partition)
         try:
             (pos,) = self._c.position([rtp])
             if pos.offset >= 0:
                 return pos.offset
-            start = self._start.get(tp)
+            start = self._start.get(partition)
             if start is None:
                 (committed,) = self._c.committed([rtp], timeout=2)
                 start = committed.offset
                 if start < 0:
                     start, _high = self._c.get_watermark_offsets(rtp, timeout=2, cached=False)
-                self._start[tp] = start
+                self._start[partition] = start
         except KafkaException as exc:
-            raise _to_kafka_error(exc) from exc
+            raise _unavailable(exc) from exc
         return start
 
-    def close(self, autocommit: bool = False) -> None:
-        if autocommit:
-            raise ValueError("this consumer never commits on close")
+    def close(self) -> None:
+        """Leave the group; nothing is committed (the consumer never commits on its own)."""
         self._admin = None  # an AdminClient has no close(); dropping it stops its threads
         try:
             self._c.close()
         except (KafkaException, RuntimeError) as exc:
-            raise _to_kafka_error(exc) from exc
+            raise _unavailable(exc) from exc
 
 
 class ConfluentProducer:
-    """Sends a set of messages and waits until the broker has every one (``deliver``), as the worker's event path
-    needs: offsets are committed only after their events are on the broker."""
+    """``streamer.broker.BrokerProducer`` on librdkafka: sends a set of messages and waits until the broker has every
+    one (``deliver``), as the worker's event path needs: offsets are committed only after their events are on the
+    broker."""
 
     def __init__(self, config: Mapping[str, Any], connect_timeout_s: float = 5.0) -> None:
-        """Raises ``KafkaConnectionError`` when no broker answers within ``connect_timeout_s``, as kafka-python's
+        """Raises ``BrokerUnavailable`` when no broker answers within ``connect_timeout_s``, as kafka-python's
         producer does at creation."""
         self._errors_logged: set[str] = set()
         try:
@@ -281,15 +277,15 @@ class ConfluentProducer:
         try:
             self._p.list_topics(timeout=connect_timeout_s)  # a metadata answer: some broker is there
         except KafkaException as exc:
-            raise _to_kafka_error(exc) from exc
+            raise _unavailable(exc) from exc
 
     def _log_error(self, err: Any) -> None:
         _log_client_error("producer", err, self._errors_logged)  # once per kind until a delivery succeeds again
 
-    def deliver(self, messages: Iterable[tuple[str, bytes | None, bytes, Any]], timeout_s: float = 30.0) -> None:
-        """Send ``(topic, key, value, headers)`` messages and wait until each is acknowledged. Raises a retriable
-        ``KafkaError`` if one failed or did not arrive within ``timeout_s``; the caller sends the whole set again
-        (consumers see at least once, a duplicate being an identical record)."""
+    def deliver(self, messages: Iterable[Outgoing], timeout_s: float = 30.0) -> None:
+        """Send ``(topic, key, value, headers)`` messages and wait until each is acknowledged. Raises
+        ``BrokerUnavailable`` if one failed or did not arrive within ``timeout_s``; the caller sends the whole set
+        again (consumers see at least once, a duplicate being an identical record)."""
         deadline = time.monotonic() + timeout_s
         failed: list[Any] = []
         waiting = [0]
@@ -299,7 +295,8 @@ class ConfluentProducer:
             if err is not None:
                 failed.append(err)
 
-        produce, poll = self._p.produce, self._p.poll
+        produce: Callable[..., None] = self._p.produce  # takes our headers: a sequence of (name, bytes)
+        poll = self._p.poll
         for topic, key, value, headers in messages:
             while True:
                 try:
@@ -307,17 +304,17 @@ class ConfluentProducer:
                     break
                 except BufferError:  # the client's queue is full: let deliveries drain it
                     if time.monotonic() > deadline:
-                        raise KafkaTimeoutError("producer queue full") from None
+                        raise BrokerUnavailable("librdkafka: producer queue full") from None
                     poll(0.05)
                 except KafkaException as exc:
-                    raise _to_kafka_error(exc) from exc
+                    raise _unavailable(exc) from exc
             waiting[0] += 1
         while waiting[0] > 0 and (left := deadline - time.monotonic()) > 0:
             self._p.flush(left)  # serves the delivery callbacks; releases the GIL while it waits
         if failed:
-            raise _to_kafka_error(KafkaException(failed[0]))
+            raise _unavailable(KafkaException(failed[0]))
         if waiting[0] > 0:
-            raise KafkaTimeoutError(f"{waiting[0]} message(s) not acknowledged within {timeout_s:.0f} s")
+            raise BrokerUnavailable(f"librdkafka: {waiting[0]} message(s) not acknowledged within {timeout_s:.0f} s")
         self._errors_logged.clear()
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -334,10 +331,9 @@ def _log_client_error(client: str, err: Any, logged: set[str]) -> None:
         log.warning("kafka %s: %s (librdkafka retries)", client, err.str())
 
 
-def _to_kafka_error(exc: BaseException) -> KafkaError:
-    """kafka-python's error type for a librdkafka failure, so the worker's back-off treats both clients alike."""
+def _unavailable(exc: BaseException) -> BrokerUnavailable:
+    """A librdkafka failure as the error the worker's back-off retries (a fatal one says so in its text)."""
     err = exc.args[0] if exc.args else None
     text = err.str() if err is not None and hasattr(err, "str") else str(exc)
-    if err is not None and hasattr(err, "fatal") and err.fatal():
-        return KafkaError(f"librdkafka: {text}")
-    return KafkaConnectionError(f"librdkafka: {text}")
+    fatal = err is not None and hasattr(err, "fatal") and err.fatal()
+    return BrokerUnavailable(f"librdkafka: {'fatal: ' if fatal else ''}{text}")

@@ -32,26 +32,22 @@ from typing import Any
 
 import redis
 import torch
-from kafka import KafkaConsumer
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
 
 from logbert_core.bundle import Bundle
 from logbert_core.config import Settings
 from streamer import metrics as m
 from streamer.backoff import Backoff
+from streamer.broker import BrokerConsumer, BrokerProducer, Partition
 from streamer.closing import Closing, Progress, group_watermark
 from streamer.commits import Commits
 from streamer.engine import Engine, check_bundle_settings, resolve_device
-from streamer.errors import OutageError
+from streamer.errors import BrokerUnavailable, OutageError
 from streamer.events import EventContext
 from streamer.intake import Intake
 from streamer.judging import Job, Judging, Scoring, Ticket
-from streamer.kafka_io import EventProducer
 from streamer.lifecycle import Clients, Housekeeping
 from streamer.lines import PARSE_ERROR, LinePipeline, Parsed
 from streamer.publishing import SESSION_CAP, Publisher
-from streamer.rdkafka import ConfluentConsumer, ConfluentProducer
 from streamer.reload import Models
 from streamer.tally import Tally
 from streamer.windows import client_for
@@ -62,11 +58,13 @@ __all__ = ["PARSE_ERROR", "SESSION_CAP", "Backoff", "Engine", "Job", "LinePipeli
 log = logging.getLogger(__name__)
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _Rebalance:
+    """The worker's ``streamer.broker.RebalanceListener``."""
+
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
+    def on_partitions_revoked(self, revoked: set[Partition]) -> None:
         # The batches in flight finish (events published, windows acked) but are not committed: kafka-python 3 runs
         # this callback on the consumer's network loop, where a commit cannot be made (librdkafka runs it inside
         # poll; the same rule keeps both clients alike). The next owner replays them, which adds nothing (appends
@@ -83,7 +81,7 @@ class _Rebalance(ConsumerRebalanceListener):
             pass  # still in flight: the loop retries it and raises
         self.worker.settle(wait=True, raise_errors=False, commit=False)
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
+    def on_partitions_assigned(self, assigned: set[Partition]) -> None:
         log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
         self.worker.progress.assigned = set(assigned)
 
@@ -91,8 +89,8 @@ class _Rebalance(ConsumerRebalanceListener):
 class Worker:
     """One detector process: builds its parts and runs the consume loop (see the module's docstring)."""
 
-    def __init__(self, settings: Settings, bundle: Bundle, *, consumer: KafkaConsumer | None = None,
-                 producer: EventProducer | ConfluentProducer | None = None, redis_client: redis.Redis | None = None,
+    def __init__(self, settings: Settings, bundle: Bundle, *, consumer: BrokerConsumer | None = None,
+                 producer: BrokerProducer | None = None, redis_client: redis.Redis | None = None,
                  bundle_dir: str | Path | None = None) -> None:
         self.s = settings
         ev, det = settings.event, settings.detector
@@ -215,10 +213,8 @@ class Worker:
             stack.callback(self.scoring.close)
             consumer = self._start()
             # An empty poll waits this long, so while the input is quiet, idle sessions are closed this late at
-            # worst. kafka-python 3.0 needs >= 1 s: it drops a group join that completes while we are outside poll().
-            poll_ms = 1000
-            if isinstance(consumer, ConfluentConsumer):
-                poll_ms = max(10, min(1000, int(self.s.detector.sweep_interval_s * 1000)))
+            # worst, or the client's shortest wait if longer (kafka-python's is 1 s: ``BrokerConsumer.min_poll_ms``).
+            poll_ms = max(consumer.min_poll_ms, min(1000, int(self.s.detector.sweep_interval_s * 1000)))
             self.house.start(stack)
             try:
                 self._loop(consumer, poll_ms, max_idle_s)
@@ -234,7 +230,7 @@ class Worker:
             self.settle(wait=True)  # the batches in hand finish and commit first
         return self.stats.as_dict()
 
-    def _start(self) -> KafkaConsumer | ConfluentConsumer:
+    def _start(self) -> BrokerConsumer:
         """Bundles first, then the broker; a failure (no Redis or broker within the budget, or a signal meanwhile)
         stops the worker before it consumed anything."""
         try:
@@ -244,15 +240,15 @@ class Worker:
             self.models.record_active()
             self.models.resume_draining()
             # the broker may come up after us (compose, a rolling restart): connect with back-off within the budget
-            consumer = self.backoff.call("broker connect", self.clients.consumer, (KafkaError,), m.BROKER_ERRORS)
+            consumer = self.backoff.call("broker connect", self.clients.consumer, (BrokerUnavailable,), m.BROKER_ERRORS)
             # the producer connects now, not at the first anomaly: that event would wait for the bootstrap (~1 s)
-            self.backoff.call("broker connect", self.clients.producer, (KafkaError,), m.BROKER_ERRORS)
+            self.backoff.call("broker connect", self.clients.producer, (BrokerUnavailable,), m.BROKER_ERRORS)
         except BaseException:
             self.stop_event.set()
             raise
         return consumer
 
-    def _loop(self, consumer: KafkaConsumer | ConfluentConsumer, poll_ms: int, max_idle_s: float | None) -> None:
+    def _loop(self, consumer: BrokerConsumer, poll_ms: int, max_idle_s: float | None) -> None:
         det = self.s.detector
         idle_since = time.monotonic()
         while not self.stop_event.is_set():

@@ -146,9 +146,8 @@ def test_a_librdkafka_without_gssapi_says_so_at_start_up() -> None:
 # -- the one function, for every client ----------------------------------------------------------------------------
 
 def test_detector_clients_get_the_settings_with_either_client(monkeypatch) -> None:
-    import kafka
-
-    from streamer import kafka_clients
+    from streamer import kafka_python
+    from streamer.kafka_clients import broker_clients
 
     seen: dict[str, Any] = {}
 
@@ -159,20 +158,20 @@ def test_detector_clients_get_the_settings_with_either_client(monkeypatch) -> No
         seen.update(kwargs)
         raise Captured
 
-    monkeypatch.setattr(kafka_clients, "KafkaConsumer", capture)
-    monkeypatch.setattr(kafka, "KafkaProducer", capture)
-    k = KafkaSection(client="kafka-python", client_config={"client.id": "mine", "retry.backoff.ms": 300})
-    kw = client_settings(k, "kafka-python")
+    monkeypatch.setattr(kafka_python, "KafkaConsumer", capture)
+    monkeypatch.setattr(kafka_python, "KafkaProducer", capture)
+    s = load_settings(None, kafka={"client": "kafka-python", "client_config": {"client.id": "mine",
+                                                                               "retry.backoff.ms": 300}},
+                      detector={"outage_budget_s": 60})
+    clients = broker_clients(s)
     with pytest.raises(Captured):
-        kafka_clients.detector_consumer(k, kw, Listener())
+        clients.consumer(Listener())
     # the pass-through key, and the heartbeat the librdkafka consumer has too
     assert seen["client_id"] == "mine" and seen["retry_backoff_ms"] == 300 and seen["heartbeat_interval_ms"] == 3000
     seen.clear()
-    from streamer import kafka_io
-
-    monkeypatch.setattr(kafka_io, "KafkaProducer", capture)
     with pytest.raises(Captured):
-        kafka_clients.event_producer(k, kw, timeout_s=12)
+        clients.producer()
+    assert s.kafka_request_timeout_s() == 12  # from detector.outage_budget_s: a message is given up after it
     assert seen["client_id"] == "mine" and seen["delivery_timeout_ms"] == 12_000 and seen["acks"] == "all"
 
 
@@ -353,15 +352,16 @@ def test_a_pass_through_key_reaches_librdkafka(broker, topic_name, caplog) -> No
     import logging
     import time
 
-    from streamer.kafka_clients import detector_consumer
+    from streamer.kafka_clients import broker_clients
     from streamer.kafka_io import ensure_topics
 
     ensure_topics(broker.url, {topic_name: 1})
     group = f"g-{topic_name}"
-    k = KafkaSection(bootstrap_servers=broker.url, input_topic=topic_name, group_id=group, session_timeout_ms=6000,
-                     client_config={"client.id": "logad-passthrough-probe", "debug": "cgrp"})
+    s = load_settings(None, kafka={"bootstrap_servers": broker.url, "input_topic": topic_name, "group_id": group,
+                                   "session_timeout_ms": 6000, "client": "confluent-kafka",
+                                   "client_config": {"client.id": "logad-passthrough-probe", "debug": "cgrp"}})
     caplog.set_level(logging.DEBUG, logger="librdkafka")
-    consumer = detector_consumer(k, client_settings(k, "confluent-kafka"), Listener())
+    consumer = broker_clients(s).consumer(Listener())
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not any(
@@ -372,7 +372,7 @@ def test_a_pass_through_key_reaches_librdkafka(broker, topic_name, caplog) -> No
         consumer.close()
     assert any("logad-passthrough-probe#consumer" in r.getMessage() and "JoinGroup" in r.getMessage()
                for r in caplog.records)
-    bad = KafkaSection(bootstrap_servers=broker.url, input_topic=topic_name, group_id=group,
-                       client_config={"statistics.interval.ms": "often"})
+    bad = load_settings(None, kafka={"bootstrap_servers": broker.url, "input_topic": topic_name, "group_id": group,
+                                     "client": "confluent-kafka", "client_config": {"statistics.interval.ms": "often"}})
     with pytest.raises(StartupError, match="statistics.interval.ms"):
-        detector_consumer(bad, client_settings(bad, "confluent-kafka"), Listener())
+        broker_clients(bad).consumer(Listener())

@@ -14,14 +14,13 @@ from types import SimpleNamespace
 import pytest
 import redis
 from e2e_harness import BUNDLE, settings_for
-from kafka import TopicPartition
-from kafka.errors import KafkaConnectionError
 
 from logbert_core.bundle import load_bundle
-from streamer import lifecycle
+from streamer import kafka_clients, lifecycle
 from streamer import worker as worker_mod
+from streamer.broker import Partition
 from streamer.engine import Engine
-from streamer.errors import OutageError
+from streamer.errors import BrokerUnavailable, OutageError
 from streamer.worker import Worker
 
 
@@ -29,33 +28,34 @@ class FakeConsumer:
     """Hands out the given batches of (topic, partition, offset, value) records, then nothing."""
 
     closed = False
+    min_poll_ms = 1000
 
     def __init__(self, batches: list[list[SimpleNamespace]] | None = None) -> None:
         self.batches = list(batches or [])
-        self.commits: list[dict[TopicPartition, int]] = []
+        self.commits: list[dict[Partition, int]] = []
 
-    def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[TopicPartition, list[SimpleNamespace]]:
+    def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[Partition, list[SimpleNamespace]]:
         if not self.batches:
             time.sleep(timeout_ms / 1000)
             return {}
-        out: dict[TopicPartition, list[SimpleNamespace]] = {}
+        out: dict[Partition, list[SimpleNamespace]] = {}
         for r in self.batches.pop(0):
-            out.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+            out.setdefault(Partition(r.topic, r.partition), []).append(r)
         return out
 
     def commit(self, offsets) -> None:  # type: ignore[no-untyped-def]
-        self.commits.append({tp: o.offset for tp, o in offsets.items()})
+        self.commits.append(dict(offsets))
 
     def end_offsets(self, tps, timeout_ms: int = 2000):  # type: ignore[no-untyped-def]
         return {tp: 0 for tp in tps}
 
-    def position(self, tp: TopicPartition) -> int:
+    def position(self, tp: Partition) -> int:
         return 0
 
-    def highwater(self, tp: TopicPartition) -> int:
+    def highwater(self, tp: Partition) -> int:
         return 0
 
-    def close(self, autocommit: bool = False) -> None:
+    def close(self) -> None:
         self.closed = True
 
 
@@ -83,9 +83,9 @@ def test_a_start_without_a_broker_closes_the_consumer_and_stops_the_scorer_threa
     s = settings_for("127.0.0.1:9", redis_url, "t", "g", detector={"outage_budget_s": 0.5})
 
     def no_broker(*_: object) -> None:
-        raise KafkaConnectionError("nobody at 127.0.0.1:9")
+        raise BrokerUnavailable("nobody at 127.0.0.1:9")
 
-    monkeypatch.setattr(lifecycle, "event_producer", no_broker)
+    monkeypatch.setattr(kafka_clients.BrokerClients, "producer", no_broker)
     consumer = FakeConsumer()
     w = Worker(s, load_bundle(BUNDLE), consumer=consumer)  # type: ignore[arg-type]
     with pytest.raises(OutageError):
@@ -133,12 +133,12 @@ def test_a_line_stamped_decades_ahead_does_not_move_the_watermark(redis_url):
     consumer = FakeConsumer([[SimpleNamespace(topic="t", partition=0, offset=i, key=None, value=v.encode())
                               for i, v in enumerate(lines)]])
     w = Worker(s, load_bundle(BUNDLE), consumer=consumer, producer=FakeProducer())  # type: ignore[arg-type]
-    w.progress.assigned = {TopicPartition("t", 0)}
+    w.progress.assigned = {Partition("t", 0)}
     w.run(max_idle_s=1.0)
     assert w.watermark == 1226262975.0  # 2008-11-09 20:36:15, the first line
     assert w.progress.safe == 1226262975.0
     assert float(redis.Redis.from_url(redis_url).get(key)) == 1226262975.0  # the stale value was replaced
-    assert consumer.commits and consumer.commits[-1] == {TopicPartition("t", 0): 2}  # both lines were taken
+    assert consumer.commits and consumer.commits[-1] == {Partition("t", 0): 2}  # both lines were taken
 
 
 def test_after_a_switch_the_old_bundle_does_not_call_a_running_session_stopped(redis_url, tmp_path: Path):
@@ -157,7 +157,7 @@ def test_after_a_switch_the_old_bundle_does_not_call_a_running_session_stopped(r
     mine = [line for line in lines if blk + " " in line + " "]
     producer = FakeProducer()
     w = Worker(s, load_bundle(BUNDLE), consumer=FakeConsumer(), producer=producer)  # type: ignore[arg-type]
-    w.progress.assigned = {TopicPartition("t", 0)}
+    w.progress.assigned = {Partition("t", 0)}
     offset = 0
 
     def feed(batch: list[str]) -> None:
@@ -208,7 +208,7 @@ def test_a_worker_started_after_a_switch_drains_what_the_old_bundle_left(redis_u
 
     producer = FakeProducer()
     w2 = Worker(s, load_bundle(b), consumer=FakeConsumer(), producer=producer, bundle_dir=b)  # type: ignore[arg-type]
-    w2.progress.assigned = {TopicPartition("t", 0)}
+    w2.progress.assigned = {Partition("t", 0)}
     w2.run(max_idle_s=s.session.idle_timeout_s + 1)
     events = [json.loads(v) for _, _, v, _ in producer.sent]
     assert [(e["session_id"], e["model_version"]) for e in events] == [("blk_1", "hdfs-a")]
@@ -237,7 +237,7 @@ def test_the_heap_trimmer_runs_while_the_worker_runs_and_stops_with_it(redis_url
     monkeypatch.setattr(lifecycle, "_malloc_trim", lambda: calls.append)
     s = settings_for("127.0.0.1:9", redis_url, "t", "g", detector={"malloc_trim_interval_s": 0.05})
     w = Worker(s, load_bundle(BUNDLE), consumer=FakeConsumer(), producer=FakeProducer())  # type: ignore[arg-type]
-    w.progress.assigned = {TopicPartition("t", 0)}
+    w.progress.assigned = {Partition("t", 0)}
     w.run(max_idle_s=0.5)
     assert len(calls) >= 3 and set(calls) == {0}
     time.sleep(0.2)
@@ -264,7 +264,7 @@ def test_a_block_that_stopped_part_way_is_held_then_published_for_its_unfinished
     part = [line.replace(blk, "blk_778") for line in mine[:9]]  # allocated, received, not finished
     producer = FakeProducer()
     w = Worker(s, bundle, consumer=FakeConsumer(), producer=producer)  # type: ignore[arg-type]
-    w.progress.assigned = {TopicPartition("t", 0)}
+    w.progress.assigned = {Partition("t", 0)}
     try:
         last = max(fmt.parse(line).timestamp for line in part)
         later = time.strftime("%y%m%d %H%M%S", time.gmtime(last + 400))
@@ -310,7 +310,7 @@ def test_a_revoked_partition_stops_reporting_its_lag():
 
     m.CONSUMER_LAG.labels("7").set(42)
     m.CONSUMER_LAG.labels("8").set(5)
-    worker_mod._Rebalance(_Quiet()).on_partitions_revoked([TopicPartition("logs.raw", 7)])  # type: ignore[arg-type]
+    worker_mod._Rebalance(_Quiet()).on_partitions_revoked([Partition("logs.raw", 7)])  # type: ignore[arg-type]
     assert REGISTRY.get_sample_value("logad_consumer_lag", {"partition": "7"}) is None
     assert REGISTRY.get_sample_value("logad_consumer_lag", {"partition": "8"}) == 5
-    worker_mod._Rebalance(_Quiet()).on_partitions_revoked([TopicPartition("logs.raw", 7)])  # type: ignore[arg-type]
+    worker_mod._Rebalance(_Quiet()).on_partitions_revoked([Partition("logs.raw", 7)])  # type: ignore[arg-type]

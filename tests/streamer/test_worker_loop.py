@@ -123,10 +123,10 @@ class FakeConsumer:
         self.fetched = True  # a fetch response since the assignment gave the partition's high watermark
 
     def end_offsets(self, tps, timeout_ms):
-        from kafka.errors import KafkaTimeoutError
+        from streamer.errors import BrokerUnavailable
 
         if self.down:
-            raise KafkaTimeoutError("broker paused")
+            raise BrokerUnavailable("broker paused")
         return {tp: self.end[tp] for tp in tps}
 
     def highwater(self, tp):
@@ -137,9 +137,9 @@ class FakeConsumer:
 
 
 def test_caught_up_under_a_steady_stream_but_not_with_a_backlog_or_a_broker_outage():
-    from kafka import TopicPartition
+    from streamer.broker import Partition
 
-    tp = TopicPartition("t", 0)
+    tp = Partition("t", 0)
     consumer = FakeConsumer()
     w = Progress(lambda: consumer, 0.25, share=lambda mine: -math.inf)
     w.assigned = {tp}
@@ -174,9 +174,9 @@ def test_caught_up_under_a_steady_stream_but_not_with_a_backlog_or_a_broker_outa
 def test_the_safe_watermark_waits_for_partitions_with_lines_left_to_read():
     """Lines of a session may sit unread in one partition while another has shown later log times: the log has gone
     on for sure only as far as the last line read of each partition that still has lines to read."""
-    from kafka import TopicPartition
+    from streamer.broker import Partition
 
-    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    a, b = Partition("t", 0), Partition("t", 1)
     consumer = FakeConsumer()
     w = Progress(lambda: consumer, 0.25, share=lambda mine: 1800.0)  # the group's: another worker got that far
     w.assigned = {a, b}
@@ -192,7 +192,7 @@ def test_the_safe_watermark_waits_for_partitions_with_lines_left_to_read():
     consumer.end[b] = 30  # but not while a partition of ours still has lines to read
     assert check() and w.safe == -math.inf
     w.watermark, w.partition_watermark = 2000.0, {a: 2000.0, b: 1500.0}
-    c = TopicPartition("t", 2)  # newly assigned, nothing read from it yet
+    c = Partition("t", 2)  # newly assigned, nothing read from it yet
     w.assigned.add(c)
     consumer.end[c], consumer.pos[c] = 5, 0
     consumer.pos[b] = 30
