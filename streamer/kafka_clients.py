@@ -244,8 +244,9 @@ class BrokerClients:
         if self.client == "confluent-kafka":
             return ConfluentProducer(rdkafka_producer_config(k.bootstrap_servers, client_id=self.client_id,
                                                              settings=self.settings, timeout_s=self.timeout_s))
+        # bootstrap_timeout_ms as the consumer's: kafka-python's default (30 s) outlasts the back-off's per-try time
         return KafkaPythonProducer({"bootstrap_servers": k.bootstrap_servers, **producer_config(self.timeout_s),
-                                    "client_id": self.client_id, **self.settings})
+                                    "bootstrap_timeout_ms": 5000, "client_id": self.client_id, **self.settings})
 
 
 def broker_clients(settings: Settings) -> BrokerClients:

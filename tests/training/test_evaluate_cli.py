@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "hdfs.toml"
 TRAIN = REPO / "data" / "hdfs" / "train.log.gz"
 LABELS = REPO / "data" / "hdfs" / "train.labels.csv"
-FAST = {"LOGAD_TRAIN__EPOCHS": "2", "LOGAD_MODEL__N_EMBD": "32", "LOGAD_TRAIN__SEED": "5"}
+# tiny and short: these tests check what the commands write, not how well the model learns
+FAST = {"LOGAD_TRAIN__EPOCHS": "2", "LOGAD_MODEL__N_EMBD": "32", "LOGAD_TRAIN__SEED": "5",
+        "LOGAD_TRAIN__MIN_EPOCH_STEPS": "5"}
 REPORT_FILES = ("results.md", "results.json", "split.json", "pr_curves.png", "score_hist.png", "loss.png")
 
 

@@ -33,7 +33,8 @@ def train(out: Path, slice_file: Path, labels: Path | None, *extra: str) -> subp
            str(out), "--no-progress", *extra]
     if labels is not None:
         cmd += ["--labels", str(labels)]
-    env = {"LOGAD_TRAIN__EPOCHS": "2", "LOGAD_MODEL__N_EMBD": "32", "PATH": "/usr/bin:/bin"}
+    env = {"LOGAD_TRAIN__EPOCHS": "2", "LOGAD_TRAIN__MIN_EPOCH_STEPS": "5", "LOGAD_MODEL__N_EMBD": "32",
+           "PATH": "/usr/bin:/bin"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 
 
