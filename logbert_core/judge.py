@@ -167,9 +167,9 @@ class WindowJudge:
             waits: list[str] = []
             if unseen_on and UNK in keys:
                 reasons.append(UNSEEN_TEMPLATE)
-            fs = frozenset(keys) - self.routine_keys if self.routine_keys else frozenset(keys)
-            if set_on and fs:
-                if fs not in self.known_sets:
+            if set_on:
+                fs = frozenset(keys).difference(self.routine_keys)
+                if fs and fs not in self.known_sets:
                     if seen or len(keys) >= self.max_len or not self.covered(fs):
                         reasons.append(UNSEEN_SET)
                     else:  # part of a normal set, in a session not yet seen to stop
