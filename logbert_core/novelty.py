@@ -24,10 +24,12 @@ Measured on the training histories of the benchmark (docs/evaluation.md), later 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from logbert_core.calibration import CONFIDENCE, binomial_lower
+from logbert_core.calibration import CONFIDENCE, Routine, binomial_lower
+from logbert_core.vocab import UNK, Vocabulary
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +66,24 @@ def forward_novelty(sessions: Sequence[Iterable[tuple[str | None, int | None]]],
         out.append(LevelNovelty(level, k, len(later), lower, level.casefold() in allowed and lower > target_fpr))
     return out
 
+
+def routine_of(sessions: Iterable[Iterable[tuple[str | None, int | None]]], vocab: Vocabulary,
+               novelty: Sequence[LevelNovelty]) -> Routine:
+    """The calibration's view of routine novelty (``logbert_core.calibration.Routine``) for the vocabulary that
+    ``forward_novelty``'s routine levels gave: each routine key with the test's count, and each template key whose
+    lines (``sessions``, as ``forward_novelty`` takes them) are mostly of a routine level, with that level's key."""
+    counts = {vocab.key(None, n.level): n.sessions for n in novelty if n.routine}
+    if not counts:
+        return Routine()
+    levels: dict[int, Counter[str]] = {}
+    for s in sessions:
+        for level, template_id in s:
+            if level is not None:
+                levels.setdefault(vocab.key(template_id), Counter())[level] += 1
+    of_key = {}
+    for key, seen in levels.items():
+        level = min(seen.items(), key=lambda kv: (-kv[1], kv[0]))[0]  # the commonest level (ties: by name)
+        routine = vocab.key(None, level)
+        if key != UNK and routine in counts:
+            of_key[key] = routine
+    return Routine(counts, of_key)

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 
 from logbert_core.bundle import save_bundle
-from logbert_core.calibration import Routine, State
+from logbert_core.calibration import State
 from logbert_core.config import Settings, bundle_fields
 from logbert_core.judge import NormalSession, RestStats, Verdict, WindowJudge
-from logbert_core.novelty import LevelNovelty, forward_novelty
+from logbert_core.novelty import forward_novelty, routine_of
 from logbert_core.parsing import TemplateIndex
 from logbert_core.runtime import resolve_device
-from logbert_core.vocab import UNK, Vocabulary
+from logbert_core.vocab import Vocabulary
 from training.crossfit import fit_decision, model_config
 from training.data import (
     Corpus,
@@ -86,29 +86,6 @@ def frequent_windows(windows: Iterable[Sequence[int]], limit: int, min_count: in
     return [list(w) for w, _ in ranked[:limit]]
 
 
-def routine_of(corpus: Corpus, ids: Sequence[str], index: TemplateIndex, vocab: Vocabulary,
-               novelty: Sequence[LevelNovelty]) -> Routine:
-    """The calibration's view of routine novelty (``logbert_core.calibration.Routine``): each template key whose
-    lines in these sessions are mostly of a routine level, with that level's key."""
-    counts = {vocab.key(None, n.level): n.sessions for n in novelty if n.routine}
-    if not counts:
-        return Routine()
-    levels: dict[int, Counter[str]] = {}
-    for sid in ids:
-        for i in corpus.sessions[sid]:
-            rec = corpus.records[i]
-            if rec.level is not None:
-                key = vocab.key(index.lookup(rec.content).template_id)
-                levels.setdefault(key, Counter())[rec.level] += 1
-    of_key = {}
-    for key, seen in levels.items():
-        level = min(seen.items(), key=lambda kv: (-kv[1], kv[0]))[0]  # the commonest level (ties: by name)
-        routine = vocab.key(None, level)
-        if key != UNK and routine in counts:
-            of_key[key] = routine
-    return Routine(counts, of_key)
-
-
 def rest_visits(settings: Settings, corpus: Corpus, ids: Sequence[str], index: TemplateIndex, vocab: Vocabulary
                 ) -> dict[str, dict[State, tuple[int, int]]] | None:
     """Where each of these sessions went quiet (``session.rest_s`` or longer), for the premature-end rule; None
@@ -147,11 +124,12 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
     vocab = mine_templates(corpus, normal, index)
     nearest = s.parser.unknown == "nearest"
     # Levels at which new templates are routine in this history (logbert_core.novelty): they get a key of their own.
-    novelty = forward_novelty([[(r.level, index.lookup(r.content).template_id)
-                                for r in (corpus.records[i] for i in corpus.sessions[sid])] for sid in normal],
-                              s.scoring.routine_levels, s.scoring.target_fpr)
+    records = corpus.records  # each normal line's (level, template), looked up once for both uses below
+    levelled = [[(records[i].level, index.lookup(records[i].content).template_id) for i in corpus.sessions[sid]]
+                for sid in normal]
+    novelty = forward_novelty(levelled, s.scoring.routine_levels, s.scoring.target_fpr)
     vocab = vocab.with_routine_levels(n.level for n in novelty if n.routine)
-    routine = routine_of(corpus, normal, index, vocab, novelty)
+    routine = routine_of(levelled, vocab, novelty)
     if routine.counts:
         log.info("new templates are routine at level(s) %s: %s", ", ".join(vocab.routine_levels),
                  "; ".join(f"{n.level} in {n.sessions} of {n.of} later normal sessions" for n in novelty if n.routine))

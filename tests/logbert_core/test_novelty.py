@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from logbert_core.calibration import binomial_lower
-from logbert_core.novelty import forward_novelty
+from logbert_core.calibration import Routine, binomial_lower
+from logbert_core.novelty import forward_novelty, routine_of
 from logbert_core.vocab import FIRST_KEY, UNK, Vocabulary
 
 ROUTINE = ("INFO", "DEBUG")
@@ -60,3 +60,14 @@ def test_vocabulary_routine_keys_follow_the_templates_and_round_trip():
     plain = Vocabulary.build({7: "a <*>"})
     assert "routine_levels" not in plain.to_json()  # bundles without it keep their bytes (and version ids)
     assert Vocabulary.from_json(plain.to_json()) == plain and plain.key(None, "INFO") == UNK
+
+
+def test_routine_of_maps_templates_of_a_routine_level_to_its_key():
+    novelty = forward_novelty(history(50, 2, 0), ROUTINE, 0.005)  # "info" routine, as above
+    v = Vocabulary.build({7: "a <*>", 9: "b", 11: "c"}).with_routine_levels(n.level for n in novelty if n.routine)
+    lines = [[("info", 7), ("info", 7), ("FATAL", 9)], [("info", 11), ("FATAL", 11), ("FATAL", 11), (None, 7)]]
+    got = routine_of(lines, v, novelty)
+    routine = v.key(None, "info")
+    assert got.counts == {routine: 12}  # windows 26, 28, ..., 48 of the later half
+    assert got.of_key == {v.key(7): routine}  # 11 is mostly FATAL; 9 is FATAL; lines without a level do not count
+    assert routine_of(lines, Vocabulary.build({7: "a <*>"}), []) == Routine()  # no routine level: nothing
