@@ -26,9 +26,16 @@ def _unavailable(exc: KafkaError) -> BrokerUnavailable:
     return BrokerUnavailable(f"kafka-python: {type(exc).__name__}: {exc}")
 
 
-def _refused(exc: KafkaConfigurationError) -> KafkaSettingsError:
-    return KafkaSettingsError(f"kafka-python refused the Kafka settings: {exc} (kafka.client_config, "
-                              "env LOGAD_KAFKA__CLIENT_CONFIG, or the typed kafka settings)")
+def _create(client: Any, config: Mapping[str, Any]) -> Any:
+    """A kafka-python client made with ``config``: settings it refuses are a start-up error, a broker that does not
+    answer within its ``bootstrap_timeout_ms`` is ``BrokerUnavailable``."""
+    try:
+        return client(**config)
+    except KafkaConfigurationError as exc:
+        raise KafkaSettingsError(f"kafka-python refused the Kafka settings: {exc} (kafka.client_config, "
+                                 "env LOGAD_KAFKA__CLIENT_CONFIG, or the typed kafka settings)") from exc
+    except KafkaError as exc:
+        raise _unavailable(exc) from exc
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -53,12 +60,7 @@ class KafkaPythonConsumer:
     def __init__(self, config: Mapping[str, Any], topic: str, listener: RebalanceListener | None = None) -> None:
         """``config``: ``KafkaConsumer``'s keywords. Raises ``BrokerUnavailable`` when no broker answers within its
         ``bootstrap_timeout_ms``."""
-        try:
-            self._c = KafkaConsumer(**config)
-        except KafkaConfigurationError as exc:
-            raise _refused(exc) from exc
-        except KafkaError as exc:
-            raise _unavailable(exc) from exc
+        self._c: KafkaConsumer = _create(KafkaConsumer, config)
         if listener is not None:
             self._c.subscribe([topic], listener=_Listener(listener))
         else:
@@ -113,12 +115,7 @@ class KafkaPythonProducer:
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         """``config``: ``KafkaProducer``'s keywords (``kafka_io.producer_config`` and the connection)."""
-        try:
-            self._p = KafkaProducer(**config)
-        except KafkaConfigurationError as exc:
-            raise _refused(exc) from exc
-        except KafkaError as exc:
-            raise _unavailable(exc) from exc
+        self._p: KafkaProducer = _create(KafkaProducer, config)
 
     def deliver(self, messages: Iterable[Outgoing], timeout_s: float = 30.0) -> None:
         try:
