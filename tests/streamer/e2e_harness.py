@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import redis
 
+from logbert_core.bundle import Bundle
 from logbert_core.config import Settings, load_settings
 from streamer.events import AnomalyEvent
 from streamer.kafka_io import committed_offsets, end_offsets, ensure_topics, read_all
+from streamer.worker import Worker
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "hdfs.toml"
@@ -84,6 +87,25 @@ def wait_done(settings: Settings, timeout: float = 120.0) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"not done after {timeout} s: (ends, committed, idle, pending) = {state}")
+
+
+def start_worker(settings: Settings, bundle: Bundle) -> tuple[Worker, threading.Thread]:
+    """A worker running in a thread of this process (its counters stay readable)."""
+    worker = Worker(settings, bundle)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    return worker, thread
+
+
+def run_until_done(settings: Settings, bundle: Bundle) -> Worker:
+    """A worker in a thread until every offset is committed and Redis is empty; then stopped."""
+    worker, thread = start_worker(settings, bundle)
+    try:
+        wait_done(settings)
+    finally:
+        worker.stop_event.set()
+        thread.join(30)
+    return worker
 
 
 def events_of(settings: Settings) -> list[AnomalyEvent]:

@@ -7,7 +7,6 @@ lines: streaming must neither lose nor invent anomalies, whatever the worker cou
 from __future__ import annotations
 
 import signal
-import threading
 import time
 
 import pytest
@@ -18,34 +17,17 @@ from e2e_harness import (
     env_for,
     events_of,
     make_topics,
+    run_until_done,
     settings_for,
     spawn,
+    start_worker,
     wait_done,
 )
 from prometheus_client import REGISTRY
 
 from streamer.kafka_io import produce_lines, read_all
-from streamer.worker import Worker
 
 pytestmark = pytest.mark.integration
-
-
-def start_worker(settings, bundle) -> tuple[Worker, threading.Thread]:
-    worker = Worker(settings, bundle)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    return worker, thread
-
-
-def run_until_done(settings, bundle) -> Worker:
-    """A worker in a thread until every offset is committed and Redis is empty; then stopped."""
-    worker, thread = start_worker(settings, bundle)
-    try:
-        wait_done(settings)
-    finally:
-        worker.stop_event.set()
-        thread.join(30)
-    return worker
 
 
 def test_lines_in_events_out_match_offline(broker, redis_url, topic_name, lines, bundle, expected):

@@ -4,13 +4,12 @@ what it declares, severity and input coordinates are derived deterministically, 
 from __future__ import annotations
 
 import json
-import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import jsonschema
 import pytest
-from e2e_harness import make_topics, settings_for, wait_done
+from e2e_harness import make_topics, run_until_done, settings_for
 
 from logbert_core.bundle import load_bundle
 from logbert_core.config import ConfigError, load_settings
@@ -180,14 +179,7 @@ def test_cloudevents_binary_end_to_end_with_the_input_records_behind_each_window
                                                                       "labels": {"env": "test"}, "host": "det-1"})
     make_topics(s)
     produce_lines(broker.url, topic_name, lines)
-    worker = Worker(s, bundle)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        wait_done(s)
-    finally:
-        worker.stop_event.set()
-        thread.join(30)
+    run_until_done(s, bundle)
     records = read_all(broker.url, s.kafka.output_topic)
     events = [AnomalyEvent.model_validate_json(r.value) for r in records]
     got: dict[str, int] = {}

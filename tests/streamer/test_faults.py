@@ -24,6 +24,7 @@ from e2e_harness import (
     env_for,
     events_of,
     make_topics,
+    run_until_done,
     settings_for,
     spawn,
     wait_done,
@@ -31,7 +32,6 @@ from e2e_harness import (
 
 from streamer.embedded import free_port, start_redis
 from streamer.kafka_io import produce_lines, read_all
-from streamer.worker import Worker
 
 IDLE = {"idle_timeout_s": 20.0}
 
@@ -225,14 +225,7 @@ def test_200_hostile_messages_among_real_lines(broker, redis_url, topic_name, li
     for kind in kinds:
         values.insert(rnd.randrange(len(values) + 1), HOSTILE_KINDS[kind](rnd))
     produce_lines(broker.url, topic_name, values, timeout_s=60)
-    worker = Worker(s, bundle)  # in-process: its counters are readable afterwards
-    t = threading.Thread(target=worker.run, daemon=True)
-    t.start()
-    try:
-        wait_done(s)
-    finally:
-        worker.stop_event.set()
-        t.join(30)
+    worker = run_until_done(s, bundle)  # in-process: its counters are readable afterwards
     assert worker.stats["rejected"] == 200 and worker.stats["consumed"] == len(values)
     dlq = read_all(broker.url, s.kafka.dlq, expected=200, timeout_s=20)
     got = Counter(dict(r.headers)["logad.reason"].decode() for r in dlq)

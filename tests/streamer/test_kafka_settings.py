@@ -145,18 +145,26 @@ def test_a_librdkafka_without_gssapi_says_so_at_start_up() -> None:
 
 # -- the one function, for every client ----------------------------------------------------------------------------
 
+class Captured(Exception):
+    """Raised by ``capturing`` in place of making a client."""
+
+
+def capturing(seen: dict[str, Any]) -> Any:
+    """A stand-in for a client class or factory: records the keywords it was given in ``seen``, then raises."""
+
+    def capture(*_args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        raise Captured
+
+    return capture
+
+
 def test_detector_clients_get_the_settings_with_either_client(monkeypatch) -> None:
     from streamer import kafka_python
     from streamer.kafka_clients import broker_clients
 
     seen: dict[str, Any] = {}
-
-    class Captured(Exception):
-        pass
-
-    def capture(*_args: Any, **kwargs: Any) -> Any:
-        seen.update(kwargs)
-        raise Captured
+    capture = capturing(seen)
 
     monkeypatch.setattr(kafka_python, "KafkaConsumer", capture)
     monkeypatch.setattr(kafka_python, "KafkaProducer", capture)
@@ -189,13 +197,7 @@ def test_every_tool_gets_the_pass_through_settings(monkeypatch, tmp_path) -> Non
     kafka_log = logging.getLogger("kafka")
     monkeypatch.setattr(kafka_log, "level", kafka_log.level)
     seen: dict[str, Any] = {}
-
-    class Captured(Exception):
-        pass
-
-    def capture(*_args: Any, **kwargs: Any) -> Any:
-        seen.update(kwargs)
-        raise Captured
+    capture = capturing(seen)
 
     runner = CliRunner()
     monkeypatch.setattr(kafka, "KafkaConsumer", capture)
