@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quick start 2: set up, then run the tests.
 #   scripts/test.sh           the whole suite: unit tests, and integration tests against a real broker (tansu) and
-#                             redis-server, in parallel (LOGAD_TEST_WORKERS processes, default 2; 0: one process)
+#                             redis-server, in parallel (LOGAD_TEST_WORKERS processes, default 3; 0: one process)
 #   scripts/test.sh --fast    unit tests only: no broker, no redis-server, no model trained past a few steps
 #   scripts/test.sh --lint    ruff, and mypy (strict on logbert_core), then stop
 # Further arguments go to pytest.
@@ -20,5 +20,5 @@ case "${1:-}" in
     exec python -m pytest -q -n 2 -m "not integration and not slow" "$@" ;;
   *)
     # --dist loadfile: a file's tests share one process (module fixtures, and metrics one test reads after another)
-    exec python -m pytest -q -n "${LOGAD_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
+    exec python -m pytest -q -n "${LOGAD_TEST_WORKERS:-3}" --dist loadfile "$@" ;;
 esac
