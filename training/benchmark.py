@@ -100,7 +100,8 @@ def _summarise(name: str, history: int | None, data: EvalData, results: Sequence
     promise = th.get("promise", {}) if isinstance(th, dict) else {}
     hist = by[LOGBERT].history
     best = min(hist, key=lambda h: h["val_loss"])["epoch"] if hist else None
-    training = {"epochs_run": len(hist), "best_epoch": best, "val_loss": [round(h["val_loss"], 4) for h in hist]}
+    training = {"epochs_run": len(hist), "best_epoch": best, "val_loss": [round(h["val_loss"], 4) for h in hist],
+                "train_loss": [round(h["train_loss"], 4) for h in hist]}
     test, truth = data.split.test, data.truth(data.split.test)
     by_rule = rule_catches(by[LOGBERT].reasons, [s for s, y in zip(test, truth) if y],
                            [s for s, y in zip(test, truth) if not y])
@@ -250,6 +251,10 @@ def markdown(results: Sequence[SuiteResult]) -> str:
                                          ", ".join(p.get("rules", [])),
                                          f"{r.training['epochs_run']} ({r.training['best_epoch']})",
                                          PUBLISHED.get(r.name, "-")]) + " |")
+    lines += ["", "Validation loss of the model the decision uses, by epoch (`*`: the epoch kept; plotted with the "
+              "training loss in `loss_curves.png`):", ""]
+    lines += [f"- {r.name} ({'all' if r.history is None else f'first {r.history}'}): {loss_line(r.training)}"
+              for r in results]
     lines += ["", "Each rule of the shipped decision on the test part: anomalies caught / caught by no other rule / "
               "normal sessions flagged:", ""]
     for r in results:
@@ -264,6 +269,55 @@ def markdown(results: Sequence[SuiteResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def loss_line(training: dict[str, Any]) -> str:
+    """``1.204, 0.981*, 0.990, ...``, and whether the fit stopped with the loss still falling (the kept epoch is the
+    last one run: more epochs might have helped) or after it stopped improving."""
+    val, best = training.get("val_loss", []), training.get("best_epoch")
+    if not val or best is None:
+        return "no model trained"
+    cells = ", ".join(f"{v:.4f}{'*' if i + 1 == best else ''}" for i, v in enumerate(val))
+    state = ("still falling when the epochs ran out" if best == len(val)
+             else f"no better after epoch {best}: stopped {len(val) - best} epochs later")
+    return f"{cells} ({state})"
+
+
+def plot_losses(out: Path, results: Sequence[SuiteResult]) -> None:
+    """``loss_curves.png``: training and validation loss by epoch, one panel per suite and history. Skipped, with
+    a log line, where matplotlib (the ``train`` extra) is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed: no loss_curves.png (pip install 'logad[train]')")
+        return
+    shown = [r for r in results if r.training.get("val_loss")]
+    if not shown:
+        return
+    cols = min(4, len(shown))
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, shown):
+        val, train = r.training["val_loss"], r.training.get("train_loss", [])
+        epochs = range(1, len(val) + 1)
+        if train:
+            ax.plot(epochs, train, "o-", ms=2, label="train")
+        ax.plot(epochs, val, "s-", ms=2, label="validation")
+        if r.training.get("best_epoch"):
+            ax.axvline(r.training["best_epoch"], color="k", ls="--", lw=0.7)
+        ax.set_title(f"{r.name} ({'all' if r.history is None else f'first {r.history}'})", fontsize=8)
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.set_axis_off()
+    fig.suptitle("LogBERT loss by epoch (dashed: the epoch kept)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "loss_curves.png", dpi=100)
+    plt.close(fig)
+
+
 def write(out: Path, results: Sequence[SuiteResult]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     doc = {"machine": machine(), "suites": [
@@ -276,3 +330,4 @@ def write(out: Path, results: Sequence[SuiteResult]) -> None:
     notes = ["", "Splits:", ""] + [f"- {r.name}{'' if r.history is None else f' (first {r.history})'}: "
                                    f"{r.data.split.rule}. {' '.join(r.notes)} ({r.seconds} s)" for r in results]
     (out / "benchmark.md").write_text("\n".join(head) + markdown(results) + "\n".join(notes) + "\n")
+    plot_losses(out, results)

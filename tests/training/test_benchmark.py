@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from training.benchmark import SMALL_HISTORY, SUITES
+from training.benchmark import SMALL_HISTORY, SUITES, loss_line
 from training.cli import main
 
 FAST = {"LOGAD_TRAIN__EPOCHS": "2", "LOGAD_MODEL__N_EMBD": "32", "LOGAD_TRAIN__SEED": "5"}
@@ -40,9 +40,14 @@ def test_benchmark_writes_one_table_with_the_shipped_decision_and_the_one_line_r
     # 20 sessions cannot vouch for target 0.005: the promise says so, and the model rules were cross-fitted
     assert suite["promise"]["sessions"] == 20 and suite["promise"]["model_sessions"] == 20
     assert any("cannot vouch" in w for w in suite["promise"]["warnings"])
-    assert suite["training"]["val_loss"] and "machine" in doc
+    training = suite["training"]
+    assert len(training["val_loss"]) == len(training["train_loss"]) == training["epochs_run"] and "machine" in doc
     md = (out / "benchmark.md").read_text()
     assert "| hadoop_sequences | all (20) | 6 / 3 | **logbert** |" in md and "Machine:" in md
+    # the validation loss curve, with the epoch kept marked, in the report and as a plot
+    (curve,) = [ln for ln in md.splitlines() if ln.startswith("- hadoop_sequences (all): ") and "*" in ln]
+    assert f"{training['val_loss'][training['best_epoch'] - 1]:.4f}*" in curve
+    assert (out / "loss_curves.png").stat().st_size > 0
 
 
 def test_benchmark_refuses_an_unknown_suite(tmp_path: Path) -> None:
@@ -72,3 +77,10 @@ def test_an_interleaved_split_deals_every_block_of_ten(tmp_path: Path) -> None:
     assert out["split"] == "interleaved" and out["sessions"] == {"train": 28, "test": 12}
     test = (tmp_path / "parts" / "test.log").read_text().splitlines()
     assert [r.split()[-1] for r in test] == [str(i) for i in range(40) if i % 10 >= 7]
+
+
+def test_the_loss_line_says_whether_the_fit_had_converged() -> None:
+    assert loss_line({"val_loss": [1.0, 0.5, 0.6, 0.7], "best_epoch": 2}) == (
+        "1.0000, 0.5000*, 0.6000, 0.7000 (no better after epoch 2: stopped 2 epochs later)")
+    assert loss_line({"val_loss": [1.0, 0.5], "best_epoch": 2}).endswith("(still falling when the epochs ran out)")
+    assert loss_line({"val_loss": [], "best_epoch": None}) == "no model trained"
