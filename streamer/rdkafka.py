@@ -201,6 +201,10 @@ class ConfluentConsumer:
             raise _unavailable(exc) from exc
         failed = [p.error for p in result or [] if p.error is not None]
         if failed:
+            # per partition as for the whole request: the group moved on (not retried) or the broker failed (back-off)
+            moved_on = [e for e in failed if e.code() in _GROUP_MOVED_ON]
+            if moved_on:
+                raise CommitRejected(f"commit refused for {len(moved_on)} partition(s): {moved_on[0].str()}")
             raise BrokerUnavailable(f"librdkafka: commit failed for {len(failed)} partition(s): {failed[0].str()}")
 
     def end_offsets(self, partitions: Iterable[Partition], timeout_ms: int = 2000) -> dict[Partition, int]:

@@ -193,3 +193,31 @@ def test_producer_takes_records_as_large_as_the_kafka_python_one_did(broker) -> 
         producer.deliver([("t.large", None, b"x" * 1_040_000, [("logad.reason", b"too_large")])], timeout_s=20)
     finally:
         producer.close()
+
+
+def test_a_partition_the_group_moved_on_from_is_a_rejected_commit_not_an_outage() -> None:
+    """librdkafka can answer a synchronous commit with an error per partition instead of raising. A generation or
+    member error there means what it means for the whole request: the group moved on, the commit is refused and
+    must not be retried (``CommitRejected``); any other error is the broker's (``BrokerUnavailable``: back-off)."""
+    from types import SimpleNamespace
+
+    from confluent_kafka import KafkaError
+
+    from streamer.broker import Partition
+    from streamer.errors import BrokerUnavailable, CommitRejected
+    from streamer.rdkafka import ConfluentConsumer
+
+    def consumer_answering(*codes: int | None) -> ConfluentConsumer:
+        # what commit() returns: a TopicPartition per partition, whose error is set by librdkafka (read-only here)
+        answer = [SimpleNamespace(topic="t", partition=i, offset=5, error=None if code is None else KafkaError(code))
+                  for i, code in enumerate(codes)]
+        c = ConfluentConsumer.__new__(ConfluentConsumer)  # no broker: only commit() is exercised
+        c._c = SimpleNamespace(commit=lambda offsets, asynchronous: answer)
+        return c
+
+    offsets = {Partition("t", 0): 5, Partition("t", 1): 5}
+    consumer_answering(None, None).commit(offsets)
+    with pytest.raises(CommitRejected, match="1 partition"):
+        consumer_answering(None, KafkaError.ILLEGAL_GENERATION).commit(offsets)
+    with pytest.raises(BrokerUnavailable, match="2 partition"):
+        consumer_answering(KafkaError.REQUEST_TIMED_OUT, KafkaError._TRANSPORT).commit(offsets)
