@@ -93,7 +93,7 @@ def simple_rules(data: EvalData) -> list[dict[str, Any]]:
 
 
 def _summarise(name: str, history: int | None, data: EvalData, results: Sequence[MethodResult],
-               seconds: float, notes: list[str]) -> SuiteResult:
+               seconds: float, notes: list[str], settings: Settings) -> SuiteResult:
     by = {r.name: r for r in results}
     rows = [_row(n, by[n].test) for n in SHOWN if n in by] + simple_rules(data)
     th = by[LOGBERT].threshold
@@ -101,7 +101,8 @@ def _summarise(name: str, history: int | None, data: EvalData, results: Sequence
     hist = by[LOGBERT].history
     best = min(hist, key=lambda h: h["val_loss"])["epoch"] if hist else None
     training = {"epochs_run": len(hist), "best_epoch": best, "val_loss": [round(h["val_loss"], 4) for h in hist],
-                "train_loss": [round(h["train_loss"], 4) for h in hist]}
+                "train_loss": [round(h["train_loss"], 4) for h in hist], "epochs": settings.train.epochs,
+                "patience": settings.train.patience}
     test, truth = data.split.test, data.truth(data.split.test)
     by_rule = rule_catches(by[LOGBERT].reasons, [s for s, y in zip(test, truth) if y],
                            [s for s, y in zip(test, truth) if not y])
@@ -116,7 +117,8 @@ def hdfs_raw(settings: Settings, shared: Path, out: Path, history: int | None) -
                       "train.labels.csv", 0.25, out / "bundle_dir", [LOGBERT], history=history)
     return _summarise("hdfs_raw", history, ev.data, ev.results, time.perf_counter() - t0,
                       ["raw lines of data/hdfs/train.log.gz (the earlier 70 % of HDFS_2pct_dev.log; the rest is "
-                       "the hold-out, never read here); blocks ordered by first line; the latest 25 % are the test"])
+                       "the hold-out, never read here); blocks ordered by first line; the latest 25 % are the test"],
+                      settings)
 
 
 def bgl_raw(settings: Settings, shared: Path, out: Path, history: int | None) -> SuiteResult:
@@ -125,7 +127,7 @@ def bgl_raw(settings: Settings, shared: Path, out: Path, history: int | None) ->
                       history=history)
     return _summarise("bgl_raw", history, ev.data, ev.results, time.perf_counter() - t0,
                       ["BGL_dev.log (pooled line samples, sorted by time); (node, 5-minute) sessions; the latest "
-                       "30 % of sessions are the test; labels inline"])
+                       "30 % of sessions are the test; labels inline"], settings)
 
 
 def bgl_same_period(settings: Settings, shared: Path, out: Path, history: int | None) -> SuiteResult:
@@ -136,14 +138,15 @@ def bgl_same_period(settings: Settings, shared: Path, out: Path, history: int | 
                       history=history, interleave=True)
     return _summarise("bgl_same_period", history, ev.data, ev.results, time.perf_counter() - t0,
                       ["BGL_dev.log; (node, 5-minute) sessions in order of their first line, dealt into blocks of "
-                       "10: the last 3 of each block are the test (other lines of the same period); labels inline"])
+                       "10: the last 3 of each block are the test (other lines of the same period); labels inline"],
+                      settings)
 
 
 def _sequences(name: str, settings: Settings, data: EvalData, history: int | None, t0: float,
                notes: list[str]) -> SuiteResult:
     run = fit_logbert(data, settings, sequence_vocab_size(data))
     results = logbert_results(run, data, settings.scoring)
-    return _summarise(name, history, data, results, time.perf_counter() - t0, [*notes, run.notes])
+    return _summarise(name, history, data, results, time.perf_counter() - t0, [*notes, run.notes], settings)
 
 
 def hdfs_sequences(settings: Settings, shared: Path, out: Path, history: int | None) -> SuiteResult:
@@ -270,14 +273,20 @@ def markdown(results: Sequence[SuiteResult]) -> str:
 
 
 def loss_line(training: dict[str, Any]) -> str:
-    """``1.204, 0.981*, 0.990, ...``, and whether the fit stopped with the loss still falling (the kept epoch is the
-    last one run: more epochs might have helped) or after it stopped improving."""
+    """``1.204, 0.981*, 0.990, ...``, and why the fit stopped: the loss stopped improving (``patience`` epochs
+    without a better one), or the epoch cap (``epochs``) came first, with the kept epoch the last one (the loss
+    was still falling: more epochs might have helped) or not."""
     val, best = training.get("val_loss", []), training.get("best_epoch")
     if not val or best is None:
         return "no model trained"
     cells = ", ".join(f"{v:.4f}{'*' if i + 1 == best else ''}" for i, v in enumerate(val))
-    state = ("still falling when the epochs ran out" if best == len(val)
-             else f"no better after epoch {best}: stopped {len(val) - best} epochs later")
+    run, cap, patience = len(val), training.get("epochs"), training.get("patience")
+    if best == run:
+        state = "still falling when the epochs ran out"
+    elif run == cap and patience is not None and run - best < patience:
+        state = f"best at epoch {best}; the {cap}-epoch cap came before {patience} epochs without a better one"
+    else:
+        state = f"no better after epoch {best}: stopped {run - best} epoch{'s' if run - best > 1 else ''} later"
     return f"{cells} ({state})"
 
 

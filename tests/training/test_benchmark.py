@@ -80,7 +80,11 @@ def test_an_interleaved_split_deals_every_block_of_ten(tmp_path: Path) -> None:
 
 
 def test_the_loss_line_says_whether_the_fit_had_converged() -> None:
-    assert loss_line({"val_loss": [1.0, 0.5, 0.6, 0.7], "best_epoch": 2}) == (
+    run = {"epochs": 20, "patience": 2}
+    assert loss_line({**run, "val_loss": [1.0, 0.5, 0.6, 0.7], "best_epoch": 2}) == (
         "1.0000, 0.5000*, 0.6000, 0.7000 (no better after epoch 2: stopped 2 epochs later)")
-    assert loss_line({"val_loss": [1.0, 0.5], "best_epoch": 2}).endswith("(still falling when the epochs ran out)")
+    assert loss_line({**run, "val_loss": [1.0, 0.5], "best_epoch": 2}).endswith(
+        "(still falling when the epochs ran out)")
+    capped = {"epochs": 3, "patience": 2, "val_loss": [1.0, 0.5, 0.6], "best_epoch": 2}
+    assert loss_line(capped).endswith("(best at epoch 2; the 3-epoch cap came before 2 epochs without a better one)")
     assert loss_line({"val_loss": [], "best_epoch": None}) == "no model trained"
