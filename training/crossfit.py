@@ -41,7 +41,8 @@ def model_config(settings: Settings, vocab_size: int) -> LogBERTConfig:
 def train_config(settings: Settings, progress: bool, **overrides: object) -> TrainConfig:
     t = settings.train
     base = dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, mask_ratio=t.mask_ratio, patience=t.patience,
-                seed=t.seed, device=t.device, bf16=t.bf16, progress=progress, min_epoch_steps=t.min_epoch_steps)
+                seed=t.seed, device=t.device, bf16=t.bf16, progress=progress, min_epoch_steps=t.min_epoch_steps,
+                warmup_epochs=t.warmup_epochs)
     return TrainConfig(**{**base, **overrides})  # type: ignore[arg-type]
 
 

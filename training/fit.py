@@ -38,6 +38,10 @@ class TrainConfig:
     # An epoch takes at least this many optimizer steps, passing over the data again (reshuffled, new masks) when
     # one pass has fewer batches: 50 sessions make one batch, and 20 one-step epochs leave the model untrained.
     min_epoch_steps: int = 50
+    # Learning-rate schedule: 0 keeps ``lr`` constant. Otherwise the rate rises linearly over the first
+    # ``warmup_epochs`` epochs' optimizer steps to ``lr`` and then falls as the inverse square root of the step
+    # (the Transformer schedule, Vaswani et al. 2017, normalised so that its peak is ``lr``; ``lr_factor``).
+    warmup_epochs: float = 0.0
     seed: int = 1234
     device: str = "auto"  # "auto": cuda if available, else cpu
     bf16: bool = True  # mixed precision: bf16 autocast where supported (CUDA without bf16: fp16 + GradScaler)
@@ -54,6 +58,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.weight_decay={self.weight_decay} must be >= 0")
         if not 0.0 < self.mask_ratio <= 1.0:
             raise ValueError(f"TrainConfig.mask_ratio={self.mask_ratio} must be in (0, 1]")
+        if not self.warmup_epochs >= 0:
+            raise ValueError(f"TrainConfig.warmup_epochs={self.warmup_epochs} must be >= 0")
         if self.min_epoch_steps < 0:
             raise ValueError(f"TrainConfig.min_epoch_steps={self.min_epoch_steps} must be >= 0")
         if self.num_threads is not None and self.num_threads < 1:
@@ -69,9 +75,17 @@ class TrainConfig:
 class FitResult:
     state_dict: dict[str, torch.Tensor]  # best epoch's weights, CPU tensors
     center: torch.Tensor  # (C,) centre computed from the best weights, CPU
-    history: list[dict[str, float]]  # per epoch: epoch, train_loss, train_mlm, train_hyper, val_loss, seconds
+    history: list[dict[str, float]]  # per epoch: epoch, train_loss, train_mlm, train_hyper, val_loss, lr, seconds
     best_epoch: int  # 1-based
     seconds: float
+
+
+def lr_factor(step: int, warmup: int) -> float:
+    """The learning rate of optimizer step ``step`` (1-based) as a share of ``TrainConfig.lr``: ``step / warmup``
+    while warming up, then ``sqrt(warmup / step)``; 1 throughout without a warm-up (``warmup`` 0)."""
+    if warmup <= 0:
+        return 1.0
+    return step / warmup if step <= warmup else (warmup / step) ** 0.5
 
 
 def _cpu_bf16_supported() -> bool:
@@ -204,6 +218,7 @@ def fit(
 
             history: list[dict[str, float]] = []
             best_loss, best_epoch, best_state, stale = float("inf"), 0, None, 0
+            step, warmup = 0, -1  # warm-up steps: set from the first epoch's batches
             bar = tqdm(range(1, cfg.epochs + 1), desc="fit", unit="epoch", disable=not cfg.progress)
             for epoch in bar:
                 e0 = time.perf_counter()
@@ -211,6 +226,8 @@ def fit(
                 batches = _batches(train_len, cfg.batch_size, shuffle_gen)
                 while len(batches) < cfg.min_epoch_steps:  # a small data set: pass over it again
                     batches += _batches(train_len, cfg.batch_size, shuffle_gen)
+                if warmup < 0:
+                    warmup = round(cfg.warmup_epochs * len(batches))
                 sums = torch.zeros(3, device=device)  # loss, mlm, hyper summed over batches
                 for masked, pad_mask, labels in tqdm(
                     _masked_batches(train_keys, train_len, batches, cfg.mask_ratio, mask_gen),
@@ -225,6 +242,9 @@ def fit(
                         mlm = m / n.clamp(min=1)
                         hyper = d.mean()
                         loss = mlm + w_hyper * hyper
+                    step += 1
+                    for group in opt.param_groups:
+                        group["lr"] = cfg.lr * lr_factor(step, warmup)
                     opt.zero_grad(set_to_none=True)
                     if scaler is not None:
                         scaler.scale(loss).backward()
@@ -244,6 +264,7 @@ def fit(
                         "train_mlm": train_mlm,
                         "train_hyper": train_hyper,
                         "val_loss": val_loss,
+                        "lr": cfg.lr * lr_factor(step, warmup),  # at the epoch's last step
                         "seconds": time.perf_counter() - e0,
                     }
                 )

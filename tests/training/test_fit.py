@@ -10,7 +10,7 @@ import torch
 from logbert_core.model import LogBERT, LogBERTConfig
 from logbert_core.scoring import WindowScorer
 from logbert_core.vocab import FIRST_KEY
-from training.fit import FitResult, TrainConfig, fit
+from training.fit import FitResult, TrainConfig, fit, lr_factor
 
 CFG = LogBERTConfig(vocab_size=12, max_len=32, n_layer=2, n_head=4, n_embd=32, dropout=0.1)
 
@@ -39,7 +39,7 @@ def test_fit_learns_the_pattern_and_the_scorer_flags_shuffled_windows() -> None:
     check_early_stopping_rule(result, cfg)
     losses = [h["val_loss"] for h in result.history]
     assert min(losses) < 0.3 * losses[0]
-    assert set(result.history[0]) == {"epoch", "train_loss", "train_mlm", "train_hyper", "val_loss", "seconds"}
+    assert set(result.history[0]) == {"epoch", "train_loss", "train_mlm", "train_hyper", "val_loss", "lr", "seconds"}
     assert all(t.device.type == "cpu" for t in result.state_dict.values())
     assert result.center.shape == (CFG.n_embd,) and result.seconds > 0
 
@@ -85,6 +85,7 @@ def test_num_threads_is_restored() -> None:
         ({"mask_ratio": 0.0}, "mask_ratio"),
         ({"num_threads": 0}, "num_threads"),
         ({"device": "gpu0"}, "device"),
+        ({"warmup_epochs": -1.0}, "warmup_epochs"),
     ],
 )
 def test_train_config_rejects_bad_values(kwargs: dict, message: str) -> None:
@@ -114,3 +115,21 @@ def test_a_small_data_set_gets_at_least_min_epoch_steps_per_epoch():
     assert many.history[0]["val_loss"] < one.history[0]["val_loss"]
     with pytest.raises(ValueError, match="min_epoch_steps"):
         TrainConfig(min_epoch_steps=-1)
+
+
+def test_the_learning_rate_warms_up_then_falls_as_one_over_the_root_of_the_step():
+    assert [lr_factor(t, 4) for t in (1, 2, 4)] == [0.25, 0.5, 1.0]
+    assert lr_factor(16, 4) == 0.5 and lr_factor(100, 4) == pytest.approx(0.2)
+    assert lr_factor(1, 0) == lr_factor(10_000, 0) == 1.0  # no warm-up: lr throughout
+
+
+def test_warm_up_spans_the_first_epochs_steps_and_no_warm_up_changes_nothing():
+    """With min_epoch_steps 20 and warmup_epochs 1, the rate peaks at the last step of epoch 1 and has fallen by
+    sqrt(2) at the end of epoch 2; warmup_epochs 0 trains exactly as a constant rate."""
+    train, val = normal_windows(5, 16), normal_windows(6, 4)
+    base = dict(epochs=2, patience=5, min_epoch_steps=20, seed=3, progress=False)
+    warm = fit(train, val, CFG, TrainConfig(**base, warmup_epochs=1.0))
+    assert [h["lr"] for h in warm.history] == pytest.approx([1e-3, 1e-3 / 2 ** 0.5])
+    flat = fit(train, val, CFG, TrainConfig(**base))
+    assert [h["lr"] for h in flat.history] == [1e-3, 1e-3]
+    assert flat.history[0]["val_loss"] != warm.history[0]["val_loss"]
