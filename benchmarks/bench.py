@@ -194,11 +194,21 @@ def bench_scorer_real(threads: tuple[int, ...], min_s: float, autocast: bool = F
 
 def bench_consume(stack: Stack, lines: list[str], partitions: int) -> list[dict[str, Any]]:
     """Each consumer the detector can use (``kafka.client``), alone in this process, reading the same backlog in
-    batches of 1,000; CPU of this process, librdkafka's threads included."""
+    batches of 1,000 through the detector's own factory and adapter (``streamer.kafka_clients.broker_clients``:
+    the settings, the typed ``Message`` records and the rebalance hand-off the worker gets); CPU of this process,
+    librdkafka's threads included."""
     import resource
 
-    from streamer.kafka_io import make_consumer
-    from streamer.rdkafka import ConfluentConsumer, rdkafka_config
+    from logbert_core.config import load_settings
+    from streamer.broker import Partition
+    from streamer.kafka_clients import broker_clients
+
+    class Ignore:  # the worker's rebalance listener does its own work; here nothing is to be done
+        def on_partitions_assigned(self, assigned: set[Partition]) -> None:
+            pass
+
+        def on_partitions_revoked(self, revoked: set[Partition]) -> None:
+            pass
 
     topic, group = stack.names("consume", partitions)
     produce_lines(stack.broker.url, topic, lines)
@@ -209,17 +219,15 @@ def bench_consume(stack: Stack, lines: list[str], partitions: int) -> list[dict[
 
     out = []
     for client in ("kafka-python", "confluent-kafka"):
-        if client == "kafka-python":
-            consumer: Any = make_consumer(stack.broker.url, topic, f"{group}kp", session_timeout_ms=6000,
-                                          max_poll_records=1000)
-        else:
-            consumer = ConfluentConsumer(rdkafka_config(stack.broker.url, f"{group}ck", session_timeout_ms=6000,
-                                                        client_id="bench"), topic)
+        settings = load_settings(CONFIG, kafka={"bootstrap_servers": stack.broker.url, "input_topic": topic,
+                                                "group_id": f"{group}-{client}", "session_timeout_ms": 6000,
+                                                "max_poll_records": 1000, "client": client})
+        consumer = broker_clients(settings).consumer(Ignore())
         n, t0, c0 = 0, None, 0.0
         deadline = time.monotonic() + 120
         while n < len(lines) and time.monotonic() < deadline:
             batch = consumer.poll(timeout_ms=1000, max_records=1000)
-            got = [r.value for recs in batch.values() for r in recs]
+            got = [m.value for msgs in batch.values() for m in msgs]
             if got and t0 is None:  # the clock starts at the first records: the group join is left out
                 t0, c0 = time.perf_counter(), cpu()
             n += len(got)
@@ -596,7 +604,7 @@ def main(n: int, partitions: int, idle_s: float, only: tuple[str, ...], rate: fl
         try:
             if "consume" in parts:
                 result["consume"] = bench_consume(stack, lines, partitions)
-            if parts & {"e2e", "scaleout"} or rate is None:
+            if parts & {"e2e", "scaleout"} or ("latency" in parts and rate is None):  # latency's rate comes from e2e
                 result["e2e"] = bench_e2e(stack, lines, 1, partitions, idle_s, extra)
             if "live" in parts:
                 result["e2e_live"] = bench_e2e(stack, lines, 1, partitions, idle_s, extra, live=True)
