@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from logbert_core.config import load_settings
 from logbert_core.parsing import TemplateIndex
 from training.cli import main
-from training.parsercheck import grouping_accuracy, read_reference
+from training.parsercheck import grouping_accuracy, later_unseen_share, read_reference, singleton_share
 
 LINES = [
     "081109 203518 143 INFO dfs.DataNode: Receiving block blk_1 src: /10.0.0.1:5 dest: /10.0.0.2:50010",
@@ -61,5 +61,14 @@ def test_the_new_family_defaults_group_the_fixture_and_the_check_prints_them(tmp
     assert result.exit_code == 0, result.output
     assert "| Tiny | 5 (1 unmatched) | 3 | 1.000 / 3 | 1.000 / 3 |" in result.output
     assert "sim_th 0.7, no masks: accuracy / templates" in result.output
+    # the label-free statistics: lines 3-5 (PacketResponder, Got exception) are all new against lines 1-2; one
+    # template (Got exception) occurs once
+    assert "| Tiny | 1.000 / 0.200 | 1.000 / 0.200 |" in result.output
     bad = CliRunner().invoke(main, ["parser-check", "--loghub", str(folder.parent), "--sim-th", "1.5"])
     assert bad.exit_code == 2 and "similarity thresholds lie in (0, 1]" in bad.output
+
+
+def test_the_label_free_statistics_count_later_novelty_and_one_off_templates() -> None:
+    assert later_unseen_share([1, 2, 1, 3]) == 0.5  # later half [1, 3]: 3 is new
+    assert later_unseen_share([1, 1, 1, 1]) == 0.0 and later_unseen_share([]) == 0.0
+    assert singleton_share([1, 1, 2, 3]) == 0.5 and singleton_share([]) == 0.0
