@@ -142,6 +142,26 @@ def test_a_small_history_turns_a_rule_off_only_when_it_shows_it_breaks_the_targe
     assert math.isinf(choose_level([RuleSample("novel", big, 1.0)], [], [], 0.005).thresholds["novel"])
 
 
+def test_a_model_rule_with_no_spread_in_a_small_history_is_off_and_said():
+    """50 out-of-fold key-miss ratios, all 0: past the largest the rule would flag any session with one missed key,
+    and nothing in 50 zeros bounds how often a normal one has it. The rule is off, the exact rules are not, and the
+    warning says why; with spread (three values or more) the tail is extrapolated as before; with 250 sessions
+    (enough to count the target) counting decides."""
+    zeros = np.zeros(50)
+    lv = choose_level([RuleSample("novel", zeros, 1.0)], [RuleSample(KEY_MISSES, zeros, 1.0)], list(range(50)), 0.005)
+    assert math.isinf(lv.thresholds[KEY_MISSES]) and KEY_MISSES not in lv.promise.rules
+    assert lv.thresholds["novel"] == 0.0
+    (warning,) = [w for w in lv.promise.warnings if w.startswith(f"rule {KEY_MISSES} is off")]
+    assert "take only 0," in warning and "0.058" in warning and "199 sessions" in warning
+    two = choose_level([], [RuleSample(KEY_MISSES, np.array([0.0] * 45 + [0.05] * 5), 1.0)], list(range(50)), 0.005)
+    assert math.isinf(two.thresholds[KEY_MISSES])
+    spread = np.array([0.0] * 35 + list(np.linspace(0.01, 0.1, 15)))
+    on = choose_level([], [RuleSample(KEY_MISSES, spread, 1.0)], list(range(50)), 0.005)
+    assert 0.1 < on.thresholds[KEY_MISSES] < 1.0
+    big = choose_level([], [RuleSample(KEY_MISSES, np.zeros(250), 1.0)], list(range(250)), 0.005)
+    assert big.thresholds[KEY_MISSES] == 0.0
+
+
 def test_binomial_bounds_match_clopper_pearson():
     # closed forms at the edges: k = 0 -> upper 1 - 0.05^(1/n); k = 1 -> lower 1 - 0.95^(1/n); k = n -> lower 0.05^(1/n)
     assert binomial_lower(0, 50) == 0.0
