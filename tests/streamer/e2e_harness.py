@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import redis
@@ -128,3 +130,14 @@ def assert_same_anomalies(events: list[AnomalyEvent], expected: dict[str, int]) 
     for ev in events:
         dump = ev.model_dump_json()
         assert seen.setdefault(ev.event_id, dump) == dump, f"event {ev.event_id} published with different content"
+
+
+def http_status(port: int, path: str) -> int:
+    """The status a worker's HTTP endpoint answers on ``path`` (0 when nothing answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0

@@ -10,8 +10,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -45,16 +43,6 @@ class Feeder(threading.Thread):
                 time.sleep(seconds / chunks)
         except BaseException as exc:  # reported by the test
             self.error = exc
-
-
-def ready_status(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
 
 
 def wait_for(cond, timeout: float, what: str) -> None:

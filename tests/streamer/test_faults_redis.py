@@ -17,12 +17,13 @@ from e2e_harness import (
     committed_total,
     env_for,
     events_of,
+    http_status,
     make_topics,
     settings_for,
     spawn,
     wait_done,
 )
-from fault_harness import IDLE, Feeder, kafka_client, ready_status, stop, wait_for  # noqa: F401 (autouse fixture)
+from fault_harness import IDLE, Feeder, kafka_client, stop, wait_for  # noqa: F401 (kafka_client: autouse fixture)
 
 from streamer.embedded import free_port, start_redis
 from streamer.kafka_io import produce_lines
@@ -39,12 +40,12 @@ def test_redis_paused_10s_not_ready_no_commit_then_resumes(broker, redis_proc, r
     w = spawn(env, tmp_path / "w.log")
     feeder = Feeder(broker.url, topic_name, lines, seconds=8)
     feeder.start()
-    wait_for(lambda: committed_total(s) > 0 and ready_status(port) == 200, 60, "a committing, ready worker")
+    wait_for(lambda: committed_total(s) > 0 and http_status(port, "/ready") == 200, 60, "a committing, ready worker")
     redis_proc.pause()
     try:
         time.sleep(3)
         before = committed_total(s)
-        statuses = {ready_status(port) for _ in range(3)}
+        statuses = {http_status(port, "/ready") for _ in range(3)}
         time.sleep(6)
         assert committed_total(s) == before  # nothing committed while Redis cannot store the batch's effects
     finally:
@@ -53,7 +54,7 @@ def test_redis_paused_10s_not_ready_no_commit_then_resumes(broker, redis_proc, r
     feeder.join(60)
     assert feeder.error is None
     wait_done(s, timeout=120)
-    assert ready_status(port) == 200
+    assert http_status(port, "/ready") == 200
     stop(w, tmp_path / "w.log")
     assert "retrying with back-off" in (tmp_path / "w.log").read_text()
     assert_same_anomalies(events_of(s), expected)

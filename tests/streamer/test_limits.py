@@ -18,7 +18,7 @@ from collections import Counter
 
 import pytest
 import redis
-from e2e_harness import env_for, events_of, make_topics, settings_for, spawn, wait_done
+from e2e_harness import env_for, events_of, http_status, make_topics, settings_for, spawn, wait_done
 
 from streamer.embedded import free_port, start_redis
 from streamer.events import STORM_REASON, STORM_SESSION
@@ -70,16 +70,6 @@ def metrics(port: int) -> dict[str, float]:
 def peak_rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as fh:
         return next(int(ln.split()[1]) * 1024 for ln in fh if ln.startswith("VmHWM:"))
-
-
-def http_status(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
 
 
 def test_a_key_flood_is_refused_past_the_cap_and_its_events_become_one_storm(broker, topic_name, tmp_path):
