@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
+# One torch thread per test process (the trainings the tests start inherit it): several test processes on two cores,
+# each training with a thread per core, thrash (a 13 s test took 96 s). Set OMP_NUM_THREADS to override.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 case "${1:-}" in
   --lint)
     ruff check .
