@@ -47,7 +47,7 @@ from training.protocols import (
     sequence_protocol,
     sequence_vocab_size,
 )
-from training.report import rule_catches
+from training.report import draw_loss, rule_catches
 
 log = logging.getLogger(__name__)
 
@@ -308,17 +308,9 @@ def plot_losses(out: Path, results: Sequence[SuiteResult]) -> None:
     rows = -(-len(shown) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
     for ax, r in zip(axes.flat, shown):
-        val, train = r.training["val_loss"], r.training.get("train_loss", [])
-        epochs = range(1, len(val) + 1)
-        if train:
-            ax.plot(epochs, train, "o-", ms=2, label="train")
-        ax.plot(epochs, val, "s-", ms=2, label="validation")
-        if r.training.get("best_epoch"):
-            ax.axvline(r.training["best_epoch"], color="k", ls="--", lw=0.7)
-        ax.set_title(f"{r.name} ({'all' if r.history is None else f'first {r.history}'})", fontsize=8)
-        ax.set_xlabel("epoch", fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax.legend(fontsize=6)
+        val = r.training["val_loss"]
+        draw_loss(ax, range(1, len(val) + 1), r.training.get("train_loss", []), val,
+                  f"{r.name} ({'all' if r.history is None else f'first {r.history}'})", r.training.get("best_epoch"))
     for ax in list(axes.flat)[len(shown):]:
         ax.set_axis_off()
     fig.suptitle("LogBERT loss by epoch (dashed: the epoch kept)", fontsize=9)

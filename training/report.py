@@ -287,12 +287,30 @@ def _fmt_th(th: Any) -> str:
     return _fmt(th)
 
 
+def draw_loss(ax: Any, epochs: Sequence[float], train: Sequence[float], val: Sequence[float], title: str,
+              kept: int | None = None) -> None:
+    """One loss-by-epoch panel (matplotlib axes ``ax``): training and, where there is one, validation loss; the
+    epoch ``kept`` dashed. ``evaluate``'s ``loss.png`` and the benchmark's ``loss_curves.png`` draw with it."""
+    from matplotlib.ticker import MaxNLocator
+
+    if train:
+        ax.plot(epochs, train, "o-", ms=3, label="train")
+    if val:
+        ax.plot(epochs, val, "s-", ms=3, label="validation")
+    if kept:
+        ax.axvline(kept, color="k", ls="--", lw=0.8)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+
+
 def plot_report(out: Path, data: EvalData, results: Sequence[MethodResult]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     truth = data.truth(data.split.test)
     # precision-recall curves
@@ -350,15 +368,8 @@ def plot_report(out: Path, data: EvalData, results: Sequence[MethodResult]) -> N
     learned = [r for r in results if r.history]
     fig, axes = plt.subplots(1, max(1, len(learned)), figsize=(4.5 * max(1, len(learned)), 3.4), squeeze=False)
     for ax, r in zip(axes.flat, learned):
-        ep = [h["epoch"] for h in r.history]
-        ax.plot(ep, [h["train_loss"] for h in r.history], "o-", ms=3, label="train")
-        if "val_loss" in r.history[0]:
-            ax.plot(ep, [h["val_loss"] for h in r.history], "s-", ms=3, label="validation")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("loss")
-        ax.set_title(r.name, fontsize=9)
-        ax.legend(fontsize=7)
+        val = [h["val_loss"] for h in r.history] if "val_loss" in r.history[0] else []
+        draw_loss(ax, [h["epoch"] for h in r.history], [h["train_loss"] for h in r.history], val, r.name)
     if not learned:
         axes[0, 0].text(0.5, 0.5, "no iteratively trained method", ha="center", va="center")
         axes[0, 0].set_axis_off()
