@@ -23,7 +23,7 @@ import click
 import numpy as np
 
 from logbert_core.config import load_settings
-from training.baselines import UnseenTemplate
+from training.benchmark import simple_rules
 from training.protocols import (
     LOGBERT,
     LOGBERT_EXACT,
@@ -43,16 +43,10 @@ def one_history(settings: Any, train: list[list[str]], test: list[tuple[str, boo
     data = sequence_data(settings, train, test, size)
     run = fit_logbert(data, settings, sequence_vocab_size(data))
     rows = {r.name: r.test for r in logbert_results(run, data, settings.scoring)}
-    truth = data.truth(data.split.test)
-    rule = UnseenTemplate()
-    rule.fit(data.seqs(data.split.fit + data.split.val + data.split.calib), [])
-    flags = rule.score(data.seqs(data.split.test)) > 0
-    tp, fp = int((flags & truth).sum()), int((flags & ~truth).sum())
-    fn = int((~flags & truth).sum())
+    rows |= {r["method"]: r for r in simple_rules(data)}  # the benchmark's one-line rules, the same way
     th = run.judge.thresholds
     out: dict[str, Any] = {name: {k: rows[name][k] for k in ("f1", "fp", "fn", "auc_pr")}
-                           for name in (LOGBERT, LOGBERT_EXACT, LOGBERT_KEYS)}
-    out["rule_unseen_event"] = {"f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0, "fp": fp, "fn": fn}
+                           for name in (LOGBERT, LOGBERT_EXACT, LOGBERT_KEYS, "rule_unseen_event")}
     out["rules"] = list(th.promise.rules) if th.promise is not None else []
     out["miss_ratio_threshold"] = th.miss_ratio
     return out
