@@ -142,6 +142,19 @@ def bgl_same_period(settings: Settings, shared: Path, out: Path, history: int | 
                       settings)
 
 
+def bgl_other_days(settings: Settings, shared: Path, out: Path, history: int | None) -> SuiteResult:
+    """Other *days* of the period: ``bgl_same_period`` deals sessions one by one, so a test window shares the burst
+    its neighbours trained on; here whole days go to one part (``training.split``), which is what logs of the same
+    period drawn from other times than the sample's look like."""
+    t0 = time.perf_counter()
+    ev = evaluate_raw(settings, [shared / "bgl" / "BGL_dev.log"], None, 0.3, out / "bundle_dir", [LOGBERT],
+                      history=history, interleave=True, interleave_days=True)
+    return _summarise("bgl_other_days", history, ev.data, ev.results, time.perf_counter() - t0,
+                      ["BGL_dev.log; (node, 5-minute) sessions; the days (UTC) that hold sessions, in order, dealt "
+                       "into blocks of 10: the sessions of the last 3 days of each block are the test; labels inline"],
+                      settings)
+
+
 def _sequences(name: str, settings: Settings, data: EvalData, history: int | None, t0: float,
                notes: list[str]) -> SuiteResult:
     run = fit_logbert(data, settings, sequence_vocab_size(data))
@@ -178,6 +191,7 @@ SUITES: dict[str, tuple[str | None, Callable[[Settings, Path, Path, int | None],
     "hdfs_sequences": ("config/hdfs.toml", hdfs_sequences, True),
     "bgl_raw": ("config/bgl.toml", bgl_raw, True),
     "bgl_same_period": ("config/bgl.toml", bgl_same_period, True),
+    "bgl_other_days": ("config/bgl.toml", bgl_other_days, True),
     "hadoop_sequences": (None, hadoop_sequences, False),
 }
 

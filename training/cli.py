@@ -305,7 +305,7 @@ def search(config: str, inputs: tuple[str, ...], labels: str | None, test_fracti
 @click.option("--shared", "shared", type=click.Path(exists=True, file_okay=False), default="../shared/data",
               show_default=True, help="The shared data folder (hdfs/, hdfs_sequences/, bgl/, hadoop_sequences/).")
 @click.option("--only", default="", help="Comma-separated suites: hdfs_raw, hdfs_sequences, bgl_raw, bgl_same_period, "
-                                         "hadoop_sequences (default: all).")
+                                         "bgl_other_days, hadoop_sequences (default: all).")
 @click.option("--no-small", is_flag=True, help="Skip the small-history variants (first 50 normal sessions).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports/benchmark", show_default=True,
               callback=check_out_dir, help="Directory for benchmark.md, benchmark.json and each suite's bundle.")

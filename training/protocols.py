@@ -376,7 +376,7 @@ def keep_history(settings: Settings, path: Path, labels_csv: str | Path | None, 
 def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | Path | None,
                  test_fraction: float, bundle_dir: str | Path, progress: bool = False,
                  line_feats: bool = False, live: bool = False, history: int | None = None,
-                 interleave: bool = False) -> RawRun:
+                 interleave: bool = False, interleave_days: bool = False) -> RawRun:
     """Chronological split of raw log files; LogBERT trained by ``train_bundle`` on the earlier part.
 
     ``live``: LogBERT judges the windows a live detector would cut at the log's own pace (a closing window wherever
@@ -390,7 +390,7 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="logad-eval-") as tmp:
         work = Path(tmp)
-        summary = split_files(s, inputs, labels_csv, test_fraction, work, interleave)
+        summary = split_files(s, inputs, labels_csv, test_fraction, work, interleave, interleave_days)
         if history is not None:  # a new deployment's history: the first sessions of the training part only
             summary["history"] = keep_history(s, work / "train.log", work / "train.labels.csv" if labels_csv
                                               else None, history)
@@ -417,7 +417,8 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
                            "validation")
     shared = set(train_w) & set(test_w)  # a line naming sessions of both parts is written to both files
     test_ids = [sid for sid in test_corpus.chronological() if sid not in shared]
-    test_rule = (f"all sessions ordered by first timestamp, dealt into blocks of {INTERLEAVE_BLOCK}: the last "
+    unit = "days (UTC, of each session's first line)" if interleave_days else "sessions ordered by first timestamp"
+    test_rule = (f"all {unit}, dealt into blocks of {INTERLEAVE_BLOCK}: the last "
                  f"{test_fraction} of each block are the test (other lines of the same period)" if interleave else
                  f"all sessions ordered by first timestamp; the last {test_fraction} are the test-within-period split")
     split = Split(fit_ids, val_ids, calib_ids, test_ids, [sid for sid in order if labels.get(sid, False)],
@@ -664,13 +665,15 @@ def complete_results(data: EvalData, cfg: CompleteConfig, target_fpr: float) -> 
 def evaluate_raw(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | Path | None,
                  test_fraction: float, out_dir: str | Path, methods: Sequence[str] = METHODS,
                  progress: bool = False, baseline: Mapping[str, Any] | None = None, live: bool = False,
-                 history: int | None = None, interleave: bool = False) -> Evaluation:
+                 history: int | None = None, interleave: bool = False, interleave_days: bool = False
+                 ) -> Evaluation:
     """Protocol (a)/(c)/(d): raw lines -> sessions; LogBERT as ``logad-train`` ships it, baselines beside it.
     ``live``: LogBERT judges live-stream windows (``raw_protocol``); ``interleave``: ``split_files``."""
     use_logbert, baselines = _split_methods(methods)
     use_complete = LOGBERT_COMPLETE in methods
     raw = raw_protocol(settings, inputs, labels_csv, test_fraction, Path(out_dir) / "bundle", progress,
-                       line_feats=use_complete, live=live, history=history, interleave=interleave)
+                       line_feats=use_complete, live=live, history=history, interleave=interleave,
+                       interleave_days=interleave_days)
     results = logbert_results(raw.logbert, raw.data, settings.scoring) if use_logbert else []
     if use_complete:
         results += complete_results(raw.data, complete_config(settings, raw.bundle.vocab.size),

@@ -5,6 +5,12 @@ The default is chronological: train on earlier sessions, test on later ones, nev
 ``test_fraction`` of every block is the test. It stands for *other lines of the same period*: what a detector meets
 when its training file is a sample of a period and the logs it judges are the rest of that period (BGL_dev.log is
 such a sample). It never replaces the chronological split; it is reported beside it.
+
+``interleave_days`` deals whole *days* (UTC, by each session's first line) instead of sessions: the test part is
+other days of the period. Sessions dealt one by one share their neighbours' bursts (a core dump prints the same
+dozens of lines on many nodes within seconds), so the session-interleaved test sees little the training part did
+not; a test day shares no burst with the training days. It stands for logs of the same period that a sample left
+out, drawn from other times than the sample's.
 """
 
 from __future__ import annotations
@@ -27,11 +33,14 @@ from training.data import (
 )
 
 INTERLEAVE_BLOCK = 10
+DAY_S = 86_400
 
 
 def split_files(settings: Settings, inputs: Sequence[str | Path], labels_csv: str | Path | None,
-                test_fraction: float, out_dir: Path, interleave: bool = False) -> dict[str, Any]:
-    """Raises ValueError, before anything is written, when the inputs or labels cannot make both parts."""
+                test_fraction: float, out_dir: Path, interleave: bool = False,
+                interleave_days: bool = False) -> dict[str, Any]:
+    """Raises ValueError, before anything is written, when the inputs or labels cannot make both parts.
+    ``interleave_days`` (with ``interleave``): deal days, not sessions (module docstring)."""
     fmt = settings.line_format()
     labels = load_labels(labels_csv) if labels_csv else None
     first_seen: dict[str, tuple[float, int]] = {}
@@ -57,7 +66,12 @@ def split_files(settings: Settings, inputs: Sequence[str | Path], labels_csv: st
         if not 0 < n_test < INTERLEAVE_BLOCK:
             raise ValueError(f"test_fraction={test_fraction}: an interleaved split needs 1 to {INTERLEAVE_BLOCK - 1} "
                              f"test sessions in every block of {INTERLEAVE_BLOCK}")
-        test_ids = [sid for i, sid in enumerate(order) if i % INTERLEAVE_BLOCK >= INTERLEAVE_BLOCK - n_test]
+        if interleave_days:
+            days = sorted({int(first_seen[sid][0] // DAY_S) for sid in order})
+            test_days = {d for i, d in enumerate(days) if i % INTERLEAVE_BLOCK >= INTERLEAVE_BLOCK - n_test}
+            test_ids = [sid for sid in order if int(first_seen[sid][0] // DAY_S) in test_days]
+        else:
+            test_ids = [sid for i, sid in enumerate(order) if i % INTERLEAVE_BLOCK >= INTERLEAVE_BLOCK - n_test]
         picked = set(test_ids)
         train_ids = [sid for sid in order if sid not in picked]
     else:
@@ -84,7 +98,7 @@ def split_files(settings: Settings, inputs: Sequence[str | Path], labels_csv: st
     summary: dict[str, Any] = {
         "inputs": [str(p) for p in inputs], "sha256": file_fingerprint(inputs),
         "sessions": {"train": len(train_ids), "test": len(test_ids)}, "lines": counts,
-        "split": "interleaved" if interleave else "chronological",
+        "split": ("interleaved by day" if interleave_days else "interleaved") if interleave else "chronological",
         "test_starts_at": first_seen[test_ids[0]][0] if test_ids else None,
         "train_ends_before": None if interleave else first_seen[test_ids[0]][0] if test_ids else None,
     }

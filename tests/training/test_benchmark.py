@@ -59,7 +59,7 @@ def test_benchmark_refuses_an_unknown_suite(tmp_path: Path) -> None:
 def test_every_suite_but_the_smallest_has_a_small_history_variant() -> None:
     assert SMALL_HISTORY == 50
     assert {n for n, (_, _, small) in SUITES.items() if small} == {"hdfs_raw", "hdfs_sequences", "bgl_raw",
-                                                                   "bgl_same_period"}
+                                                                   "bgl_same_period", "bgl_other_days"}
 
 
 def test_an_interleaved_split_deals_every_block_of_ten(tmp_path: Path) -> None:
@@ -77,6 +77,29 @@ def test_an_interleaved_split_deals_every_block_of_ten(tmp_path: Path) -> None:
     assert out["split"] == "interleaved" and out["sessions"] == {"train": 28, "test": 12}
     test = (tmp_path / "parts" / "test.log").read_text().splitlines()
     assert [r.split()[-1] for r in test] == [str(i) for i in range(40) if i % 10 >= 7]
+
+
+def test_a_day_interleaved_split_deals_whole_days(tmp_path: Path) -> None:
+    """``interleave_days``: the days that hold sessions, in order, the last 3 of every 10 to the test; every
+    session of a test day is in the test, whatever its place among the sessions."""
+    from logbert_core.config import load_settings
+    from training.split import DAY_S, split_files
+
+    log = tmp_path / "bgl.log"
+    start = 1117929600  # 2005-06-05 00:00:00 UTC
+    # 12 days with sessions (day 4 has none), three 5-minute sessions a day on different nodes
+    days = [d for d in range(13) if d != 4]
+    rows = [f"- {start + d * DAY_S + 600 * j} 2005.06.05 R0{j}-M1-N0-C:J12-U11 2005-06-05-00.00.00.000000 "
+            f"R0{j}-M1-N0-C:J12-U11 RAS KERNEL INFO day {d} node {j}" for d in days for j in range(3)]
+    log.write_text("\n".join(rows) + "\n")
+    settings = load_settings(Path(__file__).resolve().parents[2] / "config" / "bgl.toml")
+    out = split_files(settings, [log], None, 0.3, tmp_path / "parts", interleave=True, interleave_days=True)
+    assert out["split"] == "interleaved by day" and out["sessions"] == {"train": 27, "test": 9}
+    test = (tmp_path / "parts" / "test.log").read_text().splitlines()
+    test_days = sorted({int(r.split()[-3]) for r in test})
+    assert test_days == [8, 9, 10]  # the 8th to 10th days holding sessions (day 4 holds none)
+    train = (tmp_path / "parts" / "train.log").read_text().splitlines()
+    assert not {int(r.split()[-3]) for r in train} & set(test_days)
 
 
 def test_the_loss_line_says_whether_the_fit_had_converged() -> None:
