@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,13 @@ from click.testing import CliRunner
 from logbert_core.config import load_settings
 from logbert_core.parsing import TemplateIndex
 from training.cli import main
-from training.parsercheck import grouping_accuracy, later_unseen_share, read_reference, singleton_share
+from training.parsercheck import (
+    description_length,
+    grouping_accuracy,
+    later_unseen_share,
+    read_reference,
+    singleton_share,
+)
 
 LINES = [
     "081109 203518 143 INFO dfs.DataNode: Receiving block blk_1 src: /10.0.0.1:5 dest: /10.0.0.2:50010",
@@ -63,7 +70,8 @@ def test_the_new_family_defaults_group_the_fixture_and_the_check_prints_them(tmp
     assert "sim_th 0.7, no masks: accuracy / templates" in result.output
     # the label-free statistics: lines 3-5 (PacketResponder, Got exception) are all new against lines 1-2; one
     # template (Got exception) occurs once
-    assert "| Tiny | 1.000 / 0.200 | 1.000 / 0.200 |" in result.output
+    assert "| Tiny | 1.000 / 0.200 / " in result.output
+    assert "least description length picks" in result.output and "mean accuracy of the picks" in result.output
     bad = CliRunner().invoke(main, ["parser-check", "--loghub", str(folder.parent), "--sim-th", "1.5"])
     assert bad.exit_code == 2 and "similarity thresholds lie in (0, 1]" in bad.output
 
@@ -72,3 +80,19 @@ def test_the_label_free_statistics_count_later_novelty_and_one_off_templates() -
     assert later_unseen_share([1, 2, 1, 3]) == 0.5  # later half [1, 3]: 3 is new
     assert later_unseen_share([1, 1, 1, 1]) == 0.0 and later_unseen_share([]) == 0.0
     assert singleton_share([1, 1, 2, 3]) == 0.5 and singleton_share([]) == 0.0
+
+
+def test_the_description_length_counts_templates_choices_and_parameter_values() -> None:
+    templates = {0: "a <*>", 1: "b"}
+    # template texts 8 * (5 + 1) + 8 * (1 + 1); choices -2 log2(2/3) - log2(1/3); position 1 of template 0 takes
+    # "1" and "2": a dictionary of 8 * (1 + 1) each, and one bit a line
+    expected = 64 + (-2 * math.log2(2 / 3) - math.log2(1 / 3)) + 32 + 2
+    assert description_length(["a 1", "a 2", "b"], [0, 0, 1], templates) == pytest.approx(expected)
+    # a line with more tokens than its template is sent whole
+    assert description_length(["a 1 x"], [0], templates) == pytest.approx(48 + 0 + 48)
+    assert description_length([], [], templates) == 0.0
+    # merging two literal lines into one template with a parameter is cheaper than keeping both texts: the
+    # criterion's known lean towards merging
+    split = description_length(["open file", "close file"], [0, 1], {0: "open file", 1: "close file"})
+    merged = description_length(["open file", "close file"], [0, 0], {0: "<*> file"})
+    assert merged < split
