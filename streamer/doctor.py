@@ -208,6 +208,12 @@ def _promise_findings(bundle: Bundle) -> list[Finding]:
                         bundle.vocab.routine_levels if lv in seen)
         out.append(Finding(INFO, "model", f"new templates at level(s) {', '.join(bundle.vocab.routine_levels)} are "
                                           f"routine in the training history and flag nothing by themselves ({why})"))
+    fw = bundle.metrics.get("calibration", {}).get("forward_unseen")
+    if fw and fw.get("rule_on") and fw.get("of"):
+        out.append(Finding(INFO, "model", f"forward test: {fw['sessions']} of {fw['of']} later normal sessions held a "
+                                          f"template the earlier half of the history never had ({fw['rate']:.4f}): "
+                                          "what unseen_template flags under the drift the history shows, where "
+                                          "new templates come in bursts that leave-one-out does not count"))
     out += [Finding(WARN, "model", f"calibration: {w}", "train on a longer normal history, or accept the rate "
                                                         "stated above") for w in p.warnings]
     for w in bundle.metrics.get("warnings", []):

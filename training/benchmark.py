@@ -22,7 +22,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,11 +93,18 @@ def simple_rules(data: EvalData) -> list[dict[str, Any]]:
 
 
 def _summarise(name: str, history: int | None, data: EvalData, results: Sequence[MethodResult],
-               seconds: float, notes: list[str], settings: Settings) -> SuiteResult:
+               seconds: float, notes: list[str], settings: Settings,
+               train_metrics: Mapping[str, Any] | None = None) -> SuiteResult:
+    """``train_metrics``: the bundle's metrics where ``logad-train`` trained it (raw suites): its forward test of
+    ``unseen_template`` and the warnings the trainer added to the calibration's."""
     by = {r.name: r for r in results}
     rows = [_row(n, by[n].test) for n in SHOWN if n in by] + simple_rules(data)
     th = by[LOGBERT].threshold
-    promise = th.get("promise", {}) if isinstance(th, dict) else {}
+    promise = dict(th.get("promise", {})) if isinstance(th, dict) else {}
+    if train_metrics is not None:
+        promise["forward_unseen"] = train_metrics.get("calibration", {}).get("forward_unseen")
+        promise["warnings"] = [*promise.get("warnings", []),
+                               *(w for w in train_metrics.get("warnings", []) if w not in promise.get("warnings", []))]
     hist = by[LOGBERT].history
     best = min(hist, key=lambda h: h["val_loss"])["epoch"] if hist else None
     training = {"epochs_run": len(hist), "best_epoch": best, "val_loss": [round(h["val_loss"], 4) for h in hist],
@@ -118,7 +125,7 @@ def hdfs_raw(settings: Settings, shared: Path, out: Path, history: int | None) -
     return _summarise("hdfs_raw", history, ev.data, ev.results, time.perf_counter() - t0,
                       ["raw lines of data/hdfs/train.log.gz (the earlier 70 % of HDFS_2pct_dev.log; the rest is "
                        "the hold-out, never read here); blocks ordered by first line; the latest 25 % are the test"],
-                      settings)
+                      settings, ev.extra.get("train_metrics"))
 
 
 def bgl_raw(settings: Settings, shared: Path, out: Path, history: int | None) -> SuiteResult:
@@ -127,7 +134,7 @@ def bgl_raw(settings: Settings, shared: Path, out: Path, history: int | None) ->
                       history=history)
     return _summarise("bgl_raw", history, ev.data, ev.results, time.perf_counter() - t0,
                       ["BGL_dev.log (pooled line samples, sorted by time); (node, 5-minute) sessions; the latest "
-                       "30 % of sessions are the test; labels inline"], settings)
+                       "30 % of sessions are the test; labels inline"], settings, ev.extra.get("train_metrics"))
 
 
 def bgl_same_period(settings: Settings, shared: Path, out: Path, history: int | None) -> SuiteResult:
@@ -139,7 +146,7 @@ def bgl_same_period(settings: Settings, shared: Path, out: Path, history: int | 
     return _summarise("bgl_same_period", history, ev.data, ev.results, time.perf_counter() - t0,
                       ["BGL_dev.log; (node, 5-minute) sessions in order of their first line, dealt into blocks of "
                        "10: the last 3 of each block are the test (other lines of the same period); labels inline"],
-                      settings)
+                      settings, ev.extra.get("train_metrics"))
 
 
 def bgl_other_days(settings: Settings, shared: Path, out: Path, history: int | None) -> SuiteResult:
@@ -152,7 +159,7 @@ def bgl_other_days(settings: Settings, shared: Path, out: Path, history: int | N
     return _summarise("bgl_other_days", history, ev.data, ev.results, time.perf_counter() - t0,
                       ["BGL_dev.log; (node, 5-minute) sessions; the days (UTC) that hold sessions, in order, dealt "
                        "into blocks of 10: the sessions of the last 3 days of each block are the test; labels inline"],
-                      settings)
+                      settings, ev.extra.get("train_metrics"))
 
 
 def _sequences(name: str, settings: Settings, data: EvalData, history: int | None, t0: float,
@@ -257,13 +264,13 @@ def markdown(results: Sequence[SuiteResult]) -> str:
                                                           ("precision", "recall", "f1", "fpr", "auc_pr", "tp", "fp",
                                                            "fn"))]) + " |")
     lines += ["", "What each shipped decision promised on its normal training history (no test label involved):", "",
-              "| suite | history | level | est. FPR | 95 % bound | sessions / model sessions | rules that can fire | "
-              "epochs (best) | published |", "|---|---|---|---|---|---|---|---|---|"]
+              "| suite | history | level | est. FPR | 95 % bound | forward test | sessions / model sessions | "
+              "rules that can fire | epochs (best) | published |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         p = r.promise
         hist = "all" if r.history is None else f"first {r.history}"
         lines.append("| " + " | ".join([r.name, hist, _fmt(p.get("level")), _fmt(p.get("fpr")),
-                                         _fmt(p.get("fpr_upper")),
+                                         _fmt(p.get("fpr_upper")), _forward_cell(p.get("forward_unseen")),
                                          f"{p.get('sessions')} / {p.get('model_sessions')}",
                                          ", ".join(p.get("rules", [])),
                                          f"{r.training['epochs_run']} ({r.training['best_epoch']})",
@@ -284,6 +291,14 @@ def markdown(results: Sequence[SuiteResult]) -> str:
         lines += ["", "Warnings the trainer gave:", ""]
         lines += [f"- {r.name} ({'all' if r.history is None else f'first {r.history}'}): {w}" for r, w in warn]
     return "\n".join(lines) + "\n"
+
+
+def _forward_cell(fw: Mapping[str, Any] | None) -> str:
+    """The forward test of ``unseen_template`` (``logbert_core.novelty.forward_unseen``): later normal sessions with
+    a template the earlier half never had; "-" where not measured (sequence suites) or the rule cannot fire."""
+    if not fw or not fw.get("rule_on") or not fw.get("of"):
+        return "-"
+    return f"{fw['rate']:.4f} ({fw['sessions']} / {fw['of']})"
 
 
 def loss_line(training: dict[str, Any]) -> str:

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from logbert_core.bundle import save_bundle
-from logbert_core.calibration import State
+from logbert_core.calibration import UNSEEN_TEMPLATE, State
 from logbert_core.config import Settings, bundle_fields
 from logbert_core.judge import NormalSession, RestStats, Verdict, WindowJudge
-from logbert_core.novelty import forward_novelty, routine_of
+from logbert_core.novelty import forward_novelty, forward_unseen, forward_warning, routine_of
 from logbert_core.parsing import TemplateIndex
 from logbert_core.runtime import resolve_device
 from logbert_core.vocab import Vocabulary
@@ -157,6 +157,11 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
     recall = caught / len(anomalous) if anomalous else None
     promise = cal.promise
     warnings = list(promise.warnings)
+    # what leave-one-out cannot see: new templates in bursts (logbert_core.novelty), stated beside the promise
+    forward = forward_unseen(levelled, vocab.routine_levels)
+    drift = forward_warning(promise, forward)
+    if drift is not None:
+        warnings.append(drift)
     if recall is not None and recall < s.train.expected_recall:
         warnings.append(f"in-period recall {recall:.3f} ({caught} of {len(anomalous)} anomalies of the training "
                         f"period) is below train.expected_recall = {s.train.expected_recall}")
@@ -181,7 +186,10 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
                      "device": str(resolve_device(s.train.device))},
         "thresholds": thresholds.to_json(),
         "calibration": {"mode": fd.mode, **promise.to_json(),
-                        "novelty_forward": [n.to_json() for n in novelty]},
+                        "novelty_forward": [n.to_json() for n in novelty],
+                        "forward_unseen": {"sessions": forward[0], "of": forward[1],
+                                           "rate": round(forward[0] / forward[1], 5) if forward[1] else None,
+                                           "rule_on": UNSEEN_TEMPLATE in promise.rules}},
         "in_period_eval": {"anomalies": len(anomalous), "caught": caught,
                            "recall": round(recall, 4) if recall is not None else None,
                            "fpr_estimate": round(promise.fpr, 5), "fpr_upper_95": round(promise.fpr_upper, 5),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from logbert_core.calibration import Routine, binomial_lower
-from logbert_core.novelty import forward_novelty, routine_of
+from logbert_core.calibration import Promise, Routine, binomial_lower
+from logbert_core.novelty import forward_novelty, forward_unseen, forward_warning, routine_of
 from logbert_core.vocab import FIRST_KEY, UNK, Vocabulary
 
 ROUTINE = ("INFO", "DEBUG")
@@ -71,3 +71,27 @@ def test_routine_of_maps_templates_of_a_routine_level_to_its_key():
     assert got.counts == {routine: 12}  # windows 26, 28, ..., 48 of the later half
     assert got.of_key == {v.key(7): routine}  # 11 is mostly FATAL; 9 is FATAL; lines without a level do not count
     assert routine_of(lines, Vocabulary.build({7: "a <*>"}), []) == Routine()  # no routine level: nothing
+
+
+def test_the_forward_test_of_unseen_template_counts_sessions_at_levels_that_count():
+    # later half of 2000: a new INFO template every 5th session, a new FATAL one every 7th
+    h = history(2000, 5, 7)
+    both = sum(1 for i in range(1000, 2000) if i % 5 == 0 or i % 7 == 0)
+    assert forward_unseen(h, ()) == (both, 1000)  # no routine level: every new template counts
+    assert forward_unseen(h, ("INFO",)) == (sum(1 for i in range(1000, 2000) if i % 7 == 0), 1000)
+    # a burst: one new template in 100 later sessions is 100 sessions, where leave-one-out sees none at all
+    burst = [[("FATAL", 1)]] * 100 + [[("FATAL", 1), ("FATAL", 2)]] * 100
+    assert forward_unseen(burst, ()) == (100, 100)
+    assert forward_unseen([[(None, 1)], [(None, 2)]], ("INFO",)) == (1, 1)  # a line without a level counts
+    assert forward_unseen([], ()) == (0, 0)
+
+
+def test_the_forward_warning_fires_only_when_it_contradicts_the_promise():
+    promise = Promise(0.005, 0.004, 2000, 400, 9, 0.0045, 0.0076, ("unseen_template", "rare_template"), ())
+    assert forward_warning(promise, (10, 1000)) is None  # 0.010: lower bound 0.0055 < bound 0.0076
+    w = forward_warning(promise, (40, 1000))
+    assert w is not None and "40 of 1000 later normal sessions" in w and "above the promised bound 0.0076" in w
+    assert f"95 % lower bound {binomial_lower(40, 1000):.4f}" in w
+    off = Promise(0.005, 0.004, 2000, 400, 9, 0.0045, 0.0076, ("rare_template",), ())
+    assert forward_warning(off, (400, 1000)) is None  # unseen_template cannot fire
+    assert forward_warning(promise, (0, 0)) is None

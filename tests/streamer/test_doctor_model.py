@@ -44,3 +44,16 @@ def test_doctor_names_the_levels_whose_new_templates_are_routine() -> None:
     got = [f.message for f in _promise_findings(bundle)]  # type: ignore[arg-type]
     assert got[1] == ("new templates at level(s) INFO are routine in the training history and flag nothing by "
                       "themselves (INFO: 120 of 250 later normal sessions)")
+
+
+def test_doctor_states_the_forward_test_where_unseen_template_can_fire() -> None:
+    promise = Promise(0.005, 0.005, 500, 500, 2, 0.004, 0.006, ("unseen_template",), ())
+    fw = {"sessions": 9, "of": 250, "rate": 0.036, "rule_on": True}
+    bundle = SimpleNamespace(thresholds=Thresholds(0.5, 1.0, "test", promise=promise), vocab=Vocabulary.build({1: "a"}),
+                             metrics={"calibration": {"forward_unseen": fw}})
+    got = [f.message for f in _promise_findings(bundle)]  # type: ignore[arg-type]
+    assert got[1].startswith("forward test: 9 of 250 later normal sessions held a template the earlier half of the "
+                             "history never had (0.0360)")
+    off = SimpleNamespace(thresholds=bundle.thresholds, vocab=bundle.vocab,
+                          metrics={"calibration": {"forward_unseen": {**fw, "rule_on": False}}})
+    assert len(_promise_findings(off)) == 1  # type: ignore[arg-type]  # the rule cannot fire: nothing to say

@@ -102,6 +102,14 @@ def test_a_day_interleaved_split_deals_whole_days(tmp_path: Path) -> None:
     assert not {int(r.split()[-3]) for r in train} & set(test_days)
 
 
+def test_the_forward_test_cell_shows_the_rate_where_unseen_template_can_fire() -> None:
+    from training.benchmark import _forward_cell
+
+    fw = {"sessions": 72, "of": 12781, "rate": 0.00563, "rule_on": True}
+    assert _forward_cell(fw) == "0.0056 (72 / 12781)"
+    assert _forward_cell({**fw, "rule_on": False}) == "-" and _forward_cell(None) == "-"
+
+
 def test_the_loss_line_says_whether_the_fit_had_converged() -> None:
     run = {"epochs": 20, "patience": 2}
     assert loss_line({**run, "val_loss": [1.0, 0.5, 0.6, 0.7], "best_epoch": 2}) == (

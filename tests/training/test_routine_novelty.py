@@ -72,9 +72,13 @@ def test_routine_info_novelty_gets_its_key_in_every_ingest_path(bundle_dir: Path
     bundle = load_bundle(bundle_dir)
     vocab = bundle.vocab
     assert vocab.routine_levels == ("INFO",)
-    forward = json.loads((bundle_dir / "metrics.json").read_text())["calibration"]["novelty_forward"]
+    calibration = json.loads((bundle_dir / "metrics.json").read_text())["calibration"]
+    forward = calibration["novelty_forward"]
     assert forward == [{"level": "INFO", "sessions": 30, "of": 120, "lower_95": forward[0]["lower_95"],
                         "routine": True}]
+    # the forward test of unseen_template leaves the routine level out: no later session is new to the rule
+    assert {k: calibration["forward_unseen"][k] for k in ("sessions", "of", "rate")} == {"sessions": 0, "of": 120,
+                                                                                        "rate": 0.0}
     routine = vocab.key(None, "INFO")
     t = T0 + 300 * 1000
     fresh = [line(t, "INFO", novel(5000)), line(t + 1, "FATAL", novel(5001)),
