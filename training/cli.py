@@ -313,7 +313,7 @@ def benchmark(shared: str, only: str, no_small: bool, out_dir: str) -> None:
     """Every labelled data set, full and small history: the shipped decision, LogBERT alone, the one-line rules.
 
     Each suite trains as logad-train does on its training part and scores its test part once; nothing is tuned on
-    a test part. About 15-25 minutes on two CPU cores.
+    a test part. About 15-30 minutes on two CPU cores.
     """
     from training.benchmark import markdown, run_benchmark
 
