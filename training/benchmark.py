@@ -116,50 +116,50 @@ def _summarise(name: str, history: int | None, data: EvalData, results: Sequence
     return SuiteResult(name, history, data, rows, promise, training, round(seconds, 1), notes, by_rule)
 
 
+def _raw_suite(name: str, settings: Settings, inputs: Sequence[Path], labels: Path | None, test_fraction: float,
+               out: Path, history: int | None, note: str, interleave: bool = False,
+               interleave_days: bool = False) -> SuiteResult:
+    """A raw-log suite: ``logad-train`` on the training part, the shipped decision on the test part; the split is
+    chronological unless ``interleave`` (``training.split``)."""
+    t0 = time.perf_counter()
+    ev = evaluate_raw(settings, inputs, labels, test_fraction, out / "bundle_dir", [LOGBERT], history=history,
+                      interleave=interleave, interleave_days=interleave_days)
+    return _summarise(name, history, ev.data, ev.results, time.perf_counter() - t0, [note], settings,
+                      ev.extra.get("train_metrics"))
+
+
 def hdfs_raw(settings: Settings, shared: Path, out: Path, history: int | None) -> SuiteResult:
     """The earlier 70 % of ``HDFS_2pct_dev.log`` (the repository's ``data/hdfs/train.log.gz``, cut by
     ``logad-train split``): the later 30 % is the demo's hold-out, which the benchmark never reads."""
-    t0 = time.perf_counter()
-    ev = evaluate_raw(settings, [REPO / "data" / "hdfs" / "train.log.gz"], REPO / "data" / "hdfs" /
-                      "train.labels.csv", 0.25, out / "bundle_dir", [LOGBERT], history=history)
-    return _summarise("hdfs_raw", history, ev.data, ev.results, time.perf_counter() - t0,
-                      ["raw lines of data/hdfs/train.log.gz (the earlier 70 % of HDFS_2pct_dev.log; the rest is "
-                       "the hold-out, never read here); blocks ordered by first line; the latest 25 % are the test"],
-                      settings, ev.extra.get("train_metrics"))
+    hdfs = REPO / "data" / "hdfs"
+    return _raw_suite("hdfs_raw", settings, [hdfs / "train.log.gz"], hdfs / "train.labels.csv", 0.25, out, history,
+                      "raw lines of data/hdfs/train.log.gz (the earlier 70 % of HDFS_2pct_dev.log; the rest is the "
+                      "hold-out, never read here); blocks ordered by first line; the latest 25 % are the test")
 
 
 def bgl_raw(settings: Settings, shared: Path, out: Path, history: int | None) -> SuiteResult:
-    t0 = time.perf_counter()
-    ev = evaluate_raw(settings, [shared / "bgl" / "BGL_dev.log"], None, 0.3, out / "bundle_dir", [LOGBERT],
-                      history=history)
-    return _summarise("bgl_raw", history, ev.data, ev.results, time.perf_counter() - t0,
-                      ["BGL_dev.log (pooled line samples, sorted by time); (node, 5-minute) sessions; the latest "
-                       "30 % of sessions are the test; labels inline"], settings, ev.extra.get("train_metrics"))
+    return _raw_suite("bgl_raw", settings, [shared / "bgl" / "BGL_dev.log"], None, 0.3, out, history,
+                      "BGL_dev.log (pooled line samples, sorted by time); (node, 5-minute) sessions; the latest 30 % "
+                      "of sessions are the test; labels inline")
 
 
 def bgl_same_period(settings: Settings, shared: Path, out: Path, history: int | None) -> SuiteResult:
     """``BGL_dev.log`` pools random line samples of the whole BGL period, so the logs a BGL user judges after
     training on it are *other lines of the same period*, not a later one: the interleaved split stands for them."""
-    t0 = time.perf_counter()
-    ev = evaluate_raw(settings, [shared / "bgl" / "BGL_dev.log"], None, 0.3, out / "bundle_dir", [LOGBERT],
-                      history=history, interleave=True)
-    return _summarise("bgl_same_period", history, ev.data, ev.results, time.perf_counter() - t0,
-                      ["BGL_dev.log; (node, 5-minute) sessions in order of their first line, dealt into blocks of "
-                       "10: the last 3 of each block are the test (other lines of the same period); labels inline"],
-                      settings, ev.extra.get("train_metrics"))
+    return _raw_suite("bgl_same_period", settings, [shared / "bgl" / "BGL_dev.log"], None, 0.3, out, history,
+                      "BGL_dev.log; (node, 5-minute) sessions in order of their first line, dealt into blocks of 10: "
+                      "the last 3 of each block are the test (other lines of the same period); labels inline",
+                      interleave=True)
 
 
 def bgl_other_days(settings: Settings, shared: Path, out: Path, history: int | None) -> SuiteResult:
     """Other *days* of the period: ``bgl_same_period`` deals sessions one by one, so a test window shares the burst
     its neighbours trained on; here whole days go to one part (``training.split``), which is what logs of the same
     period drawn from other times than the sample's look like."""
-    t0 = time.perf_counter()
-    ev = evaluate_raw(settings, [shared / "bgl" / "BGL_dev.log"], None, 0.3, out / "bundle_dir", [LOGBERT],
-                      history=history, interleave=True, interleave_days=True)
-    return _summarise("bgl_other_days", history, ev.data, ev.results, time.perf_counter() - t0,
-                      ["BGL_dev.log; (node, 5-minute) sessions; the days (UTC) that hold sessions, in order, dealt "
-                       "into blocks of 10: the sessions of the last 3 days of each block are the test; labels inline"],
-                      settings, ev.extra.get("train_metrics"))
+    return _raw_suite("bgl_other_days", settings, [shared / "bgl" / "BGL_dev.log"], None, 0.3, out, history,
+                      "BGL_dev.log; (node, 5-minute) sessions; the days (UTC) that hold sessions, in order, dealt into "
+                      "blocks of 10: the sessions of the last 3 days of each block are the test; labels inline",
+                      interleave=True, interleave_days=True)
 
 
 def _sequences(name: str, settings: Settings, data: EvalData, history: int | None, t0: float,
