@@ -57,18 +57,25 @@ class LevelNovelty:
                 "routine": self.routine}
 
 
+def _new_levels(sessions: Sequence[Iterable[tuple[str | None, int | None]]]) -> list[set[str | None]]:
+    """The forward test's halves: for each later session, the levels (``None``: a line without one) of its lines
+    whose template no earlier session had."""
+    cut = len(sessions) // 2
+    seen = {t for s in sessions[:cut] for _, t in s}
+    return [{lv for lv, t in s if t not in seen} for s in sessions[cut:]]
+
+
 def forward_novelty(sessions: Sequence[Iterable[tuple[str | None, int | None]]], candidates: Iterable[str],
                     target_fpr: float, confidence: float = CONFIDENCE) -> list[LevelNovelty]:
     """The forward test of the module docstring. ``sessions``: the normal training sessions in time order, each as
     its lines' ``(level, template id)``. ``candidates``: the level names that may be routine (compared without
     case). Levels in order of how many later sessions they made new; lines without a level are never routine."""
-    cut = len(sessions) // 2
-    seen = {t for s in sessions[:cut] for _, t in s}
-    later = sessions[cut:]
+    later = _new_levels(sessions)
     counts: dict[str, int] = {}
-    for s in later:
-        for level in {lv for lv, t in s if t not in seen and lv is not None}:
-            counts[level] = counts.get(level, 0) + 1
+    for levels in later:
+        for level in levels:
+            if level is not None:
+                counts[level] = counts.get(level, 0) + 1
     allowed = {c.casefold() for c in candidates}
     out = []
     for level, k in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -82,11 +89,9 @@ def forward_unseen(sessions: Sequence[Iterable[tuple[str | None, int | None]]], 
     """(later sessions holding a template that no earlier session had, at a level that is not routine; later
     sessions), with ``forward_novelty``'s halves. A line without a level always counts, as it does for the
     detector."""
-    cut = len(sessions) // 2
-    seen = {t for s in sessions[:cut] for _, t in s}
     quiet = {lv.casefold() for lv in routine_levels}
-    later = sessions[cut:]
-    hits = sum(any(t not in seen and (lv is None or lv.casefold() not in quiet) for lv, t in s) for s in later)
+    later = _new_levels(sessions)
+    hits = sum(any(lv is None or lv.casefold() not in quiet for lv in levels) for levels in later)
     return hits, len(later)
 
 
