@@ -9,6 +9,7 @@ on the output topic is allowed only as an identical record.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections import Counter
@@ -34,7 +35,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_worker_joins_then_another_leaves_mid_stream(broker, redis_url, topic_name, lines, expected, tmp_path):
-    s = settings_for(broker.url, redis_url, topic_name, "f1", session=IDLE)
+    # A group of its own per client (the autouse kafka_client fixture sets it): the tests share one broker, and a
+    # group the broker left stuck must not carry over to the next client's run
+    s = settings_for(broker.url, redis_url, topic_name, f"f1-{os.environ['LOGAD_KAFKA__CLIENT']}", session=IDLE)
     make_topics(s)
     env = env_for(s, LOGAD_KAFKA__MAX_POLL_RECORDS="100", LOGAD_DETECTOR__PENDING_LEASE_S="3")
     feeder = Feeder(broker.url, topic_name, lines, seconds=8)
@@ -42,7 +45,12 @@ def test_worker_joins_then_another_leaves_mid_stream(broker, redis_url, topic_na
     feeder.start()
     wait_for(lambda: committed_total(s) > 0, 60, "the first worker to commit")
     w2 = spawn(env, tmp_path / "w2.log")  # joins mid-stream: the group rebalances
-    time.sleep(8)
+    # w1 leaves once the join has completed. Leaving while the rebalance is still under way is legal, but the
+    # embedded broker (tansu) then never completes a later SyncGroup: the remaining worker rejoins forever and
+    # gets no partitions. That happened whenever w2 took most of a fixed 8 s to start (a slow, loaded CPU).
+    wait_for(lambda: "partitions assigned" in (tmp_path / "w2.log").read_text(errors="replace"), 60,
+             "the second worker's first assignment")
+    time.sleep(2)
     stop(w1, tmp_path / "w1.log")  # leaves mid-stream: its partitions move to w2
     feeder.join(60)
     assert feeder.error is None
