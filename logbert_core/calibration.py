@@ -33,16 +33,14 @@ against the others; so correlated rules share the budget instead of adding up. E
 a one-sided 95 % upper bound of the false-positive rate. A history too small for the target cannot vouch for it:
 the level is then ``1 / (n + 1)`` (a session must be stranger than every normal one on some rule), and a warning
 says so. A rule whose threshold sits at its ceiling can never fire; a warning names it. In a small history one
-normal session with a template of its own would put the novelty rules at their ceiling, and 1 of 50 says little.
-Such a history runs at the level ``1 / (n + 1)``, not at the target: that is the rate of "stranger than every one
-of n normal sessions", the least any rule can promise from n sessions. An exact rule at its ceiling is turned off
-only when its count *shows* it breaks that level (the 95 % lower bound of its rate exceeds it: 4 of 50, not 2 or
-3, which 50 sessions cannot tell from 1 in 51); otherwise it fires at its ceiling, the estimate counts what it
-flags, and a warning gives the rate and its bound. A model rule in a small history fires past its extrapolated
-tail; one whose scores take at most two values (key misses that were 0 on every session the model did not fit
-on) has no tail, and is off, with a warning: past the largest value it would fire on a single missed key, which
-measures how much of normal behaviour 50 sessions covered (on ten 50-session histories of DeepLog's HDFS sessions,
-four had such a rule; it cost 248, 213, 129 and 2 false positives of about 4,800 other normals of the file).
+normal session with a template of its own would put the novelty rules at their ceiling, and 1 of 50 says little:
+there an exact rule is turned off only when its count *shows* it breaks the target (the 95 % lower bound of its
+rate exceeds ``target_fpr``); otherwise it fires at its ceiling, the estimate counts what it flags, and a warning
+gives the rate and its bound. A model rule in a small history fires past its extrapolated tail; one whose scores
+take at most two values (key misses that were 0 on every session the model did not fit on) has no tail, and is
+off, with a warning: past the largest value it would fire on a single missed key, which measures how much of
+normal behaviour 50 sessions covered (on ten 50-session histories of DeepLog's HDFS sessions, four had such a
+rule; it cost 248, 213, 129 and 2 false positives of about 4,800 other normals of the file).
 """
 
 from __future__ import annotations
@@ -306,21 +304,19 @@ def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model
             t = math.inf
             top = s.values >= s.ceiling
             at = int(top.sum())
-            if small and any(s is e for e in exact) and binomial_lower(at, len(s.values)) <= level:
-                # A small history runs at ``level`` = 1 / (n + 1): no rule can promise less from n sessions. ``at``
-                # of n sessions at the ceiling is consistent with that rate, so the history cannot show this rule
-                # is worse than the others, nor that it keeps the target. Turning it off would lose the evidence
-                # counting gives best (a template no normal session had); it stays on, and the estimate below
-                # counts the sessions it flags.
+            if small and any(s is e for e in exact) and binomial_lower(at, len(s.values)) <= target_fpr:
+                # A small history cannot prove this rule safe, and it cannot prove it unsafe either: ``at`` of n
+                # sessions at the ceiling is consistent with a rate within the target. Turning the rule off would
+                # lose the evidence counting gives best (a template no normal session had); it stays on, and the
+                # estimate below counts the sessions it flags.
                 below = s.values[~top]
                 t = float(below.max()) if below.size else -math.inf
                 at_ceiling |= top
                 warnings.append(f"rule {s.name} fires at its ceiling ({s.ceiling:g}) although {at} of {len(s.values)} "
                                 f"normal sessions reach it (rate {at / len(s.values):.3f}, 95 % bound "
                                 f"{binomial_upper(at, len(s.values)):.3f}): {len(s.values)} sessions cannot show it "
-                                f"breaks level {level:.4f}, the least they can promise (95 % lower bound "
-                                f"{binomial_lower(at, len(s.values)):.4f}); target_fpr {target_fpr} is not kept if "
-                                "its rate is what they show")
+                                f"breaks target_fpr {target_fpr} (95 % lower bound "
+                                f"{binomial_lower(at, len(s.values)):.4f}), nor that it keeps it")
             else:
                 warnings.append(f"rule {s.name} can never fire: {at} of {len(s.values)} normal sessions already "
                                 f"reach its ceiling ({s.ceiling:g}), more than level {level:.5f} allows")

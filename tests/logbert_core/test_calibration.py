@@ -121,11 +121,10 @@ def test_a_rule_at_its_ceiling_is_off_and_named():
     assert lv.thresholds["novel"] == 0.0
 
 
-def test_a_small_history_turns_a_rule_off_only_when_it_shows_it_breaks_its_level():
-    """50 sessions, target 0.5 %: the history runs at level 1/51 (0.0196), the least 50 sessions can promise. One
-    session with a template of its own (1 of 50: 95 % lower bound 0.001), or three (lower bound 0.0166), cannot
-    show the novelty rule breaks that level, so the rule fires at its ceiling and the estimate counts those
-    sessions; four of 50 (lower bound 0.0278) can, and the rule is off. A large history keeps the counting rule."""
+def test_a_small_history_turns_a_rule_off_only_when_it_shows_it_breaks_the_target():
+    """50 sessions, target 0.5 %: one session with a template of its own (1 of 50: 95 % lower bound 0.001) cannot
+    show the novelty rule breaks the target, so the rule fires at its ceiling and the estimate counts that session;
+    three of 50 (lower bound 0.017) can, and the rule is off. A large history keeps the counting rule."""
     one = np.array([1.0] + [0.0] * 49)
     lv = choose_level([RuleSample("novel", one, 1.0)], [], [], 0.005)
     assert lv.thresholds["novel"] == 0.0 and "novel" in lv.promise.rules
@@ -137,14 +136,8 @@ def test_a_small_history_turns_a_rule_off_only_when_it_shows_it_breaks_its_level
     assert graded.thresholds["rare"] == pytest.approx(48 / 49)
     three = np.array([1.0] * 3 + [0.0] * 47)
     lv = choose_level([RuleSample("novel", three, 1.0)], [], [], 0.005)
-    assert lv.thresholds["novel"] == 0.0 and lv.promise.flagged == 3
-    assert lv.promise.fpr_upper == pytest.approx(binomial_upper(3, 50))
-    (said,) = [w for w in lv.promise.warnings if w.startswith("rule novel fires at its ceiling")]
-    assert "3 of 50" in said and "breaks level 0.0196" in said and "lower bound 0.0166" in said
-    four = np.array([1.0] * 4 + [0.0] * 46)
-    lv = choose_level([RuleSample("novel", four, 1.0)], [], [], 0.005)
     assert math.isinf(lv.thresholds["novel"]) and "novel" not in lv.promise.rules
-    assert any("rule novel can never fire" in w and "4 of 50" in w for w in lv.promise.warnings)
+    assert any("rule novel can never fire" in w for w in lv.promise.warnings)
     big = np.array([1.0] * 10 + [0.0] * 990)  # 1 %: enough sessions to count it, and it breaks a 0.5 % target
     assert math.isinf(choose_level([RuleSample("novel", big, 1.0)], [], [], 0.005).thresholds["novel"])
 
