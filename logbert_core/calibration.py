@@ -63,6 +63,7 @@ DISTANCE = "hypersphere_distance"
 PREMATURE_END = "premature_end"
 CONFIDENCE = 0.95  # of the stated false-positive bound
 MIN_TAIL = 10  # sessions a rule's tail needs before it is extrapolated
+MIN_EXCESS = 5  # values above the tail's start needed to fit its scale
 
 
 def conformal_threshold(sample: Sequence[float] | np.ndarray, level: float) -> float:
@@ -105,27 +106,44 @@ def _erfinv(y: float) -> float:
     return (lo + hi) / 2
 
 
+def tail_excesses(sample: Sequence[float] | np.ndarray) -> tuple[float, np.ndarray] | None:
+    """Where a sample's tail starts and the values past it: ``u`` is the ``(k+1)``-th largest value
+    (``k = max(5, n // 5)``), and the excesses are those of the values *strictly* above it. ``None`` when there is
+    no tail to fit: fewer than ``MIN_EXCESS`` values above ``u`` (ties at ``u`` do not count), or all equal.
+
+    Ties matter for scores like a key-miss ratio, which is 0 on most normal sessions: 48 zeros and two small ratios
+    would otherwise give ten "excesses", eight of them 0, and a scale that describes the zeros, not the ratios
+    (on one 50-session HDFS history that put the threshold at 0.081, where 4.7 % of the file's other normal windows
+    scored higher). Only values above ``u`` say how the tail falls, and two of them cannot."""
+    x = np.sort(np.asarray(sample, dtype=np.float64))[::-1]
+    k = max(5, x.size // 5)
+    if x.size <= k:
+        return None
+    u = float(x[k])
+    excess = x[x > u] - u
+    if excess.size < MIN_EXCESS or float(excess.max() - excess.min()) <= 0:
+        return None
+    return u, excess
+
+
 def tail_threshold(sample: Sequence[float] | np.ndarray, rate: float) -> float:
     """The value a normal session exceeds with probability at most ``rate``, with 95 % confidence, extrapolated
-    past the sample's largest values by an exponential tail fitted to the excesses of the top ``k`` over the next
-    one (peaks over threshold with a generalised Pareto tail of shape 0, as SPOT does: Siffer et al., KDD 2017).
+    past the sample's largest values by an exponential tail fitted to the excesses over the tail's start ``u``
+    (``tail_excesses``; peaks over threshold with a generalised Pareto tail of shape 0, as SPOT does: Siffer et al.,
+    KDD 2017): ``P(X > u + y) = (m / n) exp(-y / beta)`` for the ``m`` of ``n`` values above ``u``.
 
-    The tail's scale is the 95 % upper bound of the mean excess, not the mean excess itself: ``k`` exponential
-    excesses of scale ``beta`` sum to a Gamma(k, beta), so ``2 k mean / beta`` is chi-square with ``2 k`` degrees
+    The tail's scale is the 95 % upper bound of the mean excess, not the mean excess itself: ``m`` exponential
+    excesses of scale ``beta`` sum to a Gamma(m, beta), so ``2 m mean / beta`` is chi-square with ``2 m`` degrees
     of freedom. A point estimate from 10 excesses puts the threshold below the true quantile about half the time,
-    and the promise is a 95 % statement. For rates a small sample cannot show by counting; ``nan`` below
-    ``MIN_TAIL`` values."""
-    x = np.sort(np.asarray(sample, dtype=np.float64))[::-1]
-    n = x.size
-    if n < MIN_TAIL:
+    and the promise is a 95 % statement. For rates a small sample cannot show by counting; ``nan`` under
+    ``MIN_TAIL`` values or when the sample has no tail to fit."""
+    tail = tail_excesses(sample) if np.asarray(sample).size >= MIN_TAIL else None
+    if tail is None:
         return math.nan
-    k = max(5, n // 5)
-    u = float(x[k])  # the (k+1)-th largest: the tail starts above it
-    mean_excess = float(np.mean(x[:k] - u))
-    if mean_excess <= 0:  # no spread in the tail: nothing to extrapolate
-        return float(x[0])
-    beta = 2 * k * mean_excess / chi2_lower(2 * k)
-    return u + beta * math.log(k / (n * rate))
+    u, excess = tail
+    m, n = excess.size, np.asarray(sample).size
+    beta = 2 * m * float(np.mean(excess)) / chi2_lower(2 * m)
+    return u + beta * math.log(m / (n * rate))
 
 
 def binomial_lower(k: int, n: int, confidence: float = CONFIDENCE) -> float:
@@ -270,7 +288,7 @@ def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model
     # binary rule: only if no normal session had it, leave-one-out); a model rule, whose scores are continuous,
     # also only past its tail extrapolated to its share of the target. Exact evidence is a function of counts
     # (templates, sets, visits): it has no tail to extrapolate, and counting is all a small history gives.
-    graded = [s for s in model if np.unique(s.values).size > 2]
+    graded = [s for s in model if tail_excesses(s.values) is not None]
     if small:
         warnings.append(f"{n_min if n_m else n_e} normal sessions cannot vouch for target_fpr {target_fpr} by "
                         f"counting: a rule fires only on a session stranger than every normal one (level "
@@ -281,19 +299,22 @@ def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model
     at_ceiling = np.zeros(n_e, dtype=bool)  # normal sessions an exact rule kept at its ceiling flags (small history)
     for s in (*exact, *model):
         if small and any(s is m for m in model) and not any(s is g for g in graded):
-            # A model rule whose out-of-sample scores take at most two values has no tail to extrapolate, and past
-            # the largest it fires on any session scoring higher: with key misses all 0, on one missed key. That
-            # is a statement about how much of normal behaviour the small history covered, not about the
+            # A model rule whose out-of-sample scores have no tail (at most two values, or fewer than MIN_EXCESS
+            # above the tail's start: 48 key-miss ratios of 0 and two small ones) has nothing to extrapolate, and
+            # past the largest it fires on any session scoring higher: with key misses all 0, on one missed key.
+            # That is a statement about how much of normal behaviour the small history covered, not about the
             # session, and the history cannot bound how often it happens: off until the scores spread or the
             # history can count the target.
             values = sorted({float(v) for v in s.values})
+            shown = "/".join(f"{v:g}" for v in values) if len(values) <= 4 else f"{values[0]:g} to {values[-1]:g}"
+            above = int((s.values > values[0]).sum())
             thresholds[s.name] = math.inf
             warnings.append(f"rule {s.name} is off: its {len(s.values)} scores from sessions the model did not fit "
-                            f"on take only {'/'.join(f'{v:g}' for v in values)}, which gives no tail to extrapolate "
-                            f"to target_fpr {target_fpr}; past the largest it would fire on any higher score, at a "
-                            f"rate {len(s.values)} sessions bound only by {binomial_upper(0, len(s.values)):.3f} "
-                            f"(95 %); it returns when its scores spread or the history reaches about "
-                            f"{math.ceil(1 / target_fpr - 1)} sessions")
+                            f"on take only {shown} ({above} above {values[0]:g}), which gives no tail to "
+                            f"extrapolate to target_fpr {target_fpr}; past the largest it would fire on any higher "
+                            f"score, at a rate {len(s.values)} sessions bound only by "
+                            f"{binomial_upper(0, len(s.values)):.3f} (95 %); it returns when its scores spread or "
+                            f"the history reaches about {math.ceil(1 / target_fpr - 1)} sessions")
             continue
         t = conformal_threshold(s.values, level)
         if small and any(s is g for g in graded):

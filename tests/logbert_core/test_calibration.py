@@ -25,6 +25,7 @@ from logbert_core.calibration import (
     conformal_threshold,
     exact_evidence,
     loo_pvalues,
+    tail_threshold,
 )
 from logbert_core.judge import RestStats, calibrated_judge
 from logbert_core.scoring import WindowScore
@@ -145,19 +146,33 @@ def test_a_small_history_turns_a_rule_off_only_when_it_shows_it_breaks_the_targe
 def test_a_model_rule_with_no_spread_in_a_small_history_is_off_and_said():
     """50 out-of-fold key-miss ratios, all 0: past the largest the rule would flag any session with one missed key,
     and nothing in 50 zeros bounds how often a normal one has it. The rule is off, the exact rules are not, and the
-    warning says why; with spread (three values or more) the tail is extrapolated as before; with 250 sessions
-    (enough to count the target) counting decides."""
+    warning says why. Two small ratios among 48 zeros are no tail either (one 50-session HDFS history had
+    0.045 and 0.074, and a tail fitted to ten "excesses", eight of them 0, fired on 4.7 % of other normal windows);
+    with five or more spread values above the tail's start it is extrapolated; with 250 sessions (enough to count
+    the target) counting decides."""
     zeros = np.zeros(50)
     lv = choose_level([RuleSample("novel", zeros, 1.0)], [RuleSample(KEY_MISSES, zeros, 1.0)], list(range(50)), 0.005)
     assert math.isinf(lv.thresholds[KEY_MISSES]) and KEY_MISSES not in lv.promise.rules
     assert lv.thresholds["novel"] == 0.0
     (warning,) = [w for w in lv.promise.warnings if w.startswith(f"rule {KEY_MISSES} is off")]
-    assert "take only 0," in warning and "0.058" in warning and "199 sessions" in warning
+    assert "take only 0 (0 above 0)," in warning and "0.058" in warning and "199 sessions" in warning
+    sparse = np.array([0.0] * 48 + [0.045, 0.074])
+    lv = choose_level([], [RuleSample(KEY_MISSES, sparse, 1.0)], list(range(50)), 0.005)
+    assert math.isinf(lv.thresholds[KEY_MISSES])
+    assert any("take only 0/0.045/0.074 (2 above 0)" in w for w in lv.promise.warnings)
+    assert math.isnan(tail_threshold(sparse, 0.005))
     two = choose_level([], [RuleSample(KEY_MISSES, np.array([0.0] * 45 + [0.05] * 5), 1.0)], list(range(50)), 0.005)
     assert math.isinf(two.thresholds[KEY_MISSES])
     spread = np.array([0.0] * 35 + list(np.linspace(0.01, 0.1, 15)))
     on = choose_level([], [RuleSample(KEY_MISSES, spread, 1.0)], list(range(50)), 0.005)
     assert 0.1 < on.thresholds[KEY_MISSES] < 1.0
+    # ties at the tail's start do not count as excesses: 45 zeros and five spread ratios fit a tail of those five,
+    # P(X > y) = 5/50 exp(-y / beta), with beta the 95 % upper bound of their mean excess (10 dof)
+    five = np.array([0.0] * 45 + [0.02, 0.04, 0.06, 0.08, 0.1])
+    beta = 2 * 5 * 0.06 / chi2_lower(10)
+    assert tail_threshold(five, 0.005) == pytest.approx(beta * math.log(5 / (50 * 0.005)))
+    lv = choose_level([], [RuleSample(KEY_MISSES, five, 1.0)], list(range(50)), 0.005)
+    assert lv.thresholds[KEY_MISSES] == pytest.approx(beta * math.log(5 / (50 * 0.005)))
     big = choose_level([], [RuleSample(KEY_MISSES, np.zeros(250), 1.0)], list(range(250)), 0.005)
     assert big.thresholds[KEY_MISSES] == 0.0
 
