@@ -5,7 +5,8 @@ and on anomalous sessions drawn from DeepLog's anomalous file.
     python -m benchmarks.small_histories --shared ../shared/data      # about 8 min on 2 cores
 
 This is the design set of the small-history rules of ``logbert_core/calibration.py`` (a model rule whose
-out-of-fold scores take at most two values is off): a new deployment's situation, many times over, with test
+out-of-fold scores have no tail to fit is off; an exact rule at its ceiling is off only when its count shows it
+breaks the target): a new deployment's situation, many times over, with test
 normals from the same source as the history. It is not part of ``logad-train benchmark``, whose test parts shape
 no rule. One line per history, then a JSON summary: the shipped decision, the same without the model rules,
 LogBERT's key-miss rule alone, and the one-line "unseen event" rule.

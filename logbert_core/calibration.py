@@ -36,11 +36,12 @@ says so. A rule whose threshold sits at its ceiling can never fire; a warning na
 normal session with a template of its own would put the novelty rules at their ceiling, and 1 of 50 says little:
 there an exact rule is turned off only when its count *shows* it breaks the target (the 95 % lower bound of its
 rate exceeds ``target_fpr``); otherwise it fires at its ceiling, the estimate counts what it flags, and a warning
-gives the rate and its bound. A model rule in a small history fires past its extrapolated tail; one whose scores
-take at most two values (key misses that were 0 on every session the model did not fit on) has no tail, and is
-off, with a warning: past the largest value it would fire on a single missed key, which measures how much of
-normal behaviour 50 sessions covered (on ten 50-session histories of DeepLog's HDFS sessions, four had such a
-rule; it cost 248, 213, 129 and 2 false positives of about 4,800 other normals of the file).
+gives the rate and its bound. A model rule in a small history fires past its extrapolated tail, fitted to the
+scores strictly above the tail's start (``tail_excesses``). One with fewer than five such scores, or all equal
+(key misses that were 0 on every session the model did not fit on, or 0 on all but two), has no tail, and is off,
+with a warning: past the largest value it would fire on a single missed key, which measures how much of normal
+behaviour 50 sessions covered (on ten 50-session histories of DeepLog's HDFS sessions, such rules cost 248, 213,
+129 and 2 false positives of about 4,800 other normals of the file in one machine's fits, and 205 in another's).
 """
 
 from __future__ import annotations
@@ -108,8 +109,9 @@ def _erfinv(y: float) -> float:
 
 def tail_excesses(sample: Sequence[float] | np.ndarray) -> tuple[float, np.ndarray] | None:
     """Where a sample's tail starts and the values past it: ``u`` is the ``(k+1)``-th largest value
-    (``k = max(5, n // 5)``), and the excesses are those of the values *strictly* above it. ``None`` when there is
-    no tail to fit: fewer than ``MIN_EXCESS`` values above ``u`` (ties at ``u`` do not count), or all equal.
+    (``k = max(5, n // 5)``), or the next smaller value when ties at it leave fewer than ``MIN_EXCESS`` values
+    above it, and the excesses are those of the values *strictly* above ``u``. ``None`` when there is no tail to
+    fit: fewer than ``MIN_EXCESS`` values above ``u`` (ties at ``u`` do not count), or all equal.
 
     Ties matter for scores like a key-miss ratio, which is 0 on most normal sessions: 48 zeros and two small ratios
     would otherwise give ten "excesses", eight of them 0, and a scale that describes the zeros, not the ratios
@@ -120,6 +122,13 @@ def tail_excesses(sample: Sequence[float] | np.ndarray) -> tuple[float, np.ndarr
     if x.size <= k:
         return None
     u = float(x[k])
+    if int((x > u).sum()) < MIN_EXCESS:
+        # ties at u reach up into the top k (sessions that repeat one another score alike): start the tail at the
+        # next smaller value instead, and let m / n carry how much of the sample lies past it
+        lower = x[x < u]
+        if lower.size == 0:
+            return None
+        u = float(lower[0])
     excess = x[x > u] - u
     if excess.size < MIN_EXCESS or float(excess.max() - excess.min()) <= 0:
         return None
@@ -316,12 +325,19 @@ def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model
                             f"{binomial_upper(0, len(s.values)):.3f} (95 %); it returns when its scores spread or "
                             f"the history reaches about {math.ceil(1 / target_fpr - 1)} sessions")
             continue
-        t = conformal_threshold(s.values, level)
+        t = counted = conformal_threshold(s.values, level)
         if small and any(s is g for g in graded):
             tail = tail_threshold(s.values, target_fpr / len(graded))
             if not math.isnan(tail):
                 t = max(t, tail)
-        if t >= s.ceiling:
+        if t >= s.ceiling and counted < s.ceiling:
+            # The count allowed the rule; its tail, extrapolated to the rule's share of the target, lies past the
+            # largest score it can give (a key-miss ratio of 1): the small history's scores say a normal session
+            # reaches that share only past the ceiling.
+            warnings.append(f"rule {s.name} can never fire: its {len(s.values)} scores' tail, extrapolated to "
+                            f"{target_fpr / len(graded):.5f}, lies at {t:.4g}, past its ceiling ({s.ceiling:g})")
+            t = math.inf
+        elif t >= s.ceiling:
             t = math.inf
             top = s.values >= s.ceiling
             at = int(top.sum())

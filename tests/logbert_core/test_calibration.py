@@ -90,6 +90,12 @@ def test_a_small_history_cannot_vouch_for_the_target_and_says_so():
     assert lv.thresholds["b"] == 0.0
     few = choose_level([], [RuleSample(KEY_MISSES, np.arange(8.0))], list(range(8)), 0.005)
     assert few.thresholds[KEY_MISSES] == 7.0
+    # a tail that lands past the ceiling: the rule can never fire, and the warning says it was the tail, not the
+    # count (no normal session reached the ceiling)
+    capped = choose_level([], [RuleSample(KEY_MISSES, np.arange(50) / 50, 1.0)], list(range(50)), 0.005)
+    assert math.isinf(capped.thresholds[KEY_MISSES]) and KEY_MISSES not in capped.promise.rules
+    (warning,) = [w for w in capped.promise.warnings if w.startswith(f"rule {KEY_MISSES} can never fire")]
+    assert "tail, extrapolated to 0.00500, lies at 1.5" in warning and "past its ceiling (1)" in warning
 
 
 def test_an_extrapolated_tail_holds_the_rate_on_fresh_normals():
@@ -173,6 +179,11 @@ def test_a_model_rule_with_no_spread_in_a_small_history_is_off_and_said():
     assert tail_threshold(five, 0.005) == pytest.approx(beta * math.log(5 / (50 * 0.005)))
     lv = choose_level([], [RuleSample(KEY_MISSES, five, 1.0)], list(range(50)), 0.005)
     assert lv.thresholds[KEY_MISSES] == pytest.approx(beta * math.log(5 / (50 * 0.005)))
+    # sessions that repeat one another tie at the top (17 Hadoop containers, a distance): the tail starts at the
+    # next smaller value, past which six values lie
+    tied = np.array([3.0, 2.5, 2.0, 2.0, 2.0, 2.0, 1.0, *np.linspace(0.0, 0.9, 10)])
+    beta = 2 * 6 * (7.5 / 6) / chi2_lower(12)
+    assert tail_threshold(tied, 0.005) == pytest.approx(1.0 + beta * math.log(6 / (17 * 0.005)))
     big = choose_level([], [RuleSample(KEY_MISSES, np.zeros(250), 1.0)], list(range(250)), 0.005)
     assert big.thresholds[KEY_MISSES] == 0.0
 
