@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from logbert_core.bundle import BundleError, load_bundle, save_bundle
+from training.train import history_span, span_warning
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "hdfs.toml"
@@ -138,3 +139,23 @@ def test_training_states_its_promise_and_warns_where_it_falls_short(bundles):
     low = ev["recall"] < 0.9  # train.expected_recall's default
     assert low == any("in-period recall" in w for w in m["warnings"])
     assert set(cal["warnings"]) <= set(m["warnings"])
+    # the history's span of log time is stated, and warned about exactly when its sessions were all alive at once
+    h = m["data"]["history"]
+    assert h["sessions"] == m["data"]["split"]["normal"] and h["span_s"] >= 0 and h["session_s_p50"] >= 0
+    assert (h["span_s"] < h["session_s_p50"]) == any("one stretch of the system's life" in w for w in m["warnings"])
+
+
+def test_a_history_whose_sessions_were_alive_at_once_is_named_as_one_stretch():
+    # 50 blocks allocated within 268 s that live 14 h: the benchmark's first raw HDFS blocks
+    starts = [1000.0 + 268.0 * i / 49 for i in range(50)]
+    span = history_span(starts, [t + 14 * 3600.0 for t in starts])
+    assert span == {"sessions": 50, "span_s": pytest.approx(268.0), "session_s_p50": pytest.approx(50400.0)}
+    w = span_warning(span)
+    assert w is not None and "all started within 4.5 min of log time" in w and "median 14.0 h" in w
+    # the same sessions spread over two days (each lasts less than the span), or a single session: no warning
+    spread = [1000.0 + 2 * 86400.0 * i / 49 for i in range(50)]
+    assert span_warning(history_span(spread, [t + 14 * 3600.0 for t in spread])) is None
+    assert span_warning(history_span([5.0], [9.0])) is None
+    # one-line sessions (BGL's clock windows) last 0 s: nothing to compare
+    assert span_warning(history_span([0.0, 1.0], [0.0, 1.0])) is None
+
