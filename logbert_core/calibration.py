@@ -240,6 +240,9 @@ class RuleSample:
     ceiling: float = math.inf
 
 
+SMALL_MODEL = ("tail", "largest")  # how a small history's model rules fire (``choose_level``)
+
+
 @dataclass(frozen=True)
 class Level:
     """The chosen level, each rule's threshold at it, and the promise."""
@@ -249,16 +252,25 @@ class Level:
 
 
 def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model_rows: Sequence[int] | np.ndarray,
-                 target_fpr: float) -> Level:
+                 target_fpr: float, small_model: str = "tail") -> Level:
     """The largest level at most ``target_fpr`` whose estimated false-positive rate stays within it.
 
     ``exact`` samples hold one value per normal session (leave-one-out evidence); ``model`` samples one value per
     session the model did not fit on, which are the normal sessions ``model_rows`` (indices into the exact samples).
     The estimate adds the share of normal sessions an exact rule flags and the share of model sessions only a
     model rule flags, each session's p-values taken against the other sessions.
+
+    ``small_model`` (config ``scoring.small_history_model``), for histories too small to count the target: ``tail``
+    fires a model rule only past its tail extrapolated to its share of the target, and turns it off where its
+    scores have no tail; ``largest`` fires it past the largest of its scores, as an exact rule fires past what
+    every normal session had. Under ``largest`` the rule's rate is at most ``1 / (n + 1)`` if the history's
+    sessions and the logs to come are alike (exchangeable); a history from one stretch of time does not give that
+    (docs/evaluation.md, "Small histories: what the decision cannot know").
     """
     if not 0 < target_fpr < 1:
         raise ValueError(f"target_fpr={target_fpr} must be in (0, 1)")
+    if small_model not in SMALL_MODEL:
+        raise ValueError(f"small_model={small_model!r} must be one of {', '.join(SMALL_MODEL)}")
     rows = np.asarray(model_rows, dtype=np.int64)
     n_e = len(exact[0].values) if exact else 0
     n_m = len(rows) if model else 0
@@ -297,17 +309,21 @@ def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model
     # binary rule: only if no normal session had it, leave-one-out); a model rule, whose scores are continuous,
     # also only past its tail extrapolated to its share of the target. Exact evidence is a function of counts
     # (templates, sets, visits): it has no tail to extrapolate, and counting is all a small history gives.
-    graded = [s for s in model if tail_excesses(s.values) is not None]
+    largest = small and small_model == "largest" and n_m > 0
+    graded = [] if largest else [s for s in model if tail_excesses(s.values) is not None]
     if small:
+        how = ("past the largest of its scores (scoring.small_history_model = 'largest'): a bound of "
+               f"{1 / (n_m + 1):.4f} for each only if the {n_m} sessions are a fair sample of the logs to come, "
+               "not one stretch of time" if largest else
+               f"only past its tail extrapolated to {target_fpr / max(1, len(graded)):.5f}")
         warnings.append(f"{n_min if n_m else n_e} normal sessions cannot vouch for target_fpr {target_fpr} by "
                         f"counting: a rule fires only on a session stranger than every normal one (level "
-                        f"{floor:.4f}), and a model rule only past its tail extrapolated to "
-                        f"{target_fpr / max(1, len(graded)):.5f}; about {math.ceil(1 / target_fpr - 1)} normal "
+                        f"{floor:.4f}), and a model rule {how}; about {math.ceil(1 / target_fpr - 1)} normal "
                         "sessions are needed for the target")
     thresholds: dict[str, float] = {}
     at_ceiling = np.zeros(n_e, dtype=bool)  # normal sessions an exact rule kept at its ceiling flags (small history)
     for s in (*exact, *model):
-        if small and any(s is m for m in model) and not any(s is g for g in graded):
+        if small and not largest and any(s is m for m in model) and not any(s is g for g in graded):
             # A model rule whose out-of-sample scores have no tail (at most two values, or fewer than MIN_EXCESS
             # above the tail's start: 48 key-miss ratios of 0 and two small ones) has nothing to extrapolate, and
             # past the largest it fires on any session scoring higher: with key misses all 0, on one missed key.
@@ -323,7 +339,9 @@ def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model
                             f"extrapolate to target_fpr {target_fpr}; past the largest it would fire on any higher "
                             f"score, at a rate {len(s.values)} sessions bound only by "
                             f"{binomial_upper(0, len(s.values)):.3f} (95 %); it returns when its scores spread or "
-                            f"the history reaches about {math.ceil(1 / target_fpr - 1)} sessions")
+                            f"the history reaches about {math.ceil(1 / target_fpr - 1)} sessions, or with "
+                            "scoring.small_history_model = 'largest' where the history is a fair sample of the "
+                            "logs to come")
             continue
         t = counted = conformal_threshold(s.values, level)
         if small and any(s is g for g in graded):

@@ -230,6 +230,12 @@ class ScoringSection(_Section):
     # learned for field_window sessions: those end at a clock boundary, not where their logs stop.
     premature_end: bool = True
     n_candidates: int = Field(default=3, gt=0)
+    # A history too small to count target_fpr (under 1 / target_fpr - 1 normal sessions): "tail" fires a model rule
+    # only past its out-of-fold scores' tail extrapolated to the target, and keeps it off where they have no tail
+    # (key misses 0 on nearly every session); "largest" fires it past the largest of them, which holds the rule to
+    # 1 / (n + 1) only if the history is a fair sample of the logs to come. A new deployment's first sessions are one
+    # stretch of time, and there "largest" costs false positives (docs/evaluation.md, "Small histories").
+    small_history_model: Literal["tail", "largest"] = "tail"
     # Levels (the line format's ``level`` group, compared without case) at which a new template may be routine: the
     # trainer's forward test (logbert_core.novelty) decides from the training history whether it is. Others (WARN,
     # ERROR, FATAL ...) always count. () turns the test off.

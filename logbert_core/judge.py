@@ -220,7 +220,7 @@ def calibrated_judge(scorer: WindowScorer, sessions: Sequence[NormalSession], mo
                      model_scores: Sequence[Sequence[WindowScore]] | None = None, *, target_fpr: float,
                      novel_template: bool = True, novel_template_set: bool = True, use_distance: bool = True,
                      rare_template: bool = True, rest: RestStats | None = None,
-                     routine: Routine | None = None) -> Calibrated:
+                     routine: Routine | None = None, small_history_model: str = "tail") -> Calibrated:
     """The product's decision for a trained model, from normal sessions only (``logbert_core.calibration``).
 
     ``sessions``: every normal training session; the judge's statistics (known templates and sets, key counts;
@@ -230,7 +230,8 @@ def calibrated_judge(scorer: WindowScorer, sessions: Sequence[NormalSession], mo
     out-of-fold models), or, without it, ``scorer``'s scores of their windows (a held-out slice). ``routine``:
     the routine-novelty keys (``Vocabulary.routine_levels``, ``logbert_core.novelty``) with their counts, which
     join the key counts, and the templates of routine levels, which leave-one-out evidence judges as the
-    detector would judge them unseen."""
+    detector would judge them unseen. ``small_history_model``: how a history too small to count the target fires
+    the model rules (``choose_level``)."""
     if not sessions:
         raise ValueError("calibration needs at least one normal session")
     counts = KeyCounts.of(w for s in sessions for w in s.windows)
@@ -259,7 +260,7 @@ def calibrated_judge(scorer: WindowScorer, sessions: Sequence[NormalSession], mo
         model.append(RuleSample(KEY_MISSES, np.array([max(x.miss_ratio for x in ss) for ss in model_scores]), 1.0))
         if use_distance:
             model.append(RuleSample(DISTANCE, np.array([max(x.distance for x in ss) for ss in model_scores])))
-    level = choose_level(exact, model, rows, target_fpr)
+    level = choose_level(exact, model, rows, target_fpr, small_history_model)
     t = level.thresholds
     inf = math.inf
     distance = t.get(DISTANCE, inf)

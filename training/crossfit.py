@@ -127,6 +127,6 @@ def fit_decision(settings: Settings, cfg: LogBERTConfig, order: Sequence[str], n
     cal = calibrated_judge(scorer, normal, model_rows, model_scores, target_fpr=sc.target_fpr,
                            novel_template=sc.novel_template, novel_template_set=set_rule,
                            use_distance=sc.use_distance, rare_template=sc.rare_template, rest=rest,
-                           routine=routine)
+                           routine=routine, small_history_model=sc.small_history_model)
     split = {"fit": len(train_ids), "val": len(val_ids), "calib": len(model_rows), "normal": len(order)}
     return FittedDecision(result, cal, mode, split, fold_seconds)

@@ -188,6 +188,32 @@ def test_a_model_rule_with_no_spread_in_a_small_history_is_off_and_said():
     assert big.thresholds[KEY_MISSES] == 0.0
 
 
+def test_largest_fires_a_small_history_s_model_rules_past_every_normal_session():
+    """``scoring.small_history_model = 'largest'``: a small history's model rules fire past the largest of their
+    out-of-fold scores, as the exact rules do past what every normal session had, instead of past an extrapolated
+    tail (or not at all where there is none). All 50 key-miss ratios 0: one missed key flags. A large history
+    counts the target either way, and a bad option is refused by name."""
+    zeros = np.zeros(50)
+    lv = choose_level([RuleSample("novel", zeros, 1.0)], [RuleSample(KEY_MISSES, zeros, 1.0)], list(range(50)), 0.005,
+                      "largest")
+    assert lv.thresholds[KEY_MISSES] == 0.0 and KEY_MISSES in lv.promise.rules and lv.thresholds["novel"] == 0.0
+    assert not any(w.startswith(f"rule {KEY_MISSES} is off") for w in lv.promise.warnings)
+    assert any("past the largest of its scores" in w and "0.0196" in w and "fair sample" in w
+               for w in lv.promise.warnings)
+    x = np.arange(50, dtype=float)  # a tail the default would extrapolate past 49
+    assert choose_level([], [RuleSample(KEY_MISSES, x)], list(range(50)), 0.005, "largest").thresholds[KEY_MISSES] \
+        == 49.0
+    assert choose_level([], [RuleSample(KEY_MISSES, x)], list(range(50)), 0.005).thresholds[KEY_MISSES] > 49.0
+    # the default says where to find the option when it keeps a rule off
+    off = choose_level([], [RuleSample(KEY_MISSES, zeros, 1.0)], list(range(50)), 0.005)
+    assert any("small_history_model = 'largest'" in w for w in off.promise.warnings)
+    big = np.zeros(250)
+    assert (choose_level([], [RuleSample(KEY_MISSES, big, 1.0)], list(range(250)), 0.005, "largest").thresholds
+            == choose_level([], [RuleSample(KEY_MISSES, big, 1.0)], list(range(250)), 0.005).thresholds)
+    with pytest.raises(ValueError, match="small_model='max' must be one of tail, largest"):
+        choose_level([], [RuleSample(KEY_MISSES, zeros, 1.0)], list(range(50)), 0.005, "max")
+
+
 def test_binomial_bounds_match_clopper_pearson():
     # closed forms at the edges: k = 0 -> upper 1 - 0.05^(1/n); k = 1 -> lower 1 - 0.95^(1/n); k = n -> lower 0.05^(1/n)
     assert binomial_lower(0, 50) == 0.0

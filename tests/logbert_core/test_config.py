@@ -35,6 +35,7 @@ def test_defaults_without_a_file():
     ("LOGAD_SESSION__IDLE_TIMEOUT_S", "-1", "session.idle_timeout_s"),
     ("LOGAD_REDIS__URL", "http://x", "redis.url"),
     ("LOGAD_KAFKA__SECURITY_PROTOCOL", "TLS", "kafka.security_protocol"),
+    ("LOGAD_SCORING__SMALL_HISTORY_MODEL", "max", "scoring.small_history_model"),
 ])
 def test_invalid_values_name_the_field(monkeypatch, var, value, needle):
     monkeypatch.setenv(var, value)
