@@ -297,3 +297,22 @@ def test_calibrated_judge_fires_past_each_threshold_and_spares_the_normals():
                            rare_template=False)
     assert math.isinf(cal.thresholds.unseen) and math.isinf(cal.thresholds.unseen_set)
     assert any("unseen_template can never fire" in w for w in cal.promise.warnings)
+
+
+def test_a_small_history_s_judge_uses_a_flawless_model_only_when_asked():
+    """50 sessions whose out-of-fold key misses are all 0: the default judge leaves the key-miss rule off (1.0 is
+    "off"), ``small_history_model='largest'`` fires it on any missed key."""
+    sessions = [NormalSession([[4, 5, 6, 7]]) for _ in range(50)]
+    scorer = FixedScorer({(4, 5, 6, 7, 5): 0.2})  # one missed key of five, in a window of known templates
+
+    def judge(mode: str):
+        return calibrated_judge(scorer, sessions, list(range(50)), target_fpr=0.005, use_distance=False,
+                                rare_template=False, small_history_model=mode)
+
+    off, on = judge("tail"), judge("largest")
+    assert off.thresholds.miss_ratio == 1.0 and KEY_MISSES not in off.promise.rules
+    assert on.thresholds.miss_ratio == 0.0 and KEY_MISSES in on.promise.rules
+    assert not off.judge.judge([[4, 5, 6, 7, 5]])[0].anomalous
+    (v,) = on.judge.judge([[4, 5, 6, 7, 5]])
+    assert v.reasons == (KEY_MISSES,)
+    assert not on.judge.judge([[4, 5, 6, 7]])[0].anomalous
