@@ -53,6 +53,14 @@ def one_history(settings: Any, train: list[list[str]], test: list[tuple[str, boo
     return out
 
 
+def outcome(r: dict[str, Any]) -> str:
+    """One history's result (``one_history``) on one line."""
+    return (f"shipped F1 {r[LOGBERT]['f1']:.3f} ({r[LOGBERT]['fp']} FP, {r[LOGBERT]['fn']} FN) | without the model "
+            f"{r[LOGBERT_EXACT]['f1']:.3f} ({r[LOGBERT_EXACT]['fp']} FP) | key misses alone AUC-PR "
+            f"{r[LOGBERT_KEYS]['auc_pr']:.3f} | unseen-event rule {r['rule_unseen_event']['f1']:.3f} | rules: "
+            f"{', '.join(r['rules'])}")
+
+
 @click.command()
 @click.option("--shared", type=click.Path(exists=True, file_okay=False), default=str(REPO.parent / "shared" / "data"),
               show_default=True, help="The shared data folder (hdfs_sequences/ is read).")
@@ -82,10 +90,7 @@ def main(shared: str, histories: int, size: int, stride: int, anomalies: int, se
                         [(f"normal:{i}", False, s) for i, s in enumerate(rest)] + bad, size)
         r["sessions"] = [lo, lo + size - 1]
         results.append(r)
-        click.echo(f"history {k} (sessions {lo}-{lo + size - 1}, {time.perf_counter() - t0:.0f} s): shipped F1 "
-                   f"{r[LOGBERT]['f1']:.3f} ({r[LOGBERT]['fp']} FP) | without the model {r[LOGBERT_EXACT]['f1']:.3f} "
-                   f"({r[LOGBERT_EXACT]['fp']} FP) | key misses alone AUC-PR {r[LOGBERT_KEYS]['auc_pr']:.3f} | "
-                   f"unseen-event rule {r['rule_unseen_event']['f1']:.3f} | rules: {', '.join(r['rules'])}",
+        click.echo(f"history {k} (sessions {lo}-{lo + size - 1}, {time.perf_counter() - t0:.0f} s): {outcome(r)}",
                    err=True)
     summary = {f"mean_f1_{name}": round(statistics.mean(r[name]["f1"] for r in results), 4)
                for name in (LOGBERT, LOGBERT_EXACT, LOGBERT_KEYS, "rule_unseen_event")}

@@ -25,10 +25,10 @@ from typing import Any
 
 import click
 
-from benchmarks.small_histories import one_history
+from benchmarks.small_histories import one_history, outcome
 from logbert_core.calibration import SMALL_MODEL
 from logbert_core.config import load_settings
-from training.protocols import LOGBERT, LOGBERT_EXACT, LOGBERT_KEYS
+from training.protocols import LOGBERT, LOGBERT_EXACT
 
 STAGES = 16
 REPEATED = (2, 3, 5)  # stages that log one to three times
@@ -85,11 +85,8 @@ def main(draws: int, size: int, normals: int, anomalies: int) -> None:
             settings = load_settings(None, scoring={"small_history_model": mode})
             r = one_history(settings, train, test, size)
             results[mode].append(r)
-            click.echo(f"draw {seed}, small_history_model = {mode!r} ({time.perf_counter() - t0:.0f} s): shipped F1 "
-                       f"{r[LOGBERT]['f1']:.3f} ({r[LOGBERT]['fp']} FP, {r[LOGBERT]['fn']} FN) | without the model "
-                       f"{r[LOGBERT_EXACT]['f1']:.3f} | key misses alone AUC-PR {r[LOGBERT_KEYS]['auc_pr']:.3f} | "
-                       f"unseen-event rule {r['rule_unseen_event']['f1']:.3f} | rules: {', '.join(r['rules'])}",
-                       err=True)
+            click.echo(f"draw {seed}, small_history_model = {mode!r} ({time.perf_counter() - t0:.0f} s): "
+                       f"{outcome(r)}", err=True)
     summary = {f"mean_f1_{name}_{mode}": round(statistics.mean(r[name]["f1"] for r in rs), 4)
                for mode, rs in results.items() for name in (LOGBERT, LOGBERT_EXACT, "rule_unseen_event")}
     click.echo(json.dumps({"draws": results, **summary}, indent=1, default=float))
