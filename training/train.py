@@ -195,8 +195,12 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
     drift = forward_warning(promise, forward)
     if drift is not None:
         warnings.append(drift)
-    stamps = [[records[i].timestamp for i in corpus.sessions[sid]] for sid in normal]
-    span = history_span([min(t) for t in stamps], [max(t) for t in stamps])
+    starts, ends = [], []
+    for sid in normal:  # one session's stamps at a time: a long history holds millions of lines
+        stamps = [records[i].timestamp for i in corpus.sessions[sid]]
+        starts.append(min(stamps))
+        ends.append(max(stamps))
+    span = history_span(starts, ends)
     concurrent = span_warning(span)
     if concurrent is not None:
         warnings.append(concurrent)
