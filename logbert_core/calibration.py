@@ -379,6 +379,10 @@ def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model
     if at_ceiling.any():  # the sessions those rules flag join the estimate
         fe, fm, est = estimate(level, at_ceiling)
     upper = (binomial_upper(fe, n_e) if n_e else 0.0) + (binomial_upper(fm, n_m) if n_m else 0.0)
+    if est > target_fpr:  # only rules kept at their ceiling can spend past the level search (small histories)
+        warnings.append(f"the decision flags {fe + fm} of its normal sessions, each judged against the others: an "
+                        f"estimated false-positive rate of {est:.4f} (95 % bound {min(1.0, upper):.4f}), above "
+                        f"target_fpr {target_fpr}; expect about that share of normal sessions to be flagged")
     if model and n_m and 1.0 / (n_m + 1) > level:
         warnings.append(f"the model rules rest on {n_m} sessions the model did not fit on: they can never fire at "
                         f"level {level:.5f} (cross-fit the model to give them every normal session)")

@@ -138,9 +138,15 @@ def test_a_small_history_turns_a_rule_off_only_when_it_shows_it_breaks_the_targe
     assert lv.promise.flagged == 1 and lv.promise.fpr == pytest.approx(0.02)
     assert lv.promise.fpr_upper == pytest.approx(binomial_upper(1, 50))
     assert any("rule novel fires at its ceiling" in w and "1 of 50" in w for w in lv.promise.warnings)
+    # the whole decision's estimate misses the target, and the trainer says so in one line
+    assert any("flags 1 of its normal sessions" in w and "0.0200" in w and "above target_fpr 0.005" in w
+               for w in lv.promise.warnings)
     # graded evidence: the ceiling sessions are set aside, the rule fires past every other normal session
     graded = choose_level([RuleSample("rare", np.array([5.0, *np.arange(49.0) / 49]), 5.0)], [], [], 0.005)
     assert graded.thresholds["rare"] == pytest.approx(48 / 49)
+    # within the target (no session flagged): no such line
+    lv0 = choose_level([RuleSample("novel", np.zeros(50), 1.0)], [], [], 0.005)
+    assert not any("above target_fpr" in w for w in lv0.promise.warnings)
     three = np.array([1.0] * 3 + [0.0] * 47)
     lv = choose_level([RuleSample("novel", three, 1.0)], [], [], 0.005)
     assert math.isinf(lv.thresholds["novel"]) and "novel" not in lv.promise.rules
