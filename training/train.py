@@ -195,12 +195,7 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
     drift = forward_warning(promise, forward)
     if drift is not None:
         warnings.append(drift)
-    starts, ends = [], []
-    for sid in normal:  # one session's stamps at a time: a long history holds millions of lines
-        stamps = [records[i].timestamp for i in corpus.sessions[sid]]
-        starts.append(min(stamps))
-        ends.append(max(stamps))
-    span = history_span(starts, ends)
+    span = history_span([windows[sid].first_ts for sid in normal], [windows[sid].last_ts for sid in normal])
     concurrent = span_warning(span)
     if concurrent is not None:
         warnings.append(concurrent)
