@@ -29,7 +29,7 @@ import torch
 from drain3.drain import Node
 from safetensors.torch import load_file, save_file
 
-from logbert_core.calibration import Promise
+from logbert_core.calibration import KEY_MISSES, Promise, length_class
 from logbert_core.errors import LogadError
 from logbert_core.model import LogBERT, LogBERTConfig
 from logbert_core.parsing import DrainParams, TemplateIndex
@@ -59,6 +59,17 @@ class Thresholds:
     unseen: float = 0.5
     unseen_set: float = 0.5
     promise: Promise | None = None  # what the calibration promises about false positives; None: an older bundle
+    # model rule -> window length class (``calibration.length_class``) -> its threshold there; a class it lacks is
+    # one the rule does not judge. A rule absent here (an older bundle) judges every window by its threshold above
+    by_length: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
+
+    def model(self, rule: str, length: int) -> float:
+        """The threshold of model rule ``rule`` (``masked_key_misses``, ``hypersphere_distance``) for a window of
+        ``length`` entries (``inf``: the rule does not judge it)."""
+        table = self.by_length.get(rule)
+        if table is None:
+            return self.miss_ratio if rule == KEY_MISSES else self.distance
+        return table.get(length_class(length), math.inf)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (``null`` for a rule that is off)."""
@@ -68,7 +79,8 @@ class Thresholds:
         return {"miss_ratio": fin(self.miss_ratio), "distance": fin(self.distance), "method": self.method,
                 "rare": fin(self.rare), "premature": fin(self.premature), "unseen": fin(self.unseen),
                 "unseen_set": fin(self.unseen_set),
-                "promise": self.promise.to_json() if self.promise is not None else None}
+                "promise": self.promise.to_json() if self.promise is not None else None,
+                "by_length": {r: {str(c): t for c, t in sorted(tab.items())} for r, tab in self.by_length.items()}}
 
     @classmethod
     def from_json(cls, th: Mapping[str, Any]) -> Thresholds:
@@ -79,9 +91,17 @@ class Thresholds:
             return math.inf if v is None else float(v)
 
         promise = th.get("promise")
+        by_length: dict[str, dict[int, float]] = {}
+        for rule, table in (th.get("by_length") or {}).items():
+            if not isinstance(table, Mapping):
+                raise ValueError(f"by_length.{rule} must be an object of length class -> threshold")
+            try:
+                by_length[str(rule)] = {int(c): float(t) for c, t in table.items()}
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"by_length.{rule}: {exc}") from exc
         return cls(num("miss_ratio"), num("distance"), str(th["method"]), num("rare", math.inf),
                    num("premature", math.inf), num("unseen", 0.5), num("unseen_set", 0.5),
-                   Promise.from_json(promise) if promise is not None else None)
+                   Promise.from_json(promise) if promise is not None else None, by_length)
 
 
 @dataclass(frozen=True)

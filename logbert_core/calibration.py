@@ -391,6 +391,47 @@ def choose_level(exact: Sequence[RuleSample], model: Sequence[RuleSample], model
     return Level(thresholds, promise)
 
 
+def length_class(n: int) -> int:
+    """A window's length class for the model rules: ``floor(log2(n))`` (1; 2-3; 4-7; ...; 64-127 entries)."""
+    return max(1, n).bit_length() - 1
+
+
+def length_span(c: int) -> str:
+    """The entries a length class holds, in words: ``"1"``, ``"2-3"``, ``"64-127"``."""
+    return "1" if c == 0 else f"{1 << c}-{(2 << c) - 1}"
+
+
+def length_thresholds(by_class: Mapping[int, Sequence[float] | np.ndarray], level: float, base: float
+                      ) -> dict[int, float]:
+    """A model rule's threshold for each window length class it was calibrated on (Mondrian conformal
+    calibration: Vovk et al., "Algorithmic learning in a random world", ch. 4), never below ``base``, the rule's
+    threshold over all sessions.
+
+    A model's scores depend on how many entries a window holds (one line gives a transformer no context), and the
+    sessions a history holds need not be as long as those a stream brings: BGL's sample has one line per 5-minute
+    window, a full BGL stream dozens. A threshold counted over all calibration sessions is counted mostly over
+    the commonest length, so it promises nothing for the others. ``by_class`` holds, per class, one value per
+    calibration session with windows of that class (its largest there). Per class: the count threshold at
+    ``level`` where the class's sessions can count it; else the tail extrapolated to ``level``
+    (``tail_threshold``); else past the class's largest value. A class with fewer than ``MIN_TAIL`` sessions has
+    no threshold: the rule does not judge such windows (``Thresholds.model``), as no normal ones were seen to
+    judge them by. Raising a threshold only removes flags, so the promise over all sessions still holds."""
+    out: dict[int, float] = {}
+    if not math.isfinite(base):
+        return out
+    for c, values in sorted(by_class.items()):
+        x = np.asarray(values, dtype=np.float64)
+        if x.size < MIN_TAIL:
+            continue
+        t = conformal_threshold(x, level)
+        if not math.isfinite(t):
+            t = tail_threshold(x, level)
+            if math.isnan(t):
+                t = float(x.max())
+        out[c] = max(base, t)
+    return out
+
+
 # -- leave-one-out exact evidence ---------------------------------------------------------------------------------
 
 

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from logbert_core.bundle import Bundle, Thresholds
 from logbert_core.calibration import (
     DISTANCE,
     KEY_MISSES,
+    MIN_TAIL,
     PREMATURE_END,
     RARE_TEMPLATE,
     UNSEEN_SET,
@@ -51,6 +52,9 @@ from logbert_core.calibration import (
     choose_level,
     conformal_threshold,
     exact_evidence,
+    length_class,
+    length_span,
+    length_thresholds,
 )
 from logbert_core.config import ScoringSection
 from logbert_core.rest import RestStats, State, end_state, wilson_upper
@@ -179,9 +183,9 @@ class WindowJudge:
                 rarest = counts.rarest(keys)
                 if counts.rarity(keys) > th.rare:
                     reasons.append(RARE_TEMPLATE)
-            if s.miss_ratio > th.miss_ratio:
+            if s.miss_ratio > th.model(KEY_MISSES, s.length):
                 reasons.append(KEY_MISSES)
-            if self.use_distance and s.distance > th.distance:
+            if self.use_distance and s.distance > th.model(DISTANCE, s.length):
                 reasons.append(DISTANCE)
             quiet = None
             if rest is not None and rest.closing(keys):
@@ -266,13 +270,43 @@ def calibrated_judge(scorer: WindowScorer, sessions: Sequence[NormalSession], mo
     distance = t.get(DISTANCE, inf)
     if not use_distance and rows:  # not part of the decision; events still show where the level would put it
         distance = conformal_threshold([max(x.distance for x in ss) for ss in model_scores], level.promise.level)
+    miss_ratio = min(1.0, t.get(KEY_MISSES, 1.0))  # a share of missed keys never exceeds 1: 1.0 is "off"
+    by_length: dict[str, dict[int, float]] = {}
+    warnings = list(level.promise.warnings)
+    for name, base, of in ((KEY_MISSES, miss_ratio if miss_ratio < 1.0 else inf, lambda x: x.miss_ratio),
+                           (DISTANCE, distance if use_distance else inf, lambda x: x.distance)):
+        if not rows or not math.isfinite(base):
+            continue
+        classes = _by_class(model_scores, of)
+        by_length[name] = length_thresholds(classes, level.promise.level, base)
+        left = [c for c in sorted(classes) if c not in by_length[name]]
+        if left:
+            spans = ", ".join(f"{length_span(c)} ({len(classes[c])})" for c in left)
+            warnings.append(f"rule {name} does not judge windows of {spans} entries: fewer than {MIN_TAIL} of the "
+                            f"{len(rows)} sessions the model did not fit on had such windows (their count in "
+                            "brackets), nor windows of any length they never had; the exact rules still do")
+    promise = replace(level.promise, warnings=tuple(warnings))
     th = Thresholds(
-        miss_ratio=min(1.0, t.get(KEY_MISSES, 1.0)),  # a share of missed keys never exceeds 1: 1.0 is "off"
+        miss_ratio=miss_ratio,
         distance=distance,
         method="one level for all rules (conformal p-values, leave-one-out / out-of-fold normal sessions): "
-               + level.promise.describe(),
+               + promise.describe(),
         rare=t.get(RARE_TEMPLATE, inf), premature=t.get(PREMATURE_END, inf), unseen=t.get(UNSEEN_TEMPLATE, inf),
-        unseen_set=t.get(UNSEEN_SET, inf), promise=level.promise)
+        unseen_set=t.get(UNSEEN_SET, inf), promise=promise, by_length=by_length)
     judge = WindowJudge(scorer, th, known, novel_template, novel_template_set, use_distance, counts, rest,
                         frozenset(routine.counts if routine is not None else ()))
-    return Calibrated(judge, th, known, counts, [x for ss in model_scores for x in ss], level.promise, rest)
+    return Calibrated(judge, th, known, counts, [x for ss in model_scores for x in ss], promise, rest)
+
+
+def _by_class(model_scores: Sequence[Sequence[WindowScore]], of: Callable[[WindowScore], float]
+              ) -> dict[int, list[float]]:
+    """Per window length class, one value per session with windows of that class: its largest there."""
+    out: dict[int, list[float]] = {}
+    for ss in model_scores:
+        best: dict[int, float] = {}
+        for x in ss:
+            c = length_class(x.length)
+            best[c] = max(best.get(c, -math.inf), of(x))
+        for c, v in best.items():
+            out.setdefault(c, []).append(v)
+    return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from logbert_core.config import Settings
-from logbert_core.judge import Verdict
+from logbert_core.judge import DISTANCE, KEY_MISSES, Verdict
 from logbert_core.windows import window_keys
 from streamer import metrics as m
 from streamer.backoff import Backoff
@@ -223,8 +223,9 @@ class Judging:
             return build_event(event_id=w.id, session_id=w.session_id, members=w.members, lo=w.lo,
                                cause="idle" if w.cause == "idle" else "full", first_ts=w.first_ts,
                                last_ts=w.last_ts, cut_ms=w.cut_ms, verdict=v, vocab=bundle.vocab,
-                               unseen_text=texts.get(w.session_id, {}), miss_threshold=th.miss_ratio,
-                               distance_threshold=th.distance, model_version=bundle.version,
+                               unseen_text=texts.get(w.session_id, {}),
+                               miss_threshold=min(1.0, th.model(KEY_MISSES, v.score.length)),
+                               distance_threshold=th.model(DISTANCE, v.score.length), model_version=bundle.version,
                                context=self.publisher.context, origins=w.origins).model_dump_json()
 
         held += [(w, event_json(w, v)) for w, v, _ in waiting]

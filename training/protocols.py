@@ -208,8 +208,8 @@ def logbert_results(run: LogBERTRun, data: EvalData, scoring: ScoringSection, in
     def columns(vs: list[Verdict]) -> tuple[tuple[bool, bool, bool, bool], tuple[float, float, float, float]]:
         miss = np.array([v.score.miss_ratio for v in vs])
         dist = np.array([v.score.distance for v in vs])
-        keys = miss > th.miss_ratio
-        model = keys | (dist > th.distance) if use_distance else keys
+        keys = miss > np.array([th.model(KEY_MISSES, v.score.length) for v in vs])
+        model = keys | (dist > np.array([th.model(DISTANCE, v.score.length) for v in vs])) if use_distance else keys
         exact = any(r not in (KEY_MISSES, DISTANCE) for v in vs for r in v.reasons)
         r_keys = _tail_rank(cal_miss, miss)
         r_model = np.maximum(r_keys, _tail_rank(cal_dist, dist)) if use_distance else r_keys

@@ -4,6 +4,7 @@ later, when a detector builds its template index or judge from it; a good one lo
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from logbert_core.bundle import META, BundleError, load_bundle
+from logbert_core.bundle import META, BundleError, Thresholds, load_bundle
+from logbert_core.calibration import DISTANCE, KEY_MISSES
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "hdfs"
 
@@ -59,6 +61,8 @@ def first_cluster(meta: dict[str, Any]) -> list[Any]:
     (lambda m: m.update(version=7), "version"),
     (lambda m: m.update(metrics="fine"), "metrics"),
     (lambda m: m.update(thresholds=["a"]), "thresholds"),
+    (lambda m: m["thresholds"].update(by_length={"hypersphere_distance": [1.0]}), "thresholds"),
+    (lambda m: m["thresholds"].update(by_length={"hypersphere_distance": {"one": 1.0}}), "thresholds"),
     (lambda m: m.pop("vocab"), "vocab"),
 ])
 def test_a_broken_field_is_refused_naming_the_file_and_the_field(copy, change, field):
@@ -81,3 +85,15 @@ def test_a_bundle_json_that_is_not_utf8_is_refused(copy):
     with pytest.raises(BundleError, match="unreadable") as err:
         load_bundle(copy)
     assert str(copy / META) in str(err.value)
+
+
+def test_thresholds_by_window_length_round_trip_and_an_older_bundle_judges_every_length():
+    th = Thresholds(0.2, 5.0, "test", by_length={DISTANCE: {0: 5.0, 2: 7.5}})
+    back = Thresholds.from_json(json.loads(json.dumps(th.to_json())))
+    assert back == th
+    assert back.model(DISTANCE, 1) == 5.0 and back.model(DISTANCE, 5) == 7.5  # 1 entry: class 0; 4-7: class 2
+    assert math.isinf(back.model(DISTANCE, 2)) and math.isinf(back.model(DISTANCE, 64))  # never calibrated
+    assert back.model(KEY_MISSES, 64) == 0.2  # a rule without a table judges every length by its threshold
+    old = th.to_json()
+    old.pop("by_length")
+    assert Thresholds.from_json(old).model(DISTANCE, 64) == 5.0

@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logbert_core.calibration import (
+    DISTANCE,
     KEY_MISSES,
+    MIN_TAIL,
     PREMATURE_END,
     RARE_TEMPLATE,
     UNSEEN_SET,
@@ -24,6 +26,8 @@ from logbert_core.calibration import (
     choose_level,
     conformal_threshold,
     exact_evidence,
+    length_class,
+    length_thresholds,
     loo_pvalues,
     tail_threshold,
 )
@@ -322,3 +326,59 @@ def test_a_small_history_s_judge_uses_a_flawless_model_only_when_asked():
     (v,) = on.judge.judge([[4, 5, 6, 7, 5]])
     assert v.reasons == (KEY_MISSES,)
     assert not on.judge.judge([[4, 5, 6, 7]])[0].anomalous
+
+
+def test_length_classes_double():
+    assert [length_class(n) for n in (1, 2, 3, 4, 7, 8, 63, 64)] == [0, 1, 1, 2, 2, 3, 5, 6]
+
+
+def test_length_thresholds_count_extrapolate_or_stay_silent_per_class():
+    """Per length class: the count threshold where the class can count the level, else its extrapolated tail,
+    else its largest value; never below the rule's threshold over all sessions; no entry under MIN_TAIL."""
+    counted = np.arange(100) / 100  # 100 values: level 0.05 lets 4 be >= x, so the 5th largest, 0.95
+    spread = np.arange(20, dtype=float)  # 20 values cannot count 0.005: their tail is extrapolated
+    flat = np.zeros(30)  # no tail: past the largest
+    few = np.arange(MIN_TAIL - 1, dtype=float)
+    got = length_thresholds({0: counted, 1: spread, 2: flat, 3: few}, 0.05, base=0.5)
+    assert got[0] == pytest.approx(0.95) and 3 not in got
+    assert got[2] == 0.5  # its largest (0) lies below the rule's own threshold, which stands
+    assert got[1] == max(0.5, conformal_threshold(spread, 0.05))
+    small = length_thresholds({1: spread, 2: flat}, 0.005, base=0.5)
+    assert small[1] == pytest.approx(tail_threshold(spread, 0.005)) and small[1] > spread.max()
+    assert small[2] == 0.5
+    assert length_thresholds({0: counted}, 0.05, base=0.99)[0] == 0.99
+    assert length_thresholds({0: counted}, 0.05, base=math.inf) == {}
+
+
+class DistanceScorer:
+    def __init__(self, dist: dict[tuple[int, ...], float]) -> None:
+        self.dist = dist
+        self.model = SimpleNamespace(config=SimpleNamespace(max_len=8))
+
+    def score(self, windows):
+        return [WindowScore(len(w), 0, 0.0, self.dist.get(tuple(w), 0.0), ()) for w in windows]
+
+
+def test_the_model_rules_judge_only_window_lengths_their_calibration_saw():
+    """One-line normal windows calibrate the distance; three sessions of three-line windows, far out, are too few
+    to say what a normal three-line window scores: the rule judges one-line windows and leaves the others to the
+    exact rules (BGL's sample has one line per window, a full BGL stream dozens)."""
+    sessions, dist = [], {}
+    for i in range(400):
+        w = (100 + i % 40,)
+        dist[w] = (i % 40) / 40
+        sessions.append(NormalSession([list(w)]))
+    for _ in range(3):
+        sessions.append(NormalSession([[100, 101, 102]]))
+    dist[(100, 101, 102)] = 5.0
+    dist[(140,)] = dist[(102, 101, 100)] = 9.0
+    cal = calibrated_judge(DistanceScorer(dist), sessions, list(range(300, 403)), target_fpr=0.05,
+                           novel_template_set=False, rare_template=False)
+    th = cal.thresholds
+    assert th.distance < 9.0 and set(th.by_length[DISTANCE]) == {0}
+    assert th.model(DISTANCE, 1) == th.by_length[DISTANCE][0] >= th.distance
+    (one, three) = cal.judge.judge([[140], [102, 101, 100]])
+    assert one.reasons == (DISTANCE,) and not three.anomalous
+    assert any("does not judge windows of 2-3 (3) entries" in w for w in cal.promise.warnings)
+    normal = cal.judge.judge([w for s in sessions for w in s.windows])
+    assert sum(v.anomalous for v in normal) <= 0.05 * len(sessions)
