@@ -304,8 +304,9 @@ def _session_keys(sw: SessionWindows, max_len: int, stride: int) -> list[int]:
     return keys
 
 
-def _windows_of(bundle: Bundle, settings: Settings, corpus: Corpus, quiet_s: float | None = None
-                ) -> dict[str, SessionWindows]:
+def bundle_windows(bundle: Bundle, settings: Settings, corpus: Corpus, quiet_s: float | None = None
+                   ) -> dict[str, SessionWindows]:
+    """The windows ``bundle`` judges of every session of ``corpus`` (``quiet_s``: as a live stream cuts them)."""
     return build_windows(corpus, corpus.chronological(), bundle.template_index(), bundle.vocab,
                          settings.parser.unknown == "nearest", bundle.model_config.max_len, settings.model.stride,
                          quiet_s, rest_s=learned_pause(bundle))
@@ -402,7 +403,7 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
         train_corpus = read_corpus([work / "train.log"], reader)
         test_corpus = read_corpus([work / "test.log"], reader)
     fit_seconds = time.perf_counter() - t0
-    train_w, test_w = _windows_of(bundle, s, train_corpus), _windows_of(bundle, s, test_corpus)
+    train_w, test_w = bundle_windows(bundle, s, train_corpus), bundle_windows(bundle, s, test_corpus)
     if labels_csv:
         labels, labelled = load_labels(labels_csv), True
     else:
@@ -427,7 +428,7 @@ def raw_protocol(settings: Settings, inputs: Sequence[str | Path], labels_csv: s
                        "validation only")
     if live:  # LogBERT's windows as a live stream cuts them; sessions (for the baselines) stay whole
         quiet = s.session.idle_timeout_s
-        lw = {**_windows_of(bundle, s, train_corpus, quiet), **_windows_of(bundle, s, test_corpus, quiet)}
+        lw = {**bundle_windows(bundle, s, train_corpus, quiet), **bundle_windows(bundle, s, test_corpus, quiet)}
     else:
         lw = {**train_w, **test_w}
     windows = {k: v.windows for k, v in lw.items()}
