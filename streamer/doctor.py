@@ -202,6 +202,9 @@ def _promise_findings(bundle: Bundle) -> list[Finding]:
         return [Finding(WARN, "model", "the bundle states no false-positive promise (trained before calibration "
                                        "on all normal history)", "retrain with logad-train")]
     out = [Finding(INFO, "model", f"decision: {p.describe()}")]
+    history = bundle.metrics.get("data", {}).get("history", {})
+    if history.get("summary"):  # bundles trained since the history's span was recorded
+        out.append(Finding(INFO, "model", f"history: {history['summary']}"))
     if bundle.vocab.routine_levels:
         seen = {n["level"]: n for n in bundle.metrics.get("calibration", {}).get("novelty_forward", [])}
         why = "; ".join(f"{lv}: {seen[lv]['sessions']} of {seen[lv]['of']} later normal sessions" for lv in

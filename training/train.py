@@ -106,13 +106,23 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def history_span(starts: Sequence[float], ends: Sequence[float]) -> dict[str, Any]:
+def history_span(starts: Sequence[float], ends: Sequence[float], lines: Sequence[int] = ()) -> dict[str, Any]:
     """How much log time the normal history covers: the span of its sessions' first lines, against how long one
-    session lasts (median of last line minus first line)."""
+    session lasts (median of last line minus first line); with ``lines`` (each session's), how many lines a
+    session holds, which the model rules' length classes depend on (``calibration.length_thresholds``). ``summary``
+    says it in one sentence (``logad doctor`` shows it)."""
     first, last = np.asarray(starts, dtype=float), np.asarray(ends, dtype=float)
     span = float(first.max() - first.min()) if first.size else 0.0
     lasts = float(np.median(last - first)) if first.size else 0.0
-    return {"sessions": int(first.size), "span_s": span, "session_s_p50": lasts}
+    out: dict[str, Any] = {"sessions": int(first.size), "span_s": span, "session_s_p50": lasts}
+    summary = (f"{first.size} normal sessions whose first lines span {_duration(span)} of log time, a session "
+               f"lasting {_duration(lasts)} (median)")
+    if len(lines):
+        n = np.asarray(lines, dtype=float)
+        out |= {"lines_p50": float(np.median(n)), "lines_p90": float(np.percentile(n, 90)), "lines_max": int(n.max())}
+        summary += (f" and holding {out['lines_p50']:g} line(s) (median; 90 % hold at most {out['lines_p90']:g}, "
+                    f"the longest {out['lines_max']})")
+    return out | {"summary": summary}
 
 
 def span_warning(span: Mapping[str, Any]) -> str | None:
@@ -195,7 +205,8 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
     drift = forward_warning(promise, forward)
     if drift is not None:
         warnings.append(drift)
-    span = history_span([windows[sid].first_ts for sid in normal], [windows[sid].last_ts for sid in normal])
+    span = history_span([windows[sid].first_ts for sid in normal], [windows[sid].last_ts for sid in normal],
+                        [windows[sid].n_lines for sid in normal])
     concurrent = span_warning(span)
     if concurrent is not None:
         warnings.append(concurrent)

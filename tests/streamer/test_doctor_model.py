@@ -57,3 +57,14 @@ def test_doctor_states_the_forward_test_where_unseen_template_can_fire() -> None
     off = SimpleNamespace(thresholds=bundle.thresholds, vocab=bundle.vocab,
                           metrics={"calibration": {"forward_unseen": {**fw, "rule_on": False}}})
     assert len(_promise_findings(off)) == 1  # type: ignore[arg-type]  # the rule cannot fire: nothing to say
+
+
+def test_doctor_states_the_history_the_bundle_was_calibrated_on() -> None:
+    promise = Promise(0.005, 0.005, 500, 500, 0, 0.004, 0.006, ("unseen_template",), ())
+    summary = "500 normal sessions whose first lines span 3.0 d of log time, a session lasting 0 s (median) and ..."
+    bundle = SimpleNamespace(thresholds=Thresholds(0.5, 1.0, "test", promise=promise), vocab=Vocabulary.build({1: "a"}),
+                             metrics={"data": {"history": {"sessions": 500, "summary": summary}}})
+    got = [(f.status, f.message) for f in _promise_findings(bundle)]  # type: ignore[arg-type]
+    assert got[1] == (INFO, f"history: {summary}")
+    bundle.metrics = {"data": {"history": {"sessions": 500}}}  # trained before the summary was recorded
+    assert not any(f.message.startswith("history: ") for f in _promise_findings(bundle))  # type: ignore[arg-type]

@@ -148,8 +148,11 @@ def test_training_states_its_promise_and_warns_where_it_falls_short(bundles):
 def test_a_history_whose_sessions_were_alive_at_once_is_named_as_one_stretch():
     # 50 blocks allocated within 268 s that live 14 h: the benchmark's first raw HDFS blocks
     starts = [1000.0 + 268.0 * i / 49 for i in range(50)]
-    span = history_span(starts, [t + 14 * 3600.0 for t in starts])
-    assert span == {"sessions": 50, "span_s": pytest.approx(268.0), "session_s_p50": pytest.approx(50400.0)}
+    span = history_span(starts, [t + 14 * 3600.0 for t in starts], [20] * 49 + [31])
+    assert span == {"sessions": 50, "span_s": pytest.approx(268.0), "session_s_p50": pytest.approx(50400.0),
+                    "lines_p50": 20.0, "lines_p90": 20.0, "lines_max": 31, "summary": span["summary"]}
+    assert span["summary"] == ("50 normal sessions whose first lines span 4.5 min of log time, a session lasting "
+                               "14.0 h (median) and holding 20 line(s) (median; 90 % hold at most 20, the longest 31)")
     w = span_warning(span)
     assert w is not None and "all started within 4.5 min of log time" in w and "median 14.0 h" in w
     # the same sessions spread over two days (each lasts less than the span), or a single session: no warning
