@@ -42,6 +42,10 @@ scores strictly above the tail's start (``tail_excesses``). One with fewer than 
 with a warning: past the largest value it would fire on a single missed key, which measures how much of normal
 behaviour 50 sessions covered (on ten 50-session histories of DeepLog's HDFS sessions, such rules cost 248, 213,
 129 and 2 false positives of about 4,800 other normals of the file in one machine's fits, and 205 in another's).
+
+**Window lengths.** The model rules' thresholds are also set per window length class (``length_thresholds``),
+raised where windows of that length score higher, and missing where too few calibration sessions had such windows:
+the level is chosen over all sessions, and a class conditions it (Mondrian conformal calibration).
 """
 
 from __future__ import annotations
