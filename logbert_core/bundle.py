@@ -71,6 +71,11 @@ class Thresholds:
             return self.miss_ratio if rule == KEY_MISSES else self.distance
         return table.get(length_class(length), math.inf)
 
+    def model_skips(self, length: int) -> bool:
+        """Whether the model rules leave a window of ``length`` entries to the exact rules alone: no rule with a
+        length table judges that length (``False`` where no rule has a table: nothing was calibrated by length)."""
+        return bool(self.by_length) and not any(math.isfinite(self.model(r, length)) for r in self.by_length)
+
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (``null`` for a rule that is off)."""
         def fin(x: float) -> float | None:

@@ -204,6 +204,8 @@ class Judging:
         m.SCORE_BATCH.observe(len(chunk))
         for w in chunk:
             m.WINDOWS_SCORED.labels(w.cause).inc()
+        th = engine.bundle.thresholds
+        m.WINDOWS_MODEL_SKIPPED.inc(sum(th.model_skips(v.score.length) for v in verdicts))
         self.stats.add("windows", len(chunk))
         flagged = [(w, v, k) for w, v, k in zip(chunk, verdicts, keys) if v.anomalous]
         # a window that only a stop would flag: its event is held until the quiet is seen (other reasons: published

@@ -52,6 +52,10 @@ PREMATURE_WAITING = Gauge("logad_premature_end_waiting",
                           "(all workers)")
 SESSIONS_CLOSED = Counter("logad_sessions_closed_total", "Sessions closed after the idle timeout by this worker")
 WINDOWS_SCORED = Counter("logad_windows_scored_total", "Windows scored by this worker", ["cause"])
+WINDOWS_MODEL_SKIPPED = Counter("logad_windows_model_skipped_total",
+                                "Windows scored by this worker whose length the model rules were never calibrated on "
+                                "(fewer than 10 normal training sessions had such windows): only the exact rules "
+                                "judged them")
 SCORE_BATCH = Histogram("logad_score_batch_windows", "Windows per scoring batch",
                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
 SCORE_SECONDS = Histogram("logad_score_seconds", "Time to score one batch of windows",

@@ -97,3 +97,10 @@ def test_thresholds_by_window_length_round_trip_and_an_older_bundle_judges_every
     old = th.to_json()
     old.pop("by_length")
     assert Thresholds.from_json(old).model(DISTANCE, 64) == 5.0
+
+
+def test_the_model_skips_only_lengths_no_rule_with_a_table_judges():
+    th = Thresholds(0.2, 5.0, "test", by_length={DISTANCE: {0: 5.0}, KEY_MISSES: {0: 0.2, 2: 0.3}})
+    assert not th.model_skips(1) and not th.model_skips(5)  # class 2: the key-miss rule still judges it
+    assert th.model_skips(3) and th.model_skips(64)
+    assert not Thresholds(0.2, 5.0, "older bundle").model_skips(64)  # nothing calibrated by length
