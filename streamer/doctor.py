@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from logbert_core.calibration import length_span
 from logbert_core.config import Settings, redact_url
 
 if TYPE_CHECKING:
@@ -205,6 +206,11 @@ def _promise_findings(bundle: Bundle) -> list[Finding]:
     history = bundle.metrics.get("data", {}).get("history", {})
     if history.get("summary"):  # bundles trained since the history's span was recorded
         out.append(Finding(INFO, "model", f"history: {history['summary']}"))
+    for rule, table in bundle.thresholds.by_length.items():
+        spans = ", ".join(length_span(c) for c in sorted(table)) or "none"
+        out.append(Finding(INFO, "model", f"{rule} judges windows of {spans} entries, the lengths its calibration "
+                                          "saw; other windows are left to the exact rules "
+                                          "(logad_windows_model_skipped_total counts them)"))
     if bundle.vocab.routine_levels:
         seen = {n["level"]: n for n in bundle.metrics.get("calibration", {}).get("novelty_forward", [])}
         why = "; ".join(f"{lv}: {seen[lv]['sessions']} of {seen[lv]['of']} later normal sessions" for lv in

@@ -68,3 +68,12 @@ def test_doctor_states_the_history_the_bundle_was_calibrated_on() -> None:
     assert got[1] == (INFO, f"history: {summary}")
     bundle.metrics = {"data": {"history": {"sessions": 500}}}  # trained before the summary was recorded
     assert not any(f.message.startswith("history: ") for f in _promise_findings(bundle))  # type: ignore[arg-type]
+
+
+def test_doctor_names_the_window_lengths_the_model_rules_judge() -> None:
+    promise = Promise(0.005, 0.005, 500, 500, 0, 0.004, 0.006, ("hypersphere_distance",), ())
+    th = Thresholds(0.5, 1.0, "test", promise=promise, by_length={"hypersphere_distance": {0: 1.0, 1: 2.0, 3: 2.5}})
+    bundle = SimpleNamespace(thresholds=th, vocab=Vocabulary.build({1: "a"}), metrics={})
+    got = [f.message for f in _promise_findings(bundle)]  # type: ignore[arg-type]
+    assert "hypersphere_distance judges windows of 1, 2-3, 8-15 entries, the lengths its calibration saw; other " \
+           "windows are left to the exact rules (logad_windows_model_skipped_total counts them)" in got
