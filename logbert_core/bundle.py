@@ -97,7 +97,10 @@ class Thresholds:
 
         promise = th.get("promise")
         by_length: dict[str, dict[int, float]] = {}
-        for rule, table in (th.get("by_length") or {}).items():
+        tables = th.get("by_length") or {}
+        if not isinstance(tables, Mapping):
+            raise ValueError("by_length must be an object of model rule -> {length class: threshold}")
+        for rule, table in tables.items():
             if not isinstance(table, Mapping):
                 raise ValueError(f"by_length.{rule} must be an object of length class -> threshold")
             try:

@@ -61,6 +61,7 @@ def first_cluster(meta: dict[str, Any]) -> list[Any]:
     (lambda m: m.update(version=7), "version"),
     (lambda m: m.update(metrics="fine"), "metrics"),
     (lambda m: m.update(thresholds=["a"]), "thresholds"),
+    (lambda m: m["thresholds"].update(by_length=[1.0]), "thresholds"),
     (lambda m: m["thresholds"].update(by_length={"hypersphere_distance": [1.0]}), "thresholds"),
     (lambda m: m["thresholds"].update(by_length={"hypersphere_distance": {"one": 1.0}}), "thresholds"),
     (lambda m: m.pop("vocab"), "vocab"),
