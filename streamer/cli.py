@@ -101,6 +101,7 @@ def demo(workers: int, partitions: int, fmt: str, model_dir: str | None, input_f
     """Embedded broker + Redis, stream held-out HDFS logs through the detector, print anomalies and P/R/F1."""
     from streamer.demo import DemoOptions, run_demo
 
+    quiet_kafka()  # the demo checks what it produced, committed and scored itself; -v shows the client's own log
     summary = run_demo(DemoOptions(workers=workers, partitions=partitions, fmt=fmt, model_dir=model_dir,
                                    input_file=input_file, labels=labels, config=config, quiet=quiet,
                                    events_out=events_out))
