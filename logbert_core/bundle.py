@@ -29,7 +29,7 @@ import torch
 from drain3.drain import Node
 from safetensors.torch import load_file, save_file
 
-from logbert_core.calibration import KEY_MISSES, Promise, length_class
+from logbert_core.calibration import DISTANCE, KEY_MISSES, Promise, length_class
 from logbert_core.errors import LogadError
 from logbert_core.model import LogBERT, LogBERTConfig
 from logbert_core.parsing import DrainParams, TemplateIndex
@@ -70,6 +70,11 @@ class Thresholds:
         if table is None:
             return self.miss_ratio if rule == KEY_MISSES else self.distance
         return table.get(length_class(length), math.inf)
+
+    def shown(self, length: int) -> tuple[float, float]:
+        """The (key-miss, distance) thresholds an event states for a window of ``length`` entries; a key-miss
+        threshold past 1 (the rule does not judge the window) is stated as 1, which no share of misses exceeds."""
+        return min(1.0, self.model(KEY_MISSES, length)), self.model(DISTANCE, length)
 
     def model_skips(self, length: int) -> bool:
         """Whether the model rules leave a window of ``length`` entries to the exact rules alone: no rule with a

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from logbert_core.config import Settings
-from logbert_core.judge import DISTANCE, KEY_MISSES, Verdict
+from logbert_core.judge import Verdict
 from logbert_core.windows import window_keys
 from streamer import metrics as m
 from streamer.backoff import Backoff
@@ -204,7 +204,8 @@ class Judging:
         m.SCORE_BATCH.observe(len(chunk))
         for w in chunk:
             m.WINDOWS_SCORED.labels(w.cause).inc()
-        th = engine.bundle.thresholds
+        bundle = engine.bundle
+        th = bundle.thresholds
         m.WINDOWS_MODEL_SKIPPED.inc(sum(th.model_skips(v.score.length) for v in verdicts))
         self.stats.add("windows", len(chunk))
         flagged = [(w, v, k) for w, v, k in zip(chunk, verdicts, keys) if v.anomalous]
@@ -215,19 +216,18 @@ class Judging:
                     k) for w, v, k in zip(chunk, verdicts, keys) if v.end_pending and not v.anomalous]
         if not flagged and not waiting:
             return []
-        unseen = engine.bundle.vocab.unseen
+        unseen = bundle.vocab.unseen
         novel = [w for w, _, k in flagged + waiting if any(map(unseen, k))]
         texts = self.backoff.redis("redis read", lambda: engine.store.verdicts.unseen_texts(novel))
-        bundle = engine.bundle
-        th = bundle.thresholds
 
         def event_json(w: CutWindow, v: Verdict) -> str:
+            miss_threshold, distance_threshold = th.shown(v.score.length)
             return build_event(event_id=w.id, session_id=w.session_id, members=w.members, lo=w.lo,
                                cause="idle" if w.cause == "idle" else "full", first_ts=w.first_ts,
                                last_ts=w.last_ts, cut_ms=w.cut_ms, verdict=v, vocab=bundle.vocab,
                                unseen_text=texts.get(w.session_id, {}),
-                               miss_threshold=min(1.0, th.model(KEY_MISSES, v.score.length)),
-                               distance_threshold=th.model(DISTANCE, v.score.length), model_version=bundle.version,
+                               miss_threshold=miss_threshold, distance_threshold=distance_threshold,
+                               model_version=bundle.version,
                                context=self.publisher.context, origins=w.origins).model_dump_json()
 
         held += [(w, event_json(w, v)) for w, v, _ in waiting]

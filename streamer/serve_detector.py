@@ -10,7 +10,7 @@ from pydantic_core import to_json
 
 from logbert_core.bundle import Bundle
 from logbert_core.config import Settings
-from logbert_core.judge import DISTANCE, KEY_MISSES, Verdict
+from logbert_core.judge import Verdict
 from logbert_core.parsing import key_of, line_digest
 from logbert_core.runtime import DeviceError, SettingsMismatch, build_judge, check_settings, resolve_device
 from logbert_core.windows import canonical_entries, session_windows, window_keys
@@ -157,12 +157,12 @@ class SessionDetector:
             if flagged:
                 lo, hi, v = max(flagged, key=lambda f: (f[2].score.miss_ratio, f[2].score.distance, -f[0]))
                 span = canon[lo:hi]
+                miss_threshold, distance_threshold = th.shown(v.score.length)
                 event = build_event(
                     event_id=f"{sid}:{lo}", session_id=sid, members=tuple(mem for _, mem in span), lo=lo,
                     cause="full" if hi - lo == max_len else "idle", first_ts=span[0][0], last_ts=span[-1][0],
-                    cut_ms=now_ms, verdict=v, vocab=vocab, unseen_text=unseen,
-                    miss_threshold=min(1.0, th.model(KEY_MISSES, v.score.length)),
-                    distance_threshold=th.model(DISTANCE, v.score.length), model_version=self.bundle.version)
+                    cut_ms=now_ms, verdict=v, vocab=vocab, unseen_text=unseen, miss_threshold=miss_threshold,
+                    distance_threshold=distance_threshold, model_version=self.bundle.version)
                 explanation, window = event.explanation, event.window
                 anomalous += 1
             else:

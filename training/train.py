@@ -106,7 +106,8 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def history_span(starts: Sequence[float], ends: Sequence[float], lines: Sequence[int] = ()) -> dict[str, Any]:
+def history_span(starts: Sequence[float], ends: Sequence[float], lines: Sequence[int] | np.ndarray = ()
+                 ) -> dict[str, Any]:
     """How much log time the normal history covers: the span of its sessions' first lines, against how long one
     session lasts (median of last line minus first line); with ``lines`` (each session's), how many lines a
     session holds, which the model rules' length classes depend on (``calibration.length_thresholds``). ``summary``
@@ -205,8 +206,8 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
     drift = forward_warning(promise, forward)
     if drift is not None:
         warnings.append(drift)
-    span = history_span([windows[sid].first_ts for sid in normal], [windows[sid].last_ts for sid in normal],
-                        [windows[sid].n_lines for sid in normal])
+    lengths = np.array([windows[sid].n_lines for sid in normal])
+    span = history_span([windows[sid].first_ts for sid in normal], [windows[sid].last_ts for sid in normal], lengths)
     concurrent = span_warning(span)
     if concurrent is not None:
         warnings.append(concurrent)
@@ -215,7 +216,6 @@ def train_bundle(settings: Settings, inputs: Sequence[str | Path], out_dir: str 
                         f"period) is below train.expected_recall = {s.train.expected_recall}")
     for w in warnings:
         log.warning("%s: %s", name, w)
-    lengths = np.array([windows[sid].n_lines for sid in normal])
     metrics: dict[str, Any] = {
         "data": {"inputs": [str(p) for p in inputs], "sha256": corpus.fingerprint, "lines": len(corpus.records),
                  "rejected_lines": dict(corpus.rejected), "sessions": len(order), "anomalous_sessions": len(anomalous),

@@ -105,3 +105,4 @@ def test_the_model_skips_only_lengths_no_rule_with_a_table_judges():
     assert not th.model_skips(1) and not th.model_skips(5)  # class 2: the key-miss rule still judges it
     assert th.model_skips(3) and th.model_skips(64)
     assert not Thresholds(0.2, 5.0, "older bundle").model_skips(64)  # nothing calibrated by length
+    assert th.shown(1) == (0.2, 5.0) and th.shown(64) == (1.0, math.inf)  # events state 1: no share exceeds it
