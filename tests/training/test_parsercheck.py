@@ -13,9 +13,11 @@ from logbert_core.config import load_settings
 from logbert_core.parsing import TemplateIndex
 from training.cli import main
 from training.parsercheck import (
+    CheckRow,
     description_length,
     grouping_accuracy,
     later_unseen_share,
+    markdown,
     read_reference,
     singleton_share,
 )
@@ -98,3 +100,12 @@ def test_the_description_length_counts_templates_choices_and_parameter_values() 
     split = description_length(["open file", "close file"], [0, 1], {0: "open file", 1: "close file"})
     merged = description_length(["open file", "close file"], [0, 0], {0: "<*> file"})
     assert merged < split
+
+
+def test_the_check_states_what_a_per_family_choice_of_the_settings_could_reach_at_most() -> None:
+    def row(system: str, a: float, b: float) -> CheckRow:
+        return CheckRow(system, 10, 2, 0, {"A": (a, 2), "B": (b, 3)}, {"A": (0.0, 0.0, 1.0), "B": (0.0, 0.0, 2.0)})
+
+    text = markdown([row("one", 1.0, 0.5), row("two", 0.6, 0.9)], ["A", "B"])  # means: A 0.8, B 0.7
+    assert "| mean (best of the settings, systems) | | | 0.800 (1) | 0.700 (1) |" in text
+    assert "best of these 2 settings groups at a mean of 0.950, against 0.800 for the best single setting (A)" in text
