@@ -1,0 +1,169 @@
+"""How much of BGL's drift does retraining take back, and what does retraining on unreviewed logs cost?
+
+    python -m benchmarks.retrain_cadence --shared ../shared/data                  # monthly: about 4 min on 2 cores
+    python -m benchmarks.retrain_cadence --shared ../shared/data --every-days 7   # weekly: about 15 min
+
+The benchmark's ``bgl_raw`` suite trains once on the earlier 70 % of ``BGL_dev.log``'s (node, 5-minute) sessions and
+judges the latest 30 %, months later: there the decision flags 7 % of the normal windows against a promise of 0.5 %,
+most of them for a severe-level template the training part never had (docs/evaluation.md). The trainer's forward test
+and the ``LogadUnseenTemplatesRising`` alert say "retrain". This script measures what that buys. It cuts the test
+part into consecutive periods of ``--every-days`` days of log time and judges each period with three bundles:
+
+* ``static``: trained once, on the training part (``bgl_raw``'s bundle);
+* ``reviewed``: retrained before each period on every earlier line, the labelled alerts left out, as after an
+  operator removed the incidents the detector reported and those found otherwise (what ``logad-train`` does with
+  labels; an upper bound for a reviewed history);
+* ``unreviewed``: retrained on every earlier line as it came, alerts included (labels erased): retraining on a
+  schedule without review.
+
+The first period is judged by the static bundle in all three rows (nothing earlier to retrain on). Labels only count
+outcomes and, in ``reviewed``, say which earlier sessions were incidents; no threshold is chosen with them. One line
+per period, then a JSON summary. Settings are ``config/bgl.toml``'s, as in the benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+from logbert_core.bundle import load_bundle
+from logbert_core.config import Settings, load_settings
+from logbert_core.parsing import LineFormatError
+from logbert_core.runtime import build_judge, resolve_device
+from training.data import inline_labels, iter_lines, read_corpus, split_chronological
+from training.protocols import bundle_windows
+from training.train import judge_sessions, train_bundle
+
+REPO = Path(__file__).resolve().parent.parent
+VARIANTS = ("static", "reviewed", "unreviewed")
+
+
+def sessions_of(settings: Settings, path: Path) -> tuple[list[str], dict[str, list[str]], dict[str, float]]:
+    """Session ids in the order of their first line's timestamp, each session's raw lines (file order), and its
+    first line's timestamp."""
+    fmt = settings.line_format()
+    lines: dict[str, list[str]] = {}
+    first: dict[str, tuple[float, int]] = {}
+    for n, line in enumerate(iter_lines([path])):
+        try:
+            rec = fmt.parse(line)
+        except LineFormatError:
+            continue
+        for sid in rec.session_ids:
+            lines.setdefault(sid, []).append(line)
+            first.setdefault(sid, (rec.timestamp, n))
+    return sorted(first, key=first.__getitem__), lines, {sid: ts for sid, (ts, _) in first.items()}
+
+
+def periods(ids: Sequence[str], start: dict[str, float], seconds: float) -> list[list[str]]:
+    """Sessions (in order of their start) cut into consecutive periods of ``seconds`` of log time from the first
+    one's start; periods without a session are left out."""
+    out: dict[int, list[str]] = {}
+    for sid in ids:
+        out.setdefault(int((start[sid] - start[ids[0]]) // seconds), []).append(sid)
+    return [out[k] for k in sorted(out)]
+
+
+def unlabelled(line: str) -> str:
+    """A BGL line with its alert label erased: the first field becomes "-" (normal), as a raw log has no labels."""
+    return "- " + line.split(" ", 1)[1] if " " in line else line
+
+
+def write_lines(path: Path, ids: Sequence[str], lines: dict[str, list[str]], erase_labels: bool = False) -> Path:
+    with open(path, "w", encoding="utf-8") as fh:
+        for sid in ids:
+            for line in lines[sid]:
+                fh.write((unlabelled(line) if erase_labels else line) + "\n")
+    return path
+
+
+def judge_part(settings: Settings, bundle_dir: Path, test_log: Path, threads: int) -> dict[str, Any]:
+    bundle = load_bundle(bundle_dir)
+    judge = build_judge(bundle, settings, resolve_device(settings.train.device), threads=threads)
+    corpus = read_corpus([test_log], settings.line_reader())
+    labels = inline_labels(corpus)
+    verdicts = judge_sessions(judge, bundle_windows(bundle, settings, corpus))
+    tp = fp = fn = tn = 0
+    for sid, vs in verdicts.items():
+        flagged = any(v.anomalous for v in vs)
+        if labels.get(sid, False):
+            tp += flagged
+            fn += not flagged
+        else:
+            fp += flagged
+            tn += not flagged
+    return {"bundle": bundle.version, "tp": tp, "fp": fp, "fn": fn, "normal": fp + tn, "anomalous": tp + fn,
+            **scores(tp, fp, fn, tn)}
+
+
+def scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return {"precision": round(p, 3), "recall": round(r, 3), "f1": round(2 * p * r / (p + r), 3) if p + r else 0.0,
+            "fpr": round(fp / (fp + tn), 4) if fp + tn else 0.0}
+
+
+def train(settings: Settings, log: Path, out: Path, source: str) -> Path:
+    train_bundle(settings, [log], out, None, progress=False, source=source)
+    return out
+
+
+@click.command()
+@click.option("--shared", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="the shared data folder (holds bgl/BGL_dev.log)")
+@click.option("--every-days", default=30.0, show_default=True,
+              help="retrain this often: the test part is cut into consecutive periods of this many days of log time")
+@click.option("--test-fraction", default=0.3, show_default=True, help="the latest share of sessions judged "
+              "(bgl_raw's)")
+@click.option("--threads", default=2, show_default=True, help="torch threads")
+def main(shared: Path, every_days: float, test_fraction: float, threads: int) -> None:
+    if not every_days > 0:
+        raise click.BadParameter(f"{every_days}: a period of more than 0 days", param_hint="--every-days")
+    torch.set_num_threads(threads)
+    settings = load_settings(REPO / "config" / "bgl.toml")
+    t0 = time.perf_counter()
+    order, lines, start = sessions_of(settings, shared / "bgl" / "BGL_dev.log")
+    history, test = split_chronological(order, [test_fraction])
+    parts = periods(test, start, every_days * 86_400)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="logad-cadence-") as tmp:
+        work = Path(tmp)
+        static = train(settings, write_lines(work / "history.log", history, lines), work / "static",
+                       "bgl_raw's training part")
+        earlier = list(history)
+        for k, part in enumerate(parts):
+            test_log = write_lines(work / f"part{k}.log", part, lines)
+            row: dict[str, Any] = {"part": k, "sessions": len(part), "history_sessions": len(earlier),
+                                   "days": round((start[part[-1]] - start[part[0]]) / 86_400, 1)}
+            for variant in VARIANTS:
+                if k == 0 or variant == "static":
+                    bundle = static
+                else:
+                    log = write_lines(work / f"{variant}{k}.log", earlier, lines, erase_labels=variant == "unreviewed")
+                    bundle = train(settings, log, work / f"{variant}{k}", f"{variant} history before part {k}")
+                row[variant] = judge_part(settings, bundle, test_log, threads)
+            rows.append(row)
+            earlier += part
+            outcome = "; ".join(f"{v} F1 {row[v]['f1']:.3f} (TP {row[v]['tp']}, FP {row[v]['fp']} of "
+                                f"{row[v]['normal']}, FN {row[v]['fn']})" for v in VARIANTS)
+            click.echo(f"part {k} ({len(part)} sessions over {row['days']} days, history {row['history_sessions']}): "
+                       + outcome)
+    totals = {}
+    for v in VARIANTS:
+        tp, fp, fn = (sum(r[v][x] for r in rows) for x in ("tp", "fp", "fn"))
+        tn = sum(r[v]["normal"] for r in rows) - fp
+        totals[v] = {"tp": tp, "fp": fp, "fn": fn, **scores(tp, fp, fn, tn)}
+        click.echo(f"all parts, {v}: F1 {totals[v]['f1']:.3f}, FPR {totals[v]['fpr']:.4f} (TP {tp}, FP {fp}, FN {fn})")
+    click.echo(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "every_days": every_days, "parts": rows,
+                           "totals": totals}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
