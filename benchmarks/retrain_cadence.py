@@ -1,22 +1,25 @@
 """How much of BGL's drift does retraining take back, and what does retraining on unreviewed logs cost?
 
-    python -m benchmarks.retrain_cadence --shared ../shared/data                  # monthly: about 4 min on 2 cores
-    python -m benchmarks.retrain_cadence --shared ../shared/data --every-days 7   # weekly: about 15 min
+    python -m benchmarks.retrain_cadence --shared ../shared/data                  # monthly: about 5 min on 2 cores
+    python -m benchmarks.retrain_cadence --shared ../shared/data --every-days 7   # weekly: about 20 min
 
 The benchmark's ``bgl_raw`` suite trains once on the earlier 70 % of ``BGL_dev.log``'s (node, 5-minute) sessions and
 judges the latest 30 %, months later: there the decision flags 7 % of the normal windows against a promise of 0.5 %,
 most of them for a severe-level template the training part never had (docs/evaluation.md). The trainer's forward test
 and the ``LogadUnseenTemplatesRising`` alert say "retrain". This script measures what that buys. It cuts the test
-part into consecutive periods of ``--every-days`` days of log time and judges each period with three bundles:
+part into consecutive periods of ``--every-days`` days of log time and judges each period with four bundles:
 
 * ``static``: trained once, on the training part (``bgl_raw``'s bundle);
 * ``reviewed``: retrained before each period on every earlier line, the labelled alerts left out, as after an
   operator removed the incidents the detector reported and those found otherwise (what ``logad-train`` does with
   labels; an upper bound for a reviewed history);
-* ``unreviewed``: retrained on every earlier line as it came, alerts included (labels erased): retraining on a
-  schedule without review.
+* ``unreviewed``: retrained on the training part and every later line as it came, alerts included (their labels
+  erased): retraining on a schedule without review;
+* ``automatic``: as ``unreviewed``, less the sessions the automatic bundles flagged: a pipeline that retrains on
+  what the detector judged normal.
 
-The first period is judged by the static bundle in all three rows (nothing earlier to retrain on). Labels only count
+The training part keeps its labels in every bundle (it was reviewed once, as the static bundle's history). The
+first period is judged by the static bundle in every row (nothing earlier to retrain on). Labels only count
 outcomes and, in ``reviewed``, say which earlier sessions were incidents; no threshold is chosen with them. One line
 per period, then a JSON summary. Settings are ``config/bgl.toml``'s, as in the benchmark.
 """
@@ -42,7 +45,7 @@ from training.protocols import bundle_windows
 from training.train import judge_sessions, train_bundle
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = ("static", "reviewed", "unreviewed")
+VARIANTS = ("static", "reviewed", "unreviewed", "automatic")
 
 
 def sessions_of(settings: Settings, path: Path) -> tuple[list[str], dict[str, list[str]], dict[str, float]]:
@@ -76,23 +79,30 @@ def unlabelled(line: str) -> str:
     return "- " + line.split(" ", 1)[1] if " " in line else line
 
 
-def write_lines(path: Path, ids: Sequence[str], lines: dict[str, list[str]], erase_labels: bool = False) -> Path:
+def write_lines(path: Path, ids: Sequence[str], lines: dict[str, list[str]], erase: Sequence[str] = ()) -> Path:
+    """The lines of sessions ``ids``, in order; those of the sessions ``erase`` with their labels erased."""
+    unreviewed = set(erase)
     with open(path, "w", encoding="utf-8") as fh:
-        for sid in ids:
+        for sid in [*ids, *erase]:
             for line in lines[sid]:
-                fh.write((unlabelled(line) if erase_labels else line) + "\n")
+                fh.write((unlabelled(line) if sid in unreviewed else line) + "\n")
     return path
 
 
-def judge_part(settings: Settings, bundle_dir: Path, test_log: Path, threads: int) -> dict[str, Any]:
+def judge_part(settings: Settings, bundle_dir: Path, test_log: Path, threads: int
+               ) -> tuple[dict[str, Any], set[str]]:
+    """The outcome on one period, and the sessions the bundle flagged."""
     bundle = load_bundle(bundle_dir)
     judge = build_judge(bundle, settings, resolve_device(settings.train.device), threads=threads)
     corpus = read_corpus([test_log], settings.line_reader())
     labels = inline_labels(corpus)
     verdicts = judge_sessions(judge, bundle_windows(bundle, settings, corpus))
     tp = fp = fn = tn = 0
+    flags = set()
     for sid, vs in verdicts.items():
         flagged = any(v.anomalous for v in vs)
+        if flagged:
+            flags.add(sid)
         if labels.get(sid, False):
             tp += flagged
             fn += not flagged
@@ -100,7 +110,7 @@ def judge_part(settings: Settings, bundle_dir: Path, test_log: Path, threads: in
             fp += flagged
             tn += not flagged
     return {"bundle": bundle.version, "tp": tp, "fp": fp, "fn": fn, "normal": fp + tn, "anomalous": tp + fn,
-            **scores(tp, fp, fn, tn)}
+            **scores(tp, fp, fn, tn)}, flags
 
 
 def scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
@@ -137,18 +147,28 @@ def main(shared: Path, every_days: float, test_fraction: float, threads: int) ->
         work = Path(tmp)
         static = train(settings, write_lines(work / "history.log", history, lines), work / "static",
                        "bgl_raw's training part")
-        earlier = list(history)
+        earlier: list[str] = []  # sessions of the periods judged so far
+        flagged: set[str] = set()  # ... that the automatic bundles flagged
         for k, part in enumerate(parts):
             test_log = write_lines(work / f"part{k}.log", part, lines)
-            row: dict[str, Any] = {"part": k, "sessions": len(part), "history_sessions": len(earlier),
+            row: dict[str, Any] = {"part": k, "sessions": len(part), "history_sessions": len(history) + len(earlier),
                                    "days": round((start[part[-1]] - start[part[0]]) / 86_400, 1)}
             for variant in VARIANTS:
                 if k == 0 or variant == "static":
                     bundle = static
                 else:
-                    log = write_lines(work / f"{variant}{k}.log", earlier, lines, erase_labels=variant == "unreviewed")
-                    bundle = train(settings, log, work / f"{variant}{k}", f"{variant} history before part {k}")
-                row[variant] = judge_part(settings, bundle, test_log, threads)
+                    # the training part keeps its labels in every variant (it was reviewed once); the periods since:
+                    if variant == "reviewed":  # labels kept: the alerts are left out
+                        ids, erase = [*history, *earlier], []
+                    elif variant == "unreviewed":  # as they came
+                        ids, erase = history, earlier
+                    else:  # as they came, less what the detector flagged
+                        ids, erase = history, [sid for sid in earlier if sid not in flagged]
+                    log = write_lines(work / f"{variant}{k}.log", ids, lines, erase)
+                    bundle = train(settings, log, work / f"{variant}{k}", f"{variant} history before period {k}")
+                row[variant], flags = judge_part(settings, bundle, test_log, threads)
+                if variant == "automatic":
+                    flagged |= flags
             rows.append(row)
             earlier += part
             outcome = "; ".join(f"{v} F1 {row[v]['f1']:.3f} (TP {row[v]['tp']}, FP {row[v]['fp']} of "
