@@ -132,10 +132,17 @@ def train(settings: Settings, log: Path, out: Path, source: str) -> Path:
               help="retrain this often: the test part is cut into consecutive periods of this many days of log time")
 @click.option("--test-fraction", default=0.3, show_default=True, help="the latest share of sessions judged "
               "(bgl_raw's)")
+@click.option("--variants", default=",".join(VARIANTS), show_default=True,
+              help="the bundles to compare (static always runs: the others start from it)")
 @click.option("--threads", default=2, show_default=True, help="torch threads")
-def main(shared: Path, every_days: float, test_fraction: float, threads: int) -> None:
+def main(shared: Path, every_days: float, test_fraction: float, variants: str, threads: int) -> None:
     if not every_days > 0:
         raise click.BadParameter(f"{every_days}: a period of more than 0 days", param_hint="--every-days")
+    wanted = {v.strip() for v in variants.split(",") if v.strip()}
+    if wanted - set(VARIANTS):
+        raise click.BadParameter(f"{', '.join(sorted(wanted - set(VARIANTS)))}: not one of {', '.join(VARIANTS)}",
+                                 param_hint="--variants")
+    chosen = [v for v in VARIANTS if v in wanted or v == "static"]
     torch.set_num_threads(threads)
     settings = load_settings(REPO / "config" / "bgl.toml")
     t0 = time.perf_counter()
@@ -153,7 +160,7 @@ def main(shared: Path, every_days: float, test_fraction: float, threads: int) ->
             test_log = write_lines(work / f"part{k}.log", part, lines)
             row: dict[str, Any] = {"part": k, "sessions": len(part), "history_sessions": len(history) + len(earlier),
                                    "days": round((start[part[-1]] - start[part[0]]) / 86_400, 1)}
-            for variant in VARIANTS:
+            for variant in chosen:
                 if k == 0 or variant == "static":
                     bundle = static
                 else:
@@ -172,11 +179,11 @@ def main(shared: Path, every_days: float, test_fraction: float, threads: int) ->
             rows.append(row)
             earlier += part
             outcome = "; ".join(f"{v} F1 {row[v]['f1']:.3f} (TP {row[v]['tp']}, FP {row[v]['fp']} of "
-                                f"{row[v]['normal']}, FN {row[v]['fn']})" for v in VARIANTS)
+                                f"{row[v]['normal']}, FN {row[v]['fn']})" for v in chosen)
             click.echo(f"part {k} ({len(part)} sessions over {row['days']} days, history {row['history_sessions']}): "
                        + outcome)
     totals = {}
-    for v in VARIANTS:
+    for v in chosen:
         tp, fp, fn = (sum(r[v][x] for r in rows) for x in ("tp", "fp", "fn"))
         tn = sum(r[v]["normal"] for r in rows) - fp
         totals[v] = {"tp": tp, "fp": fp, "fn": fn, **scores(tp, fp, fn, tn)}
