@@ -108,7 +108,7 @@ def forward_warning(promise: Promise, forward: tuple[int, int], confidence: floa
             f"normal history, {k} of {n} later normal sessions held a template it never had, at a level that counts "
             f"(rate {k / n:.4f}, 95 % lower bound {lower:.4f}), above the promised bound {promise.fpr_upper:.4f}. "
             "The history drifts: on logs from other times than it, expect unseen_template to flag more normal "
-            "sessions than promised, and retrain often on recent logs with the confirmed incidents left out "
+            "sessions than promised; retrain on recent logs with the confirmed incidents left out "
             "(--labels); a bundle retrained on unreviewed logs learns the incidents as normal")
 
 
