@@ -38,31 +38,24 @@ import torch
 
 from logbert_core.bundle import load_bundle
 from logbert_core.config import Settings, load_settings
-from logbert_core.parsing import LineFormatError
+from logbert_core.judge import Verdict
 from logbert_core.runtime import build_judge, resolve_device
-from training.data import inline_labels, iter_lines, read_corpus, split_chronological
+from training.data import inline_labels, read_corpus, split_chronological
 from training.protocols import bundle_windows
-from training.train import judge_sessions, train_bundle
+from training.train import judge_sessions, session_metrics, train_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ("static", "reviewed", "unreviewed", "automatic")
 
 
 def sessions_of(settings: Settings, path: Path) -> tuple[list[str], dict[str, list[str]], dict[str, float]]:
-    """Session ids in the order of their first line's timestamp, each session's raw lines (file order), and its
-    first line's timestamp."""
-    fmt = settings.line_format()
-    lines: dict[str, list[str]] = {}
-    first: dict[str, tuple[float, int]] = {}
-    for n, line in enumerate(iter_lines([path])):
-        try:
-            rec = fmt.parse(line)
-        except LineFormatError:
-            continue
-        for sid in rec.session_ids:
-            lines.setdefault(sid, []).append(line)
-            first.setdefault(sid, (rec.timestamp, n))
-    return sorted(first, key=first.__getitem__), lines, {sid: ts for sid, (ts, _) in first.items()}
+    """Session ids in the order of their first line's timestamp (``Corpus.chronological``), each session's raw
+    lines (file order), and its first line's timestamp."""
+    corpus = read_corpus([path], settings.line_reader())
+    recs = corpus.records
+    lines = {sid: [recs[i].line for i in idx] for sid, idx in corpus.sessions.items()}
+    start = {sid: recs[idx[0]].timestamp for sid, idx in corpus.sessions.items()}
+    return corpus.chronological(), lines, start
 
 
 def periods(ids: Sequence[str], start: dict[str, float], seconds: float) -> list[list[str]]:
@@ -90,34 +83,12 @@ def write_lines(path: Path, ids: Sequence[str], lines: dict[str, list[str]], era
 
 
 def judge_part(settings: Settings, bundle_dir: Path, test_log: Path, threads: int
-               ) -> tuple[dict[str, Any], set[str]]:
-    """The outcome on one period, and the sessions the bundle flagged."""
+               ) -> tuple[dict[str, list[Verdict]], dict[str, bool], str]:
+    """One period's verdicts by the bundle, its labels, and the bundle's version."""
     bundle = load_bundle(bundle_dir)
     judge = build_judge(bundle, settings, resolve_device(settings.train.device), threads=threads)
     corpus = read_corpus([test_log], settings.line_reader())
-    labels = inline_labels(corpus)
-    verdicts = judge_sessions(judge, bundle_windows(bundle, settings, corpus))
-    tp = fp = fn = tn = 0
-    flags = set()
-    for sid, vs in verdicts.items():
-        flagged = any(v.anomalous for v in vs)
-        if flagged:
-            flags.add(sid)
-        if labels.get(sid, False):
-            tp += flagged
-            fn += not flagged
-        else:
-            fp += flagged
-            tn += not flagged
-    return {"bundle": bundle.version, "tp": tp, "fp": fp, "fn": fn, "normal": fp + tn, "anomalous": tp + fn,
-            **scores(tp, fp, fn, tn)}, flags
-
-
-def scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
-    p = tp / (tp + fp) if tp + fp else 0.0
-    r = tp / (tp + fn) if tp + fn else 0.0
-    return {"precision": round(p, 3), "recall": round(r, 3), "f1": round(2 * p * r / (p + r), 3) if p + r else 0.0,
-            "fpr": round(fp / (fp + tn), 4) if fp + tn else 0.0}
+    return judge_sessions(judge, bundle_windows(bundle, settings, corpus)), inline_labels(corpus), bundle.version
 
 
 def train(settings: Settings, log: Path, out: Path, source: str) -> Path:
@@ -156,6 +127,8 @@ def main(shared: Path, every_days: float, test_fraction: float, variants: str, t
                        "bgl_raw's training part")
         earlier: list[str] = []  # sessions of the periods judged so far
         flagged: set[str] = set()  # ... that the automatic bundles flagged
+        # per variant, the verdicts and labels of every period (session ids differ between periods)
+        everything: dict[str, tuple[dict[str, list[Verdict]], dict[str, bool]]] = {v: ({}, {}) for v in chosen}
         for k, part in enumerate(parts):
             test_log = write_lines(work / f"part{k}.log", part, lines)
             row: dict[str, Any] = {"part": k, "sessions": len(part), "history_sessions": len(history) + len(earlier),
@@ -173,21 +146,22 @@ def main(shared: Path, every_days: float, test_fraction: float, variants: str, t
                         ids, erase = history, [sid for sid in earlier if sid not in flagged]
                     log = write_lines(work / f"{variant}{k}.log", ids, lines, erase)
                     bundle = train(settings, log, work / f"{variant}{k}", f"{variant} history before period {k}")
-                row[variant], flags = judge_part(settings, bundle, test_log, threads)
+                verdicts, labels, version = judge_part(settings, bundle, test_log, threads)
+                row[variant] = {"bundle": version, **session_metrics(verdicts, labels)}
+                everything[variant][0].update(verdicts)
+                everything[variant][1].update(labels)
                 if variant == "automatic":
-                    flagged |= flags
+                    flagged |= {sid for sid, vs in verdicts.items() if any(v.anomalous for v in vs)}
             rows.append(row)
             earlier += part
             outcome = "; ".join(f"{v} F1 {row[v]['f1']:.3f} (TP {row[v]['tp']}, FP {row[v]['fp']} of "
-                                f"{row[v]['normal']}, FN {row[v]['fn']})" for v in chosen)
+                                f"{row[v]['fp'] + row[v]['tn']}, FN {row[v]['fn']})" for v in chosen)
             click.echo(f"part {k} ({len(part)} sessions over {row['days']} days, history {row['history_sessions']}): "
                        + outcome)
     totals = {}
     for v in chosen:
-        tp, fp, fn = (sum(r[v][x] for r in rows) for x in ("tp", "fp", "fn"))
-        tn = sum(r[v]["normal"] for r in rows) - fp
-        totals[v] = {"tp": tp, "fp": fp, "fn": fn, **scores(tp, fp, fn, tn)}
-        click.echo(f"all parts, {v}: F1 {totals[v]['f1']:.3f}, FPR {totals[v]['fpr']:.4f} (TP {tp}, FP {fp}, FN {fn})")
+        t = totals[v] = session_metrics(*everything[v])
+        click.echo(f"all parts, {v}: F1 {t['f1']:.3f}, FPR {t['fpr']:.4f} (TP {t['tp']}, FP {t['fp']}, FN {t['fn']})")
     click.echo(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "every_days": every_days, "parts": rows,
                            "totals": totals}, indent=1))
 
