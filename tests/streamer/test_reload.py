@@ -31,6 +31,9 @@ def flag_everything(src: Path, dst: Path, version: str) -> Path:
     meta = json.loads((dst / "bundle.json").read_text())
     meta["version"] = version
     meta["thresholds"]["miss_ratio"] = -1.0
+    # one key-miss threshold for every window length: a bundle's per-length table would leave the lengths its
+    # calibration never saw unjudged by the model (Thresholds.model), and those windows unflagged
+    meta["thresholds"].pop("by_length", None)
     (dst / "bundle.json").write_text(json.dumps(meta))
     return dst
 
