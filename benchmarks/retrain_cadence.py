@@ -40,7 +40,7 @@ from logbert_core.bundle import load_bundle
 from logbert_core.config import Settings, load_settings
 from logbert_core.judge import Verdict
 from logbert_core.runtime import build_judge, resolve_device
-from training.data import inline_labels, read_corpus, split_chronological
+from training.data import Corpus, inline_labels, read_corpus, split_chronological
 from training.protocols import bundle_windows
 from training.train import judge_sessions, session_metrics, train_bundle
 
@@ -82,13 +82,12 @@ def write_lines(path: Path, ids: Sequence[str], lines: dict[str, list[str]], era
     return path
 
 
-def judge_part(settings: Settings, bundle_dir: Path, test_log: Path, threads: int
-               ) -> tuple[dict[str, list[Verdict]], dict[str, bool], str]:
-    """One period's verdicts by the bundle, its labels, and the bundle's version."""
+def judge_part(settings: Settings, bundle_dir: Path, corpus: Corpus, threads: int
+               ) -> tuple[dict[str, list[Verdict]], str]:
+    """One period's verdicts by the bundle, and the bundle's version."""
     bundle = load_bundle(bundle_dir)
     judge = build_judge(bundle, settings, resolve_device(settings.train.device), threads=threads)
-    corpus = read_corpus([test_log], settings.line_reader())
-    return judge_sessions(judge, bundle_windows(bundle, settings, corpus)), inline_labels(corpus), bundle.version
+    return judge_sessions(judge, bundle_windows(bundle, settings, corpus)), bundle.version
 
 
 def train(settings: Settings, log: Path, out: Path, source: str) -> Path:
@@ -130,7 +129,9 @@ def main(shared: Path, every_days: float, test_fraction: float, variants: str, t
         # per variant, the verdicts and labels of every period (session ids differ between periods)
         everything: dict[str, tuple[dict[str, list[Verdict]], dict[str, bool]]] = {v: ({}, {}) for v in chosen}
         for k, part in enumerate(parts):
-            test_log = write_lines(work / f"part{k}.log", part, lines)
+            # read once: every variant judges the same lines (each with its own bundle's templates)
+            corpus = read_corpus([write_lines(work / f"part{k}.log", part, lines)], settings.line_reader())
+            labels = inline_labels(corpus)
             row: dict[str, Any] = {"part": k, "sessions": len(part), "history_sessions": len(history) + len(earlier),
                                    "days": round((start[part[-1]] - start[part[0]]) / 86_400, 1)}
             for variant in chosen:
@@ -146,7 +147,7 @@ def main(shared: Path, every_days: float, test_fraction: float, variants: str, t
                         ids, erase = history, [sid for sid in earlier if sid not in flagged]
                     log = write_lines(work / f"{variant}{k}.log", ids, lines, erase)
                     bundle = train(settings, log, work / f"{variant}{k}", f"{variant} history before period {k}")
-                verdicts, labels, version = judge_part(settings, bundle, test_log, threads)
+                verdicts, version = judge_part(settings, bundle, corpus, threads)
                 row[variant] = {"bundle": version, **session_metrics(verdicts, labels)}
                 everything[variant][0].update(verdicts)
                 everything[variant][1].update(labels)
